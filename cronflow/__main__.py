@@ -1,0 +1,5 @@
+"""`python -m cronflow` = the `cronflow` command."""
+
+from cronflow.cli import main
+
+main()

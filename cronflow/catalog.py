@@ -1,0 +1,203 @@
+"""The catalog of flows: flow files on disk, kept in sync with the store.
+
+Both the daemon and the CLI call `sync()`: files whose size and mtime match the store's record
+are not imported again, so a sync with nothing changed costs one stat per file and one query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cronflow import deps
+from cronflow.config import Settings
+from cronflow.errors import NotFoundError
+from cronflow.loader import flow_file_paths, load_files
+from cronflow.store import Store
+from cronflow.timeparse import from_iso
+from cronflow.timetable import Schedule, parse_timezone
+
+log = logging.getLogger(__name__)
+
+# Bumped whenever the spec a flow file turns into changes shape: every file is then re-read.
+SPEC_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    kind: str
+    upstream: list[str]
+    params: dict[str, Any]
+    retries: int
+    retry_delay_s: float
+    retry_exponential_backoff: bool
+    max_retry_delay_s: float
+    timeout_s: float | None
+    pool: str
+    priority: int
+    trigger_rule: str
+    op: dict[str, Any]
+
+    def retry_delay_after(self, try_number: int) -> float:
+        """Delay before the next try, after `try_number` failed tries (1-based)."""
+        if not self.retry_exponential_backoff:
+            return self.retry_delay_s
+        return min(self.retry_delay_s * 2 ** (try_number - 1), self.max_retry_delay_s)
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """A loaded flow definition, parsed once (schedule, timezone, dates)."""
+
+    flow_id: str
+    path: str
+    raw: dict[str, Any]
+    schedule: Schedule | None
+    tz: ZoneInfo
+    start_at: datetime | None
+    end_at: datetime | None
+    catchup: bool
+    max_active_runs: int
+    wait_for: list[tuple[str, int]]
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], path: str) -> FlowSpec:
+        tz = parse_timezone(spec["timezone"])
+        return cls(
+            flow_id=spec["flow_id"],
+            path=path,
+            raw=spec,
+            schedule=Schedule.parse(spec["schedule"], spec["timezone"])
+            if spec["schedule"]
+            else None,
+            tz=tz,
+            start_at=from_iso(spec["start_at"]),
+            end_at=from_iso(spec["end_at"]),
+            catchup=spec["catchup"],
+            max_active_runs=spec["max_active_runs"],
+            wait_for=[(w["flow_id"], w["offset_days"]) for w in spec["wait_for"]],
+            tasks={t["task_id"]: TaskSpec(**t) for t in spec["tasks"]},
+        )
+
+    def task(self, task_id: str) -> TaskSpec:
+        if task_id not in self.tasks:
+            known = ", ".join(self.tasks) or "none"
+            raise NotFoundError(f"flow '{self.flow_id}' has no task '{task_id}' (known: {known})")
+        return self.tasks[task_id]
+
+    @property
+    def graph(self) -> dict[str, tuple[list[str], str]]:
+        return {t.task_id: (t.upstream, t.trigger_rule) for t in self.tasks.values()}
+
+
+@dataclass
+class Catalog:
+    """Flows that loaded, and the errors of those that did not (file path -> message)."""
+
+    flows: dict[str, FlowSpec]
+    errors: dict[str, str]
+
+    def get(self, flow_id: str) -> FlowSpec:
+        if flow_id not in self.flows:
+            broken = [msg for msg in self.errors.values() if f"flow '{flow_id}'" in msg]
+            if broken:
+                raise NotFoundError(f"flow '{flow_id}' failed to load: {broken[0]}")
+            known = ", ".join(sorted(self.flows)) or "none"
+            raise NotFoundError(f"unknown flow '{flow_id}' (known: {known})")
+        return self.flows[flow_id]
+
+
+_parsed: dict[tuple[str, str], FlowSpec] = {}
+
+
+def sync(store: Store, settings: Settings) -> Catalog:
+    """Import new and changed flow files, forget removed ones, and return the catalog."""
+    on_disk = {}
+    for path in flow_file_paths(settings.flows_dir):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        on_disk[str(path)] = (stat.st_mtime_ns, stat.st_size, SPEC_FORMAT)
+    known = store.flow_files()
+    for gone in set(known) - set(on_disk):
+        log.info("event=flow_file_removed path=%s", gone)
+        store.remove_flow_file(gone)
+    changed = [Path(p) for p, sig in on_disk.items() if _signature(known.get(p)) != sig]
+    if changed:
+        results = load_files(changed, settings.import_timeout_s)
+        owners = {row["flow_id"]: row["path"] for row in store.flows()}
+        for path, result in results.items():
+            specs, error = _claim_ids(str(path), result.specs, result.error, owners)
+            store.save_flow_file(str(path), on_disk[str(path)], error, specs)
+            log.info(
+                "event=flow_file_loaded path=%s flows=%s error=%s",
+                path,
+                ",".join(s["flow_id"] for s in specs) or "-",
+                error or "-",
+            )
+    return _build(store)
+
+
+def _signature(row: dict[str, Any] | None) -> tuple[int, int, int] | None:
+    return None if row is None else (row["mtime_ns"], row["size"], row["spec_format"])
+
+
+def _claim_ids(
+    path: str, specs: list[dict[str, Any]], error: str | None, owners: dict[str, str]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A flow id belongs to the first file that defined it; a second file's copy is an error."""
+    kept = []
+    for spec in specs:
+        owner = owners.get(spec["flow_id"])
+        if owner and owner != path and Path(owner).exists():
+            error = error or f"{path}: flow '{spec['flow_id']}' is already defined in {owner}"
+        else:
+            kept.append(spec)
+    return kept, error
+
+
+def _build(store: Store) -> Catalog:
+    errors = {p: r["error"] for p, r in store.flow_files().items() if r["error"]}
+    rows = store.flows()
+    flows: dict[str, FlowSpec] = {}
+    for row in rows:
+        key = (row["flow_id"], row["spec"])
+        if key not in _parsed:
+            _parsed[key] = FlowSpec.from_spec(json.loads(row["spec"]), row["path"])
+        flows[row["flow_id"]] = _parsed[key]
+    cross = _cross_flow_errors(flows)
+    stored = {row["flow_id"]: row["error"] for row in rows}
+    if any(stored[f] != cross.get(f) for f in flows):
+        store.set_flow_errors({f: cross.get(f) for f in flows})
+    for flow_id, message in cross.items():
+        errors[flows[flow_id].path] = message
+        del flows[flow_id]
+    return Catalog(flows, errors)
+
+
+def _cross_flow_errors(flows: dict[str, FlowSpec]) -> dict[str, str]:
+    """Errors only visible across files: waits for unknown flows, cycles of same-day waits."""
+    errors: dict[str, str] = {}
+    for flow in flows.values():
+        for upstream, _ in flow.wait_for:
+            if upstream not in flows:
+                errors[flow.flow_id] = (
+                    f"{flow.path}: flow '{flow.flow_id}' waits for unknown flow '{upstream}'"
+                )
+    cycle = deps.find_flow_cycle({f.flow_id: f.wait_for for f in flows.values()})
+    if cycle:
+        for flow_id in set(cycle):
+            errors.setdefault(
+                flow_id,
+                f"{flows[flow_id].path}: flow '{flow_id}' is in a cycle of flow waits: "
+                + " -> ".join(cycle),
+            )
+    return errors

@@ -1,0 +1,330 @@
+"""The `cronflow` command: parse, call the library, render with rich, map errors to exit codes.
+
+Heavy modules are imported inside the commands so `cronflow --help` starts quickly. Any
+CronflowError becomes `Error: <message>` on stderr and exit code 2; a failed run waited for with
+`trigger --wait` exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from cronflow.catalog import Catalog
+    from cronflow.config import Settings
+    from cronflow.store import Store
+
+app = typer.Typer(
+    help="cronflow: flows of tasks on one server, instead of crontab.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+STATE_STYLES = {
+    "success": "green",
+    "failed": "red",
+    "running": "cyan",
+    "queued": "grey50",
+    "scheduled": "grey62",
+    "up_for_retry": "yellow",
+    "up_for_reschedule": "turquoise2",
+    "upstream_failed": "dark_orange",
+    "skipped": "pink1",
+    "none": "default",
+}
+
+_options: dict[str, Any] = {"home": None}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Turn expected errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cronflow.errors import CronflowError
+
+        try:
+            return fn(*args, **kwargs)
+        except CronflowError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main_options(
+    home: Annotated[
+        Path | None,
+        typer.Option(help="cronflow home (default: $CRONFLOW_HOME, else ~/.cronflow)."),
+    ] = None,
+) -> None:
+    _options["home"] = home
+
+
+def _settings() -> Settings:
+    from cronflow.config import home_path, load_settings
+
+    return load_settings(home_path(_options["home"]))
+
+
+def _open() -> tuple[Settings, Store, Catalog]:
+    from cronflow import catalog
+    from cronflow.store import Store
+
+    settings = _settings()
+    store = Store(settings.db_path)
+    return settings, store, catalog.sync(store, settings)
+
+
+def _console(err: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=err, highlight=False, soft_wrap=False)
+
+
+def _state(state: str | None) -> str:
+    if not state:
+        return "-"
+    return f"[{STATE_STYLES.get(state, 'default')}]{state}[/]"
+
+
+def _print_json(rows: list[dict[str, Any]]) -> None:
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@app.command()
+@handles_errors
+def init(
+    force: Annotated[bool, typer.Option(help="Overwrite the example flow if it exists.")] = False,
+) -> None:
+    """Create the home: cronflow.toml, the database, logs/ and flows/ with an example flow."""
+    from cronflow.config import CONFIG_NAME, DEFAULT_CONFIG_TEXT, home_path
+    from cronflow.store import Store
+
+    home = home_path(_options["home"])
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    config = home / CONFIG_NAME
+    if not config.exists():
+        config.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+    settings = _settings()
+    settings.flows_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    example = settings.flows_dir / "example.py"
+    if force or not example.exists():
+        source = Path(__file__).parent / "examples" / "example.py"
+        example.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    Store(settings.db_path).close()
+    typer.echo(f"cronflow home ready at {home}")
+    typer.echo(f"  flows:  {settings.flows_dir}")
+    typer.echo("  next:   cronflow daemon   (or: cronflow trigger example --wait)")
+
+
+@app.command()
+@handles_errors
+def daemon() -> None:
+    """Run the scheduler in the foreground (what the systemd service runs)."""
+    from cronflow.daemon import run_daemon
+
+    run_daemon(_settings())
+
+
+@app.command("list")
+@handles_errors
+def list_flows(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """Every flow: schedule, paused, last run and its state, next fire time; broken files first."""
+    from rich.table import Table
+
+    _, store, cat = _open()
+    latest = store.latest_runs()
+    paused = {r["flow_id"]: bool(r["paused"]) for r in store.flow_states()}
+    now = _now()
+    rows = []
+    for path, error in sorted(cat.errors.items()):
+        rows.append({"flow_id": None, "path": path, "error": error})
+    for flow_id, flow in sorted(cat.flows.items()):
+        last = latest.get(flow_id, {})
+        nxt = flow.schedule.next_after(now) if flow.schedule else None
+        rows.append(
+            {
+                "flow_id": flow_id,
+                "schedule": flow.raw["schedule"],
+                "schedule_text": flow.schedule.describe() if flow.schedule else "manual only",
+                "paused": paused.get(flow_id, False),
+                "logical_date": last.get("logical_date"),
+                "state": last.get("state"),
+                "next_fire_at": nxt.isoformat() if nxt else None,
+                "path": flow.path,
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("flow", "schedule", "paused", "last run", "state", "next run"):
+        table.add_column(column)
+    for row in rows:
+        if row["flow_id"] is None:
+            table.add_row("[red]BROKEN[/]", f"[red]{row['error']}[/]", "", "", "", "")
+            continue
+        table.add_row(
+            row["flow_id"],
+            row["schedule_text"],
+            "yes" if row["paused"] else "no",
+            _local_text(cat, row["flow_id"], row["logical_date"]),
+            _state(row["state"]),
+            _local_text(cat, row["flow_id"], row["next_fire_at"]),
+        )
+    _console().print(table)
+
+
+def _local_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    from datetime import datetime
+
+    moment = datetime.fromisoformat(stamp).astimezone(cat.flows[flow_id].tz)
+    return moment.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+@app.command()
+@handles_errors
+def trigger(
+    flow_id: Annotated[str, typer.Argument(metavar="FLOW", help="The flow to run.")],
+    date: Annotated[
+        str | None,
+        typer.Option(
+            help="Logical date: YYYY-MM-DD (the flow's fire time that day) or ISO date-time."
+        ),
+    ] = None,
+    conf: Annotated[
+        str | None, typer.Option(help="JSON object given to the run as conf/params.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the run to end; exit 1 if it failed.")
+    ] = False,
+) -> None:
+    """Create a manual run of a flow; the daemon runs it at once."""
+    from cronflow import control
+    from cronflow.daemon import poke, running_daemon_pid
+
+    settings, store, cat = _open()
+    flow = cat.get(flow_id)
+    parsed_conf = control.parse_conf(conf)
+    logical_at = control.logical_date_for_trigger(flow, date, _now())
+    daemon_pid = running_daemon_pid(settings.home)
+    if wait and daemon_pid is None:
+        from cronflow.errors import DaemonError
+
+        raise DaemonError(f"no daemon is running on {settings.home}: start `cronflow daemon` first")
+    run_id = control.trigger(store, flow, logical_at, parsed_conf)
+    poke(settings.home)
+    local = logical_at.astimezone(flow.tz).isoformat()
+    typer.echo(f"run {run_id} of {flow_id} for {local} queued")
+    if daemon_pid is None:
+        typer.echo("note: no daemon is running; start `cronflow daemon` to run it", err=True)
+    if wait:
+        raise typer.Exit(_wait_for_run(store, run_id))
+
+
+def _wait_for_run(store: Store, run_id: int) -> int:
+    """Show task states until the run ends; 0 on success, 1 on failure."""
+    seen: dict[str, str] = {}
+    err = _console(err=True)
+    while True:
+        run = store.run(run_id)
+        for ti in store.tis_of_runs([run_id]):
+            if seen.get(ti["task_id"]) != ti["state"]:
+                seen[ti["task_id"]] = ti["state"]
+                err.print(f"  {ti['task_id']}: {_state(ti['state'])}")
+        if run["state"] in ("success", "failed"):
+            err.print(f"run {run_id}: {_state(run['state'])}")
+            return 0 if run["state"] == "success" else 1
+        time.sleep(0.2)
+
+
+@app.command()
+@handles_errors
+def tasks(
+    flow_id: Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")],
+    date: Annotated[
+        str | None,
+        typer.Option(help="The run: YYYY-MM-DD or an ISO date-time (default: the latest run)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """The task instances of one run: state, try, start, end, duration, host."""
+    from rich.table import Table
+
+    from cronflow import control
+
+    _s, store, cat = _open()
+    flow = cat.get(flow_id)
+    run = control.find_one_run(store, flow, date)
+    order = {t: i for i, t in enumerate(flow.tasks)}
+    tis = sorted(store.tis_of_runs([run["run_id"]]), key=lambda t: order.get(t["task_id"], 1e9))
+    rows = [
+        {
+            "flow": flow_id,
+            "task": ti["task_id"],
+            "run_id": run["run_id"],
+            "logical_date": run["logical_date"],
+            "state": ti["state"],
+            "try_number": ti["try_number"],
+            "max_tries": ti["max_tries"],
+            "start": ti["start_at"],
+            "end": ti["end_at"],
+            "duration_s": ti["duration_s"],
+            "host": ti["host"],
+            "reason": ti["reason"],
+        }
+        for ti in tis
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    local = _local_text(cat, flow_id, run["logical_date"])
+    table = Table(
+        title=f"{flow_id} {local} ({_state(run['state'])})", box=None, header_style="bold"
+    )
+    for column in ("task", "state", "try", "start", "end", "duration", "host", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["task"],
+            _state(row["state"]),
+            f"{row['try_number']}/{row['max_tries']}",
+            _local_text(cat, flow_id, row["start"]),
+            _local_text(cat, flow_id, row["end"]),
+            "-" if row["duration_s"] is None else f"{row['duration_s']:.2f}s",
+            row["host"] or "-",
+            row["reason"] or "",
+        )
+    _console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""CRONFLOW_HOME and cronflow.toml -> one Settings object.
+
+The home holds cronflow.toml, the state database, logs/ and (by default) flows/. Every setting
+has an embedded default, so an empty or missing cronflow.toml is a valid configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cronflow.errors import ConfigError
+
+CONFIG_NAME = "cronflow.toml"
+DEFAULT_POOL = "default"
+
+DEFAULT_CONFIG_TEXT = """\
+# cronflow configuration. Every key is optional; the values shown are the defaults.
+
+# Where flow files live (relative paths are relative to this home).
+flows_dir = "flows"
+
+# How many tasks may run at once on this server (default: the number of CPU cores).
+# parallelism = 4
+
+# Seconds a flow file may take to import before it is reported as broken.
+import_timeout_s = 30
+
+# On SIGTERM: seconds to let running tasks finish before they are stopped and left for retry.
+grace_period_s = 30
+
+# Named pools limit how many tasks of a kind run at once (e.g. connections to one station).
+[pools]
+default = 128
+"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon and the CLI need to know about a home."""
+
+    home: Path
+    flows_dir: Path
+    parallelism: int
+    pools: dict[str, int] = field(default_factory=dict)
+    import_timeout_s: float = 30.0
+    grace_period_s: float = 30.0
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "cronflow.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.home / "daemon.lock"
+
+    @property
+    def wakeup_path(self) -> Path:
+        """Unix datagram socket the CLI pokes so the daemon sees its changes at once."""
+        return self.home / "daemon.sock"
+
+    def pool_slots(self, pool: str) -> int | None:
+        """Slots of a pool, or None if the pool is not configured."""
+        return self.pools.get(pool)
+
+
+def home_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The home: an explicit path, else $CRONFLOW_HOME, else ~/.cronflow."""
+    raw = explicit or os.environ.get("CRONFLOW_HOME") or "~/.cronflow"
+    return Path(raw).expanduser().absolute()
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """Read cronflow.toml of a home (missing file = defaults); ConfigError names file and key."""
+    home = home or home_path()
+    path = home / CONFIG_NAME
+    data: dict[str, object] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return _settings_from(home, path, data)
+
+
+_KNOWN_KEYS = {"flows_dir", "parallelism", "import_timeout_s", "grace_period_s", "pools"}
+
+
+def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
+    unknown = sorted(set(data) - _KNOWN_KEYS)
+    if unknown:
+        known = ", ".join(sorted(_KNOWN_KEYS))
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {known})")
+    flows_dir = Path(str(_typed(path, data, "flows_dir", str, "flows"))).expanduser()
+    pools = _typed(path, data, "pools", dict, {})
+    for name, slots in pools.items():
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ConfigError(f"{path}: pools.{name} must be a positive integer, got {slots!r}")
+    pools.setdefault(DEFAULT_POOL, 128)
+    return Settings(
+        home=home,
+        flows_dir=flows_dir if flows_dir.is_absolute() else home / flows_dir,
+        parallelism=_positive(path, data, "parallelism", int, os.cpu_count() or 2),
+        pools=pools,
+        import_timeout_s=_positive(path, data, "import_timeout_s", float, 30.0),
+        grace_period_s=_positive(path, data, "grace_period_s", float, 30.0),
+    )
+
+
+def _typed(path: Path, data: dict[str, object], key: str, kind: type, default: object):
+    value = data.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(path: Path, data: dict[str, object], key: str, kind: type, default: object):
+    value = _typed(path, data, key, kind, default)
+    if value <= 0:
+        raise ConfigError(f"{path}: {key} must be positive, got {value!r}")
+    return value

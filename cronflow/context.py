@@ -1,0 +1,83 @@
+"""The context of one task attempt: execution dates, params, conf, variables, ids.
+
+Built the same way for scheduled, manual and retried runs, in the daemon (shell tasks) and in
+the worker (Python tasks), so a task sees the same values wherever it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from cronflow.catalog import FlowSpec, TaskSpec
+from cronflow.store import Store
+from cronflow.templates import date_context
+from cronflow.timeparse import from_iso
+
+ENV_VAR_PREFIX = "CRONFLOW_VAR_"
+
+
+class Variables(Mapping[str, str]):
+    """`{{ var.NAME }}`: CRONFLOW_VAR_NAME from the environment, else the store; read lazily."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._values: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        if self._values is None:
+            values = self._store.variables()
+            for key, value in os.environ.items():
+                if key.startswith(ENV_VAR_PREFIX):
+                    values[key.removeprefix(ENV_VAR_PREFIX)] = value
+            self._values = values
+        return self._values
+
+    def __getitem__(self, name: str) -> str:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+def task_context(
+    flow: FlowSpec, task: TaskSpec, run: Mapping[str, Any], try_number: int, store: Store
+) -> dict[str, Any]:
+    logical_at = from_iso(run["logical_date"])
+    assert logical_at is not None
+    interval = (from_iso(run["data_interval_start"]), from_iso(run["data_interval_end"]))
+    prev_at = next_at = None
+    if flow.schedule:
+        prev_at = flow.schedule.prev_before(logical_at)
+        next_at = flow.schedule.next_after(logical_at)
+    conf = json.loads(run["conf"] or "{}")
+    context: dict[str, Any] = date_context(logical_at, interval, flow.tz, prev_at, next_at)  # type: ignore[arg-type]
+    context.update(
+        flow_id=flow.flow_id,
+        task_id=task.task_id,
+        run_id=run["run_id"],
+        run_type=run["run_type"],
+        try_number=try_number,
+        params={**flow.raw["params"], **task.params, **conf},
+        conf=conf,
+        var=Variables(store),
+    )
+    return context
+
+
+def task_environment(context: Mapping[str, Any], home: str) -> dict[str, str]:
+    """Variables every attempt gets, whatever its kind, so a task knows where and when it is."""
+    return {
+        "CRONFLOW_HOME": home,
+        "CRONFLOW_FLOW_ID": context["flow_id"],
+        "CRONFLOW_TASK_ID": context["task_id"],
+        "CRONFLOW_RUN_ID": str(context["run_id"]),
+        "CRONFLOW_TRY_NUMBER": str(context["try_number"]),
+        "CRONFLOW_DS": context["ds"],
+        "CRONFLOW_LOGICAL_DATE": context["logical_date"],
+    }

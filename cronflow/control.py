@@ -1,0 +1,108 @@
+"""What the CLI does to flows and runs, as a library: trigger, find runs, pause.
+
+Every function validates its input first and raises a CronflowError naming what is wrong, so
+nothing is written when the input is bad; each change is one store transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from cronflow.catalog import FlowSpec
+from cronflow.errors import InvalidInputError, NotFoundError
+from cronflow.states import RunType
+from cronflow.store import Store
+from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.timetable import data_interval
+
+
+def parse_conf(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        conf = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--conf is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise InvalidInputError('--conf must be a JSON object, e.g. \'{"station": "north"}\'')
+    return conf
+
+
+def logical_date_for_trigger(flow: FlowSpec, text: str | None, now: datetime) -> datetime:
+    """The logical date of a manual run: now, a date-time, or the flow's fire time on a day."""
+    if text is None:
+        return now.replace(microsecond=0)
+    value = parse_date_or_datetime(text, flow.tz)
+    if isinstance(value, datetime):
+        return to_utc(value)
+    fires = flow.schedule.fires_on(value) if flow.schedule else []
+    if len(fires) > 1:
+        shown = ", ".join(f.astimezone(flow.tz).isoformat() for f in fires[:5])
+        more = f" and {len(fires) - 5} more" if len(fires) > 5 else ""
+        raise InvalidInputError(
+            f"flow '{flow.flow_id}' fires {len(fires)} times on {value}: {shown}{more}; "
+            "give a date-time"
+        )
+    return fires[0] if fires else start_of_day(value, flow.tz)
+
+
+def trigger(
+    store: Store,
+    flow: FlowSpec,
+    logical_at: datetime,
+    conf: dict[str, Any] | None = None,
+    run_type: RunType = RunType.MANUAL,
+) -> int:
+    interval = data_interval(flow.schedule, logical_at)
+    return store.create_run(flow.flow_id, logical_at, run_type, interval, flow.raw["tasks"], conf)
+
+
+def _day_bounds(flow: FlowSpec, day: date) -> tuple[datetime, datetime]:
+    return start_of_day(day, flow.tz), start_of_day(day + timedelta(days=1), flow.tz)
+
+
+def find_runs(store: Store, flow: FlowSpec, text: str | None) -> list[dict[str, Any]]:
+    """Runs matching --date: every run of a local day, the run at a date-time, or the latest."""
+    if text is None:
+        latest = store.recent_runs(flow.flow_id, 1)
+        if not latest:
+            raise NotFoundError(f"flow '{flow.flow_id}' has no runs yet")
+        return latest
+    value = parse_date_or_datetime(text, flow.tz)
+    if isinstance(value, datetime):
+        start = to_utc(value)
+        runs = store.runs_between(flow.flow_id, start, start + timedelta(microseconds=1))
+    else:
+        runs = store.runs_between(flow.flow_id, *_day_bounds(flow, value))
+    if not runs:
+        recent = ", ".join(
+            _local(flow, r["logical_date"]) for r in store.recent_runs(flow.flow_id, 3)
+        )
+        raise NotFoundError(
+            f"flow '{flow.flow_id}' has no run on {text}"
+            + (f" (latest: {recent})" if recent else " (it has no runs yet)")
+        )
+    return runs
+
+
+def find_one_run(store: Store, flow: FlowSpec, text: str | None) -> dict[str, Any]:
+    runs = find_runs(store, flow, text)
+    if len(runs) > 1:
+        shown = ", ".join(_local(flow, r["logical_date"]) for r in runs[:6])
+        raise InvalidInputError(
+            f"{len(runs)} runs of flow '{flow.flow_id}' match {text}: {shown}; give a date-time"
+        )
+    return runs[0]
+
+
+def _local(flow: FlowSpec, logical_date: str) -> str:
+    return datetime.fromisoformat(logical_date).astimezone(flow.tz).isoformat()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+__all__ = ["find_one_run", "find_runs", "iso", "logical_date_for_trigger", "parse_conf", "trigger"]

@@ -1,0 +1,224 @@
+"""`cronflow daemon`: the long-running process, in the foreground (for systemd).
+
+The loop is "tick, then sleep until the next due instant or until something happens": a task
+process ends (SIGCHLD), the CLI pokes the wake-up socket after changing the store, a signal
+arrives. Flow files are re-checked (one stat each) at least every IDLE_WAKE_S seconds.
+One daemon per home: an flock on daemon.lock, held for the daemon's life.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from contextlib import suppress
+from hashlib import sha256
+from pathlib import Path
+from typing import IO
+
+from cronflow import catalog
+from cronflow.config import Settings
+from cronflow.errors import DaemonError
+from cronflow.executor import LocalExecutor
+from cronflow.scheduler import Clock, Scheduler, SystemClock
+from cronflow.store import Store
+
+log = logging.getLogger("cronflow.daemon")
+
+HEARTBEAT_S = 5.0
+FILE_CHECK_S = 2.0
+
+
+def wakeup_address(home: Path) -> bytes:
+    """An abstract unix socket name for a home: no path length limit, no file to clean up."""
+    return b"\0cronflow-" + sha256(str(home).encode()).hexdigest()[:32].encode()
+
+
+def poke(home: Path) -> bool:
+    """Tell a running daemon that the store changed (best effort; it re-reads within 2 s anyway)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"!", wakeup_address(home))
+        except OSError:
+            return False
+    return True
+
+
+def acquire_lock(path: Path) -> IO[str]:
+    """Hold the home's lock or raise DaemonError naming the daemon that holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise DaemonError(
+            f"another cronflow daemon (pid {pid}) is already running on {path.parent}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def running_daemon_pid(home: Path) -> int | None:
+    """The pid of the daemon holding the home's lock, or None if no daemon runs."""
+    path = home / "daemon.lock"
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        return None
+
+
+def sd_notify(message: str) -> None:
+    """systemd's notify protocol (READY=1, WATCHDOG=1, STOPPING=1); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, suppress(OSError):
+        sock.sendto(message.encode(), address)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._stop_requested = False
+
+    def run(self) -> None:
+        lock = acquire_lock(self.settings.lock_path)
+        store = Store(self.settings.db_path)
+        scheduler = Scheduler(
+            store, self.settings, LocalExecutor(self.settings.parallelism), self.clock
+        )
+        selector, wake_r, wake_sock = self._wakeup_channels()
+        try:
+            started = self.clock.now()
+            store.record_daemon(os.getpid(), scheduler.host, started)
+            recovered = scheduler.recover_orphans(started)
+            scheduler.catalog = catalog.sync(store, self.settings)
+            log.info(
+                "event=daemon_started pid=%s home=%s flows=%s broken_files=%s parallelism=%s recovered=%s",
+                os.getpid(),
+                self.settings.home,
+                len(scheduler.catalog.flows),
+                len(scheduler.catalog.errors),
+                self.settings.parallelism,
+                recovered,
+            )
+            sd_notify("READY=1")
+            self._loop(scheduler, store, selector)
+            self._drain(scheduler, selector)
+        finally:
+            sd_notify("STOPPING=1")
+            store.close()
+            wake_sock.close()
+            os.close(wake_r)
+            lock.close()
+        log.info("event=daemon_stopped pid=%s", os.getpid())
+
+    def _wakeup_channels(self) -> tuple[selectors.BaseSelector, int, socket.socket]:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        os.set_blocking(wake_r, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(wakeup_address(self.settings.home))
+        except OSError as exc:
+            raise DaemonError(f"cannot bind the daemon's wake-up socket: {exc}") from None
+        sock.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(wake_r, selectors.EVENT_READ)
+        selector.register(sock, selectors.EVENT_READ)
+        return selector, wake_r, sock
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        self._stop_requested = True
+
+    def _loop(self, scheduler: Scheduler, store: Store, selector: selectors.BaseSelector) -> None:
+        last_check = last_beat = time.monotonic()
+        while not self._stop_requested:
+            poked = False
+            now_mono = time.monotonic()
+            if now_mono - last_check >= FILE_CHECK_S:
+                scheduler.catalog = catalog.sync(store, self.settings)
+                last_check = now_mono
+            next_at = scheduler.tick(self.clock.now())
+            if now_mono - last_beat >= HEARTBEAT_S:
+                store.heartbeat(self.clock.now())
+                sd_notify("WATCHDOG=1")
+                last_beat = now_mono
+            wait_s = (next_at - self.clock.now()).total_seconds()
+            poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S))
+            if poked:  # the CLI changed the store (maybe paused or added a flow): look at once
+                scheduler.catalog = catalog.sync(store, self.settings)
+                last_check = time.monotonic()
+
+    def _wait(self, selector: selectors.BaseSelector, timeout_s: float) -> bool:
+        """Sleep until an event or the timeout; True if the CLI poked us."""
+        poked = False
+        for key, _ in selector.select(timeout_s):
+            if isinstance(key.fileobj, socket.socket):
+                with suppress(BlockingIOError):
+                    while key.fileobj.recv(64):
+                        poked = True
+            else:
+                with suppress(BlockingIOError):
+                    while os.read(key.fd, 512):
+                        pass
+        return poked
+
+    def _drain(self, scheduler: Scheduler, selector: selectors.BaseSelector) -> None:
+        """SIGTERM: no new work; let running tasks finish within the grace period, then stop
+        them and leave them to run again at the next start."""
+        scheduler.stopping = True
+        running = len(scheduler.executor.running())
+        log.info(
+            "event=daemon_stopping running_tasks=%s grace_period_s=%s",
+            running,
+            self.settings.grace_period_s,
+        )
+        deadline = time.monotonic() + self.settings.grace_period_s
+        while scheduler.executor.running() and time.monotonic() < deadline:
+            scheduler.tick(self.clock.now())
+            self._wait(selector, min(0.5, max(0.0, deadline - time.monotonic())))
+        if scheduler.executor.running():
+            scheduler.interrupt_all("interrupted by the daemon's shutdown")
+            while scheduler.executor.running():
+                scheduler.tick(self.clock.now())
+                self._wait(selector, 0.2)
+        scheduler.tick(self.clock.now())
+
+
+def configure_logging() -> None:
+    """One line per event on stdout (journald adds the time under systemd)."""
+    handler = logging.StreamHandler(sys.stdout)
+    stamp = "" if os.environ.get("INVOCATION_ID") else "%(asctime)s "
+    handler.setFormatter(logging.Formatter(f"{stamp}level=%(levelname)s %(message)s"))
+    root = logging.getLogger("cronflow")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def run_daemon(settings: Settings) -> None:
+    configure_logging()
+    Daemon(settings).run()

@@ -1,0 +1,144 @@
+"""Dependencies: within a flow (graph, cycles, trigger rules) and between flows. Pure.
+
+The daemon asks two questions of a run:
+- which waiting tasks may start now, and which can never start (upstream_failed / skipped);
+- whether the run may start at all, given the flows it waits for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import date, timedelta
+from enum import Enum
+
+from cronflow.errors import FlowDefinitionError
+from cronflow.states import FINISHED_TASK_STATES, RunState, TaskState, TriggerRule
+
+_FAILED = {TaskState.FAILED, TaskState.UPSTREAM_FAILED}
+
+
+def topological_order(upstreams: Mapping[str, Iterable[str]]) -> list[str]:
+    """Task ids so that each comes after its upstreams; FlowDefinitionError names a cycle."""
+    for task_id, ups in upstreams.items():
+        for up in ups:
+            if up not in upstreams:
+                raise FlowDefinitionError(f"task '{task_id}' depends on unknown task '{up}'")
+    order: list[str] = []
+    mark: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        if mark.get(node) == 2:
+            return
+        if mark.get(node) == 1:
+            cycle = [*path[path.index(node) :], node]
+            raise FlowDefinitionError(f"dependency cycle: {' >> '.join(cycle)}")
+        mark[node] = 1
+        for up in upstreams[node]:
+            visit(up, [*path, node])
+        mark[node] = 2
+        order.append(node)
+
+    for node in upstreams:
+        visit(node, [])
+    return order
+
+
+def find_flow_cycle(waits: Mapping[str, Iterable[tuple[str, int]]]) -> list[str] | None:
+    """A cycle of same-day waits between flows (offset 0), which could never start; else None.
+
+    Waits with a negative offset point to earlier days and so cannot deadlock."""
+    graph = {f: [up for up, offset in ws if offset >= 0 and up in waits] for f, ws in waits.items()}
+    try:
+        topological_order(graph)
+    except FlowDefinitionError as exc:
+        return str(exc).removeprefix("dependency cycle: ").split(" >> ")
+    return None
+
+
+class Decision(Enum):
+    WAIT = "wait"
+    RUN = "run"
+    SKIP = "skip"
+    UPSTREAM_FAILED = "upstream_failed"
+
+
+def decide(rule: TriggerRule | str, upstream_states: list[TaskState]) -> Decision:
+    """What a not-yet-started task does, given its trigger rule and its upstreams' states."""
+    if not upstream_states:
+        return Decision.RUN
+    done = all(s in FINISHED_TASK_STATES for s in upstream_states)
+    successes = sum(s == TaskState.SUCCESS for s in upstream_states)
+    failures = sum(s in _FAILED for s in upstream_states)
+    skips = sum(s == TaskState.SKIPPED for s in upstream_states)
+    rule = TriggerRule(rule)
+    if rule is TriggerRule.ALL_SUCCESS:
+        if failures:
+            return Decision.UPSTREAM_FAILED
+        if skips:
+            return Decision.SKIP
+        return Decision.RUN if done else Decision.WAIT
+    if rule is TriggerRule.ALL_DONE:
+        return Decision.RUN if done else Decision.WAIT
+    if rule is TriggerRule.ALL_FAILED:
+        if successes or skips:
+            return Decision.SKIP
+        return Decision.RUN if done else Decision.WAIT
+    if rule is TriggerRule.ONE_SUCCESS:
+        if successes:
+            return Decision.RUN
+        if not done:
+            return Decision.WAIT
+        return Decision.UPSTREAM_FAILED if failures else Decision.SKIP
+    if rule is TriggerRule.ONE_FAILED:
+        if failures:
+            return Decision.RUN
+        return Decision.SKIP if done else Decision.WAIT
+    # NONE_FAILED: runs once upstreams are done, skipped ones included, unless one failed.
+    if failures:
+        return Decision.UPSTREAM_FAILED
+    return Decision.RUN if done else Decision.WAIT
+
+
+def resolve_run(
+    tasks: Mapping[str, tuple[list[str], str]], states: Mapping[str, TaskState]
+) -> dict[str, Decision]:
+    """Decisions for every task still in state `none`, propagated through the graph at once.
+
+    `tasks` maps task id -> (upstream ids, trigger rule). A task decided SKIP or UPSTREAM_FAILED
+    counts as such for its downstreams in the same pass, so a failure reaches the leaves at once.
+    """
+    current = dict(states)
+    decisions: dict[str, Decision] = {}
+    for task_id in topological_order({t: ups for t, (ups, _) in tasks.items()}):
+        if current.get(task_id, TaskState.NONE) != TaskState.NONE:
+            continue
+        ups, rule = tasks[task_id]
+        decision = decide(rule, [current.get(u, TaskState.NONE) for u in ups])
+        decisions[task_id] = decision
+        if decision is Decision.SKIP:
+            current[task_id] = TaskState.SKIPPED
+        elif decision is Decision.UPSTREAM_FAILED:
+            current[task_id] = TaskState.UPSTREAM_FAILED
+    return decisions
+
+
+def run_outcome(states: Iterable[TaskState]) -> RunState | None:
+    """The run's final state once every task has finished; None while any has not.
+
+    A run fails if any task failed or could not run because of a failure, even when a cleanup
+    task with trigger rule all_done succeeded afterwards: a failure must never look green."""
+    states = list(states)
+    if not all(s in FINISHED_TASK_STATES for s in states):
+        return None
+    return RunState.FAILED if any(s in _FAILED for s in states) else RunState.SUCCESS
+
+
+def upstream_day(day: date, offset_days: int) -> date:
+    """The day of the upstream flow's run that a run of `day` waits for."""
+    return day + timedelta(days=offset_days)
+
+
+def flow_wait_satisfied(upstream_run_states: Iterable[RunState | str]) -> bool:
+    """An inter-flow wait holds when the upstream flow has run that day and every such run succeeded."""
+    states = [RunState(s) for s in upstream_run_states]
+    return bool(states) and all(s is RunState.SUCCESS for s in states)

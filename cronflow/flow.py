@@ -1,0 +1,309 @@
+"""Flow and Task: what a flow file declares, validated as it is built.
+
+A flow file needs little boilerplate:
+
+    from cronflow import Flow, Shell
+
+    with Flow("ingest", schedule="30 2 * * *", timezone="Europe/Paris", start_date="2024-03-01"):
+        fetch = Shell("fetch", "fetch-station --day {{ ds }}", retries=2)
+        load = Shell("load", "load-db {{ ds_nodash }}")
+        fetch >> load
+
+Everything here is pure: a Flow turns into a JSON-able spec (`Flow.spec()`) that the daemon keeps,
+so the daemon never imports user code itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from cronflow import deps
+from cronflow.errors import CronflowError, FlowDefinitionError
+from cronflow.states import TriggerRule
+from cronflow.timeparse import iso, parse_date_or_datetime, parse_duration, start_of_day, to_utc
+from cronflow.timetable import Schedule, parse_timezone
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+_current_flow: ContextVar[Flow | None] = ContextVar("cronflow_current_flow", default=None)
+# Set by the loader while it imports a flow file, so `with Flow(...):` needs no `as` name.
+_collector: ContextVar[list[Flow] | None] = ContextVar("cronflow_flow_collector", default=None)
+
+
+@contextmanager
+def collecting_flows() -> Iterator[list[Flow]]:
+    """Collect every Flow created inside this block (used around a flow file's import)."""
+    flows: list[Flow] = []
+    token = _collector.set(flows)
+    try:
+        yield flows
+    finally:
+        _collector.reset(token)
+
+
+# Defaults a flow's `defaults=` may override, then each task's own arguments.
+TASK_DEFAULTS: dict[str, Any] = {
+    "retries": 0,
+    "retry_delay": 300.0,
+    "retry_exponential_backoff": False,
+    "max_retry_delay": 3600.0,
+    "timeout": None,
+    "pool": "default",
+    "priority": 1,
+    "trigger_rule": TriggerRule.ALL_SUCCESS.value,
+}
+
+
+def _check_id(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise FlowDefinitionError(
+            f"bad {kind} id {value!r}: use letters, digits, '_' and '-' (no dots or spaces)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class FlowDependency:
+    """This flow's run for day D waits until `flow_id` has succeeded for day D + offset_days."""
+
+    flow_id: str
+    offset_days: int = 0
+
+    def spec(self) -> dict[str, Any]:
+        return {"flow_id": self.flow_id, "offset_days": self.offset_days}
+
+
+class Task:
+    """One node of a flow. Operators (cronflow.ops) subclass it and add their own arguments."""
+
+    kind = "task"
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        retries: int | None = None,
+        retry_delay: float | str | timedelta | None = None,
+        retry_exponential_backoff: bool | None = None,
+        max_retry_delay: float | str | timedelta | None = None,
+        timeout: float | str | timedelta | None = None,
+        pool: str | None = None,
+        priority: int | None = None,
+        trigger_rule: str | TriggerRule | None = None,
+        params: Mapping[str, Any] | None = None,
+        flow: Flow | None = None,
+    ) -> None:
+        self.task_id = _check_id("task", task_id)
+        self._own = {
+            "retries": retries,
+            "retry_delay": retry_delay,
+            "retry_exponential_backoff": retry_exponential_backoff,
+            "max_retry_delay": max_retry_delay,
+            "timeout": timeout,
+            "pool": pool,
+            "priority": priority,
+            "trigger_rule": trigger_rule,
+        }
+        self.params = dict(params or {})
+        self.upstream_ids: list[str] = []
+        self.flow = flow or _current_flow.get()
+        if self.flow is None:
+            raise FlowDefinitionError(
+                f"task '{task_id}' is not inside a flow: create it within `with Flow(...):`"
+            )
+        self.flow.add(self)
+
+    # --- dependencies: a >> b, a >> [b, c], [a, b] >> c, a << b ---
+    def __rshift__(self, other: Task | Iterable[Task]) -> Task | Iterable[Task]:
+        for task in _as_list(other):
+            task.set_upstream(self)
+        return other
+
+    def __lshift__(self, other: Task | Iterable[Task]) -> Task | Iterable[Task]:
+        for task in _as_list(other):
+            self.set_upstream(task)
+        return other
+
+    def __rrshift__(self, other: Iterable[Task]) -> Task:
+        for task in _as_list(other):
+            self.set_upstream(task)
+        return self
+
+    def __rlshift__(self, other: Iterable[Task]) -> Task:
+        for task in _as_list(other):
+            task.set_upstream(self)
+        return self
+
+    def set_upstream(self, task: Task) -> None:
+        if task.flow is not self.flow:
+            raise FlowDefinitionError(
+                f"task '{self.task_id}' cannot depend on task '{task.task_id}' of another flow; "
+                "use Flow(wait_for=...) for dependencies between flows"
+            )
+        if task.task_id not in self.upstream_ids:
+            self.upstream_ids.append(task.task_id)
+
+    def op_spec(self) -> dict[str, Any]:
+        """The operator's own arguments, JSON-able. Subclasses extend it."""
+        return {}
+
+    def resolved(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """Task settings after task > flow defaults > built-in defaults, validated."""
+        merged = dict(TASK_DEFAULTS)
+        merged.update({k: v for k, v in flow_defaults.items() if v is not None})
+        merged.update({k: v for k, v in self._own.items() if v is not None})
+        where = f"task '{self.task_id}'"
+        retries = merged["retries"]
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise FlowDefinitionError(f"{where}: retries must be a whole number >= 0")
+        try:
+            rule = TriggerRule(merged["trigger_rule"]).value
+        except ValueError:
+            known = ", ".join(r.value for r in TriggerRule)
+            raise FlowDefinitionError(
+                f"{where}: unknown trigger_rule {merged['trigger_rule']!r} (known: {known})"
+            ) from None
+        timeout = merged["timeout"]
+        return {
+            "retries": retries,
+            "retry_delay_s": parse_duration(merged["retry_delay"], f"{where}: retry_delay"),
+            "retry_exponential_backoff": bool(merged["retry_exponential_backoff"]),
+            "max_retry_delay_s": parse_duration(
+                merged["max_retry_delay"], f"{where}: max_retry_delay"
+            ),
+            "timeout_s": None if timeout is None else parse_duration(timeout, f"{where}: timeout"),
+            "pool": _check_id("pool", merged["pool"]),
+            "priority": int(merged["priority"]),
+            "trigger_rule": rule,
+        }
+
+    def spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "upstream": list(self.upstream_ids),
+            "params": self.params,
+            **self.resolved(flow_defaults),
+            "op": self.op_spec(),
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.task_id}>"
+
+
+def _as_list(value: Task | Iterable[Task]) -> list[Task]:
+    items = [value] if isinstance(value, Task) else list(value)
+    for item in items:
+        if not isinstance(item, Task):
+            raise FlowDefinitionError(f"cannot make a dependency on {item!r}: not a task")
+    return items
+
+
+class Flow:
+    """A DAG of tasks with a schedule. Use as a context manager to add tasks to it."""
+
+    def __init__(
+        self,
+        flow_id: str,
+        *,
+        schedule: str | None = None,
+        timezone: str = "UTC",
+        start_date: str | date | datetime | None = None,
+        end_date: str | date | datetime | None = None,
+        catchup: bool = False,
+        max_active_runs: int = 1,
+        tags: Iterable[str] = (),
+        doc: str = "",
+        params: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        wait_for: Iterable[str | FlowDependency] = (),
+    ) -> None:
+        self.flow_id = _check_id("flow", flow_id)
+        where = f"flow '{flow_id}'"
+        try:
+            self.tz = parse_timezone(timezone)
+            self.schedule = Schedule.parse(schedule, timezone) if schedule else None
+            self.start_at = self._instant(start_date, "start_date")
+            self.end_at = self._instant(end_date, "end_date")
+        except CronflowError as exc:
+            raise FlowDefinitionError(f"{where}: {exc}") from None
+        if self.start_at and self.end_at and self.end_at < self.start_at:
+            raise FlowDefinitionError(f"{where}: end_date is before start_date")
+        if not isinstance(max_active_runs, int) or max_active_runs < 1:
+            raise FlowDefinitionError(f"{where}: max_active_runs must be a whole number >= 1")
+        self.timezone = timezone
+        self.catchup = bool(catchup)
+        self.max_active_runs = max_active_runs
+        self.tags = [str(t) for t in tags]
+        self.doc = doc or ""
+        self.params = dict(params or {})
+        self.defaults = dict(defaults or {})
+        unknown = sorted(set(self.defaults) - set(TASK_DEFAULTS))
+        if unknown:
+            raise FlowDefinitionError(f"{where}: unknown key in defaults: '{unknown[0]}'")
+        self.wait_for = [
+            d if isinstance(d, FlowDependency) else FlowDependency(d) for d in wait_for
+        ]
+        for dep in self.wait_for:
+            _check_id("flow", dep.flow_id)
+        self.tasks: dict[str, Task] = {}
+        self._tokens: list[Any] = []
+        collected = _collector.get()
+        if collected is not None:
+            collected.append(self)
+
+    def _instant(self, value: str | date | datetime | None, what: str) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = parse_date_or_datetime(value, self.tz)
+        if isinstance(value, datetime):
+            return to_utc(value if value.tzinfo else value.replace(tzinfo=self.tz))
+        return start_of_day(value, self.tz)
+
+    def __enter__(self) -> Flow:
+        self._tokens.append(_current_flow.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current_flow.reset(self._tokens.pop())
+
+    def add(self, task: Task) -> None:
+        if task.task_id in self.tasks:
+            raise FlowDefinitionError(f"flow '{self.flow_id}': duplicate task id '{task.task_id}'")
+        self.tasks[task.task_id] = task
+
+    def spec(self) -> dict[str, Any]:
+        """Validate the whole flow and return its JSON-able description."""
+        where = f"flow '{self.flow_id}'"
+        try:
+            tasks = [task.spec(self.defaults) for task in self.tasks.values()]
+        except CronflowError as exc:
+            raise FlowDefinitionError(f"{where}: {exc}") from None
+        try:
+            deps.topological_order({t["task_id"]: t["upstream"] for t in tasks})
+        except FlowDefinitionError as exc:
+            raise FlowDefinitionError(f"{where}: {exc}") from None
+        return {
+            "flow_id": self.flow_id,
+            "schedule": self.schedule.expression if self.schedule else None,
+            "timezone": self.timezone,
+            "start_at": iso(self.start_at),
+            "end_at": iso(self.end_at),
+            "catchup": self.catchup,
+            "max_active_runs": self.max_active_runs,
+            "tags": self.tags,
+            "doc": self.doc,
+            "params": self.params,
+            "wait_for": [d.spec() for d in self.wait_for],
+            "tasks": tasks,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.flow_id}: {len(self.tasks)} tasks>"

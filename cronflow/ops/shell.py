@@ -1,0 +1,53 @@
+"""Shell: run a command line with a shell; the exit code decides success.
+
+Template values are shell-quoted when they need it (`shlex.quote`), so a parameter with a space
+or a quote can never split or inject a command: write `cp {{ params.src }} /data`, not
+`cp "{{ params.src }}" /data`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cronflow.flow import Task
+from cronflow.templates import render
+
+DEFAULT_SHELL = "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh"
+
+
+class Shell(Task):
+    """`Shell("fetch", "fetch-station --day {{ ds }}", env={"TOKEN": "{{ var.token }}"})`."""
+
+    kind = "shell"
+
+    def __init__(
+        self,
+        task_id: str,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        shell: str = DEFAULT_SHELL,
+        **task_args: Any,
+    ) -> None:
+        super().__init__(task_id, **task_args)
+        self.command = command
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.cwd = cwd
+        self.shell = shell
+
+    def op_spec(self) -> dict[str, Any]:
+        return {"command": self.command, "env": self.env, "cwd": self.cwd, "shell": self.shell}
+
+
+def shell_launch(
+    op: Mapping[str, Any], context: Mapping[str, Any]
+) -> tuple[list[str], dict[str, str], str | None]:
+    """argv, environment and cwd of one attempt, templates rendered."""
+    command = render(op["command"], context, quote=shlex.quote)
+    env = {k: render(v, context) for k, v in op["env"].items()}
+    cwd = render(op["cwd"], context) if op["cwd"] else None
+    return [op["shell"], "-c", command], env, cwd

@@ -1,0 +1,73 @@
+"""Task-instance and run states, and every allowed transition, in one place.
+
+Task instance (TI) life cycle, as the daemon drives it:
+
+    none ──deps met──▶ scheduled ──slot free──▶ queued ──process started──▶ running
+    none ──trigger rule can no longer pass──▶ upstream_failed | skipped
+    running ──exit 0──▶ success
+    running ──exit≠0 / timeout / orphaned, tries left──▶ up_for_retry ──retry time──▶ scheduled
+    running ──exit≠0 / timeout / orphaned, no tries left──▶ failed
+    running ──sensor not yet satisfied (reschedule mode)──▶ up_for_reschedule ──poke time──▶ scheduled
+    running ──daemon shutdown──▶ up_for_retry (the try is given back)
+    any ──`cronflow mark`──▶ success | failed | skipped;  any ──`cronflow replay`──▶ none
+
+Run life cycle: queued ──max_active_runs and inter-flow waits allow──▶ running ──all TIs
+finished──▶ success (no TI failed or upstream_failed) | failed. A replay puts a finished run back
+to queued.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    NONE = "none"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UP_FOR_RETRY = "up_for_retry"
+    UP_FOR_RESCHEDULE = "up_for_reschedule"
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_TASK_STATES
+
+
+FINISHED_TASK_STATES = frozenset(
+    {TaskState.SUCCESS, TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.SKIPPED}
+)
+# States in which a process may exist for the TI.
+ACTIVE_TASK_STATES = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+# States a user may set with `cronflow mark`.
+MARKABLE_TASK_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.SKIPPED})
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (RunState.SUCCESS, RunState.FAILED)
+
+
+class RunType(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+
+
+class TriggerRule(StrEnum):
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"

@@ -1,0 +1,434 @@
+"""The state store: one SQLite file shared by the daemon and the CLI.
+
+The only importer of sqlite_utils. WAL lets the CLI read while the daemon writes; every state
+change is one short IMMEDIATE transaction, so a crash at any instant leaves the previous or the
+next consistent state, never half of one. Datetimes are stored as UTC ISO 8601 text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from cronflow.errors import CronflowError, NotFoundError, StoreError
+from cronflow.states import RunState, RunType, TaskState
+from cronflow.timeparse import iso
+
+BUSY_TIMEOUT_MS = 30_000
+
+migrations = Migrations("cronflow")
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    db.execute("""
+        CREATE TABLE flow_files (
+            path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,
+            spec_format INTEGER NOT NULL, loaded_at TEXT NOT NULL, error TEXT)""")
+    db.execute("""
+        CREATE TABLE flows (
+            flow_id TEXT PRIMARY KEY, path TEXT NOT NULL, spec TEXT NOT NULL,
+            error TEXT, paused INTEGER NOT NULL DEFAULT 0, last_scheduled_at TEXT,
+            updated_at TEXT NOT NULL)""")
+    db.execute("""
+        CREATE TABLE runs (
+            run_id INTEGER PRIMARY KEY, flow_id TEXT NOT NULL, logical_date TEXT NOT NULL,
+            run_type TEXT NOT NULL, state TEXT NOT NULL, conf TEXT NOT NULL DEFAULT '{}',
+            data_interval_start TEXT NOT NULL, data_interval_end TEXT NOT NULL,
+            created_at TEXT NOT NULL, started_at TEXT, ended_at TEXT,
+            UNIQUE (flow_id, logical_date))""")
+    db.execute("CREATE INDEX runs_by_state ON runs (state, flow_id)")
+    db.execute("""
+        CREATE TABLE task_instances (
+            run_id INTEGER NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            task_id TEXT NOT NULL, flow_id TEXT NOT NULL, logical_date TEXT NOT NULL,
+            state TEXT NOT NULL, try_number INTEGER NOT NULL DEFAULT 0,
+            max_tries INTEGER NOT NULL, pool TEXT NOT NULL, priority INTEGER NOT NULL,
+            queued_at TEXT, start_at TEXT, end_at TEXT, duration_s REAL, pid INTEGER,
+            host TEXT, next_try_at TEXT, log_path TEXT, exit_code INTEGER, reason TEXT,
+            PRIMARY KEY (run_id, task_id)) WITHOUT ROWID""")
+    db.execute("CREATE INDEX tis_by_flow_date ON task_instances (flow_id, logical_date)")
+    db.execute("CREATE INDEX tis_by_state ON task_instances (state)")
+    db.execute("""
+        CREATE TABLE xcom (
+            run_id INTEGER NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            task_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+            created_at TEXT NOT NULL, PRIMARY KEY (run_id, task_id, key)) WITHOUT ROWID""")
+    db.execute("""
+        CREATE TABLE variables (
+            name TEXT PRIMARY KEY, value TEXT NOT NULL, is_secret INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL)""")
+    db.execute("""
+        CREATE TABLE connections (
+            conn_id TEXT PRIMARY KEY, conn_type TEXT NOT NULL, host TEXT, port INTEGER,
+            login TEXT, password TEXT, extra TEXT NOT NULL DEFAULT '{}',
+            updated_at TEXT NOT NULL)""")
+    db.execute("""
+        CREATE TABLE daemon (
+            id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
+            started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL)""")
+
+
+SCHEMA_VERSION = len(migrations._migrations)
+
+
+class RunExistsError(CronflowError):
+    """A run already exists for that flow and logical date."""
+
+
+class Store:
+    """Typed access to the state database. One instance per process; not thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Owner-only from the first byte: the database holds connection secrets.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the state database {path}: {exc}") from None
+        self.db = Database(conn)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        applied = {m.name for m in migrations.applied(self.db)}
+        unknown = applied - {m.name for m in migrations._migrations}
+        if unknown:
+            raise StoreError(
+                f"{self.path} was written by a newer cronflow (migration {sorted(unknown)[-1]}); "
+                "upgrade cronflow"
+            )
+        if len(applied) < SCHEMA_VERSION:
+            with self._write():
+                migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so a read that
+        is later upgraded can never fail with 'database is locked'; nested calls use savepoints."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield self.db
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.db.conn.execute(sql, params)]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        row = self.db.conn.execute(sql, params).fetchone()
+        return dict(row) if row else None
+
+    # --- flow files and flows -------------------------------------------------------------
+    def flow_files(self) -> dict[str, dict[str, Any]]:
+        return {r["path"]: r for r in self._rows("SELECT * FROM flow_files")}
+
+    def save_flow_file(
+        self,
+        path: str,
+        signature: tuple[int, int, int],
+        error: str | None,
+        specs: list[dict[str, Any]],
+    ) -> None:
+        """Record one loaded file and replace the flows it defines, keeping their pause state
+        and scheduling cursor."""
+        now = iso(_utcnow())
+        with self._write():
+            self.db["flow_files"].upsert(
+                {
+                    "path": path,
+                    "mtime_ns": signature[0],
+                    "size": signature[1],
+                    "spec_format": signature[2],
+                    "loaded_at": now,
+                    "error": error,
+                },
+                pk="path",
+            )
+            keep = [s["flow_id"] for s in specs]
+            marks = ",".join("?" * len(keep))
+            self.db.execute(
+                f"DELETE FROM flows WHERE path = ? AND flow_id NOT IN ({marks})", [path, *keep]
+            )
+            for spec in specs:
+                self.db.execute(
+                    """INSERT INTO flows (flow_id, path, spec, updated_at) VALUES (?, ?, ?, ?)
+                       ON CONFLICT (flow_id) DO UPDATE SET path = excluded.path,
+                       spec = excluded.spec, updated_at = excluded.updated_at""",
+                    [spec["flow_id"], path, json.dumps(spec), now],
+                )
+
+    def remove_flow_file(self, path: str) -> None:
+        with self._write():
+            self.db.execute("DELETE FROM flow_files WHERE path = ?", [path])
+            self.db.execute("DELETE FROM flows WHERE path = ?", [path])
+
+    def set_flow_errors(self, errors: dict[str, str | None]) -> None:
+        """Errors found across files (unknown waited-for flow, cycle between flows)."""
+        with self._write():
+            for flow_id, error in errors.items():
+                self.db.execute("UPDATE flows SET error = ? WHERE flow_id = ?", [error, flow_id])
+
+    def flows(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM flows ORDER BY flow_id")
+
+    def flow_states(self) -> list[dict[str, Any]]:
+        """What the scheduler reads of every flow at each tick (not the specs)."""
+        return self._rows("SELECT flow_id, paused, last_scheduled_at, error FROM flows")
+
+    def flow(self, flow_id: str) -> dict[str, Any]:
+        row = self._one("SELECT * FROM flows WHERE flow_id = ?", [flow_id])
+        if row is None:
+            known = ", ".join(r["flow_id"] for r in self._rows("SELECT flow_id FROM flows"))
+            raise NotFoundError(f"unknown flow '{flow_id}' (known: {known or 'none'})")
+        return row
+
+    def set_paused(self, flow_id: str, paused: bool) -> None:
+        self.flow(flow_id)
+        with self._write():
+            self.db.execute("UPDATE flows SET paused = ? WHERE flow_id = ?", [int(paused), flow_id])
+
+    # --- runs -----------------------------------------------------------------------------
+    def create_run(
+        self,
+        flow_id: str,
+        logical_at: datetime,
+        run_type: RunType,
+        interval: tuple[datetime, datetime],
+        tasks: Iterable[dict[str, Any]],
+        conf: dict[str, Any] | None = None,
+        advance_cursor: bool = False,
+    ) -> int:
+        """Create a queued run and its task instances in one transaction. With advance_cursor,
+        the flow's last scheduled slot moves to this run's date in the same transaction, so a
+        crash can neither lose nor duplicate a scheduled run."""
+        logical = iso(logical_at)
+        with self._write():
+            try:
+                cursor = self.db.execute(
+                    """INSERT INTO runs (flow_id, logical_date, run_type, state, conf,
+                       data_interval_start, data_interval_end, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [
+                        flow_id,
+                        logical,
+                        run_type.value,
+                        RunState.QUEUED.value,
+                        json.dumps(conf or {}),
+                        iso(interval[0]),
+                        iso(interval[1]),
+                        iso(_utcnow()),
+                    ],
+                )
+            except sqlite3.IntegrityError:
+                raise RunExistsError(
+                    f"flow '{flow_id}' already has a run for {logical}; use `cronflow replay`"
+                ) from None
+            run_id = int(cursor.lastrowid or 0)
+            self._insert_tis(run_id, flow_id, logical, tasks)
+            if advance_cursor:
+                self.db.execute(
+                    "UPDATE flows SET last_scheduled_at = ? WHERE flow_id = ?", [logical, flow_id]
+                )
+        return run_id
+
+    def _insert_tis(
+        self, run_id: int, flow_id: str, logical: str, tasks: Iterable[dict[str, Any]]
+    ) -> None:
+        self.db.conn.executemany(
+            """INSERT OR IGNORE INTO task_instances (run_id, task_id, flow_id, logical_date, state,
+               max_tries, pool, priority) VALUES (?, ?, ?, ?, 'none', ?, ?, ?)""",
+            [
+                (run_id, t["task_id"], flow_id, logical, t["retries"] + 1, t["pool"], t["priority"])
+                for t in tasks
+            ],
+        )
+
+    def add_missing_tis(self, run: dict[str, Any], tasks: Iterable[dict[str, Any]]) -> None:
+        """Tasks added to a flow file after its run was created join the run."""
+        with self._write():
+            self._insert_tis(run["run_id"], run["flow_id"], run["logical_date"], tasks)
+
+    def set_last_scheduled(self, flow_id: str, at: datetime) -> None:
+        with self._write():
+            self.db.execute(
+                "UPDATE flows SET last_scheduled_at = ? WHERE flow_id = ?", [iso(at), flow_id]
+            )
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        row = self._one("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if row is None:
+            raise NotFoundError(f"no run with id {run_id}")
+        return row
+
+    def runs_in_states(self, states: Iterable[RunState]) -> list[dict[str, Any]]:
+        values = [s.value for s in states]
+        marks = ",".join("?" * len(values))
+        return self._rows(
+            f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY logical_date, run_id", values
+        )
+
+    def runs_between(self, flow_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Runs of a flow whose logical date is in [start, end)."""
+        return self._rows(
+            """SELECT * FROM runs WHERE flow_id = ? AND logical_date >= ? AND logical_date < ?
+               ORDER BY logical_date""",
+            [flow_id, iso(start), iso(end)],
+        )
+
+    def recent_runs(self, flow_id: str, limit: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM runs WHERE flow_id = ? ORDER BY logical_date DESC LIMIT ?",
+            [flow_id, limit],
+        )
+
+    def latest_runs(self) -> dict[str, dict[str, Any]]:
+        """The newest run of every flow, one indexed lookup per flow."""
+        rows = self._rows(
+            """SELECT r.* FROM flows f JOIN runs r ON r.run_id = (
+                   SELECT run_id FROM runs WHERE flow_id = f.flow_id
+                   ORDER BY logical_date DESC LIMIT 1)"""
+        )
+        return {r["flow_id"]: r for r in rows}
+
+    def set_run_state(self, run_id: int, state: RunState, at: datetime) -> None:
+        if state is RunState.RUNNING:
+            sql, params = (
+                "state = ?, started_at = COALESCE(started_at, ?), ended_at = NULL",
+                [iso(at)],
+            )
+        elif state.is_finished:
+            sql, params = "state = ?, ended_at = ?", [iso(at)]
+        else:
+            sql, params = "state = ?, ended_at = NULL", []
+        with self._write():
+            self.db.execute(
+                f"UPDATE runs SET {sql} WHERE run_id = ?", [state.value, *params, run_id]
+            )
+
+    # --- task instances -------------------------------------------------------------------
+    def tis_of_runs(self, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+        if not run_ids:
+            return []
+        marks = ",".join("?" * len(run_ids))
+        return self._rows(f"SELECT * FROM task_instances WHERE run_id IN ({marks})", run_ids)
+
+    def tis_in_states(self, states: Iterable[TaskState]) -> list[dict[str, Any]]:
+        values = [s.value for s in states]
+        marks = ",".join("?" * len(values))
+        return self._rows(f"SELECT * FROM task_instances WHERE state IN ({marks})", values)
+
+    def ti(self, run_id: int, task_id: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM task_instances WHERE run_id = ? AND task_id = ?", [run_id, task_id]
+        )
+
+    def update_ti(
+        self,
+        run_id: int,
+        task_id: str,
+        *,
+        expect_state: TaskState | Iterable[TaskState] | None = None,
+        expect_try: int | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Change a TI in one transaction if it is still in the expected state and try (a
+        compare-and-set, so a CLI mark and a task's end cannot overwrite each other)."""
+        values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in values)
+        where, params = "run_id = ? AND task_id = ?", [run_id, task_id]
+        if expect_state is not None:
+            expected = [expect_state] if isinstance(expect_state, TaskState) else list(expect_state)
+            where += f" AND state IN ({','.join('?' * len(expected))})"
+            params += [s.value for s in expected]
+        if expect_try is not None:
+            where += " AND try_number = ?"
+            params.append(expect_try)
+        with self._write():
+            cursor = self.db.execute(
+                f"UPDATE task_instances SET {sets} WHERE {where}", [*values.values(), *params]
+            )
+        return cursor.rowcount == 1
+
+    # --- variables, xcom ------------------------------------------------------------------
+    def variables(self) -> dict[str, str]:
+        return {r["name"]: r["value"] for r in self._rows("SELECT name, value FROM variables")}
+
+    def set_variable(self, name: str, value: str, is_secret: bool = False) -> None:
+        with self._write():
+            self.db["variables"].upsert(
+                {
+                    "name": name,
+                    "value": value,
+                    "is_secret": int(is_secret),
+                    "updated_at": iso(_utcnow()),
+                },
+                pk="name",
+            )
+
+    def push_xcom(self, run_id: int, task_id: str, key: str, value: Any) -> None:
+        with self._write():
+            self.db["xcom"].upsert(
+                {
+                    "run_id": run_id,
+                    "task_id": task_id,
+                    "key": key,
+                    "value": json.dumps(value),
+                    "created_at": iso(_utcnow()),
+                },
+                pk=("run_id", "task_id", "key"),
+            )
+
+    def pull_xcom(self, run_id: int, task_id: str, key: str = "return_value") -> Any:
+        row = self._one(
+            "SELECT value FROM xcom WHERE run_id = ? AND task_id = ? AND key = ?",
+            [run_id, task_id, key],
+        )
+        return None if row is None else json.loads(row["value"])
+
+    # --- the daemon's own record ----------------------------------------------------------
+    def record_daemon(self, pid: int, host: str, at: datetime) -> None:
+        with self._write():
+            self.db["daemon"].upsert(
+                {"id": 1, "pid": pid, "host": host, "started_at": iso(at), "heartbeat_at": iso(at)},
+                pk="id",
+            )
+
+    def heartbeat(self, at: datetime) -> None:
+        with self._write():
+            self.db.execute("UPDATE daemon SET heartbeat_at = ? WHERE id = 1", [iso(at)])
+
+    def daemon_record(self) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM daemon WHERE id = 1")
+
+
+def _utcnow() -> datetime:
+    """Wall-clock stamps for bookkeeping columns only; scheduling always uses the injected clock."""
+    return datetime.now(UTC)

@@ -1,0 +1,468 @@
+"""When things run: a cron expression in a timezone -> fire instants (aware UTC).
+
+Debian cron (Vixie cron 3.0pl1) is the reference, not croniter's defaults, so this module parses
+and validates expressions itself (rejecting what cron rejects, with a reason) and maps wall-clock
+times to instants itself, following cron(8) "Daylight Saving Time and other time changes":
+
+* fire times are computed on the naive wall clock of the schedule's timezone;
+* in a spring-forward gap, "fixed-time" jobs (neither minute nor hour starts with '*') run once at
+  the first instant after the jump; "wildcard" jobs skip the missing wall times;
+* in a fall-back overlap, fixed-time jobs run once (first occurrence); wildcard jobs run in both.
+
+croniter (imported only here) only ever sees naive wall-clock datetimes and a normalised numeric
+expression. The time line is cut into segments of constant UTC offset (one per transition, plus
+one per UTC year), and each query asks croniter for one wall time per segment, never per minute.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from typing import NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadDateError, croniter
+
+from cronflow.errors import ScheduleError
+
+_TICK = timedelta(microseconds=1)
+_SAMPLE = timedelta(hours=12)  # no zone changes its offset twice within 12 hours
+_DAY_MARGIN = timedelta(hours=3)  # more than any DST shift, for fires_on's search window
+
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February 29 exists in leap years
+_LAYOUT = "minute hour day-of-month month day-of-week"
+
+
+class _Field(NamedTuple):
+    name: str
+    low: int
+    high: int
+    names: dict[str, int]
+
+
+_FIELDS = (
+    _Field("minute", 0, 59, {}),
+    _Field("hour", 0, 23, {}),
+    _Field("day-of-month", 1, 31, {}),
+    _Field("month", 1, 12, {name: i for i, name in enumerate(_MONTHS, start=1)}),
+    _Field("day-of-week", 0, 7, {name: i for i, name in enumerate(_DAYS)}),
+)
+
+
+class _Spec(NamedTuple):
+    """An expression parsed the way cron parses it."""
+
+    texts: tuple[str, ...]  # the five fields as written (macros expanded)
+    values: tuple[tuple[int, ...], ...]  # sorted values per field; Sunday is 0 only
+    day_or: bool  # both day fields restricted: a day matches if EITHER matches (cron(5))
+    fixed: bool  # cron's "fixed-time" job, which DST handling treats differently
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """The IANA timezone `name`, or ScheduleError."""
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        zone = None
+    # 'localtime' resolves on some hosts, but it means a different zone on each of them
+    if zone is None or name in ("localtime", "posixrules"):
+        raise ScheduleError(
+            f"unknown timezone {name!r}: not an IANA time zone name (e.g. 'Europe/Paris', 'UTC')"
+        )
+    return zone
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron expression in a timezone; immutable, validated on construction."""
+
+    expression: str
+    timezone: str = "UTC"
+    _spec: _Spec = field(init=False, repr=False, compare=False)
+    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
+    _cron: croniter = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = _parse(self.expression)
+        object.__setattr__(self, "_zone", parse_timezone(self.timezone))
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_cron", _croniter_for(spec))
+
+    @classmethod
+    def parse(cls, expression: str, timezone: str = "UTC") -> Schedule:
+        """Validate `expression` in `timezone`; ScheduleError says what is wrong."""
+        return cls(expression, timezone)
+
+    def next_after(self, at: datetime) -> datetime | None:
+        """The first fire instant strictly after `at` (aware UTC), None if it never fires again."""
+        after = _utc(at, "next_after")
+        try:
+            seg, walker = _segment_at(self._zone, after), _Walker(self._cron)
+            while (found := self._first_in(seg, after, walker)) is None and seg.end is not None:
+                seg = _segment_at(self._zone, seg.end)
+        except (CroniterBadDateError, OverflowError):
+            return None  # beyond year 9999, or nothing within croniter's search horizon
+        return found
+
+    def prev_before(self, at: datetime) -> datetime | None:
+        """The last fire instant strictly before `at` (aware UTC), None if there is none."""
+        before = _utc(at, "prev_before")
+        try:
+            seg, walker = _segment_at(self._zone, before), _Walker(self._cron)
+            while (found := self._last_in(seg, before, walker)) is None:
+                seg = _segment_at(self._zone, seg.start - _TICK)
+        except (CroniterBadDateError, OverflowError):
+            return None
+        return found
+
+    def fires(self, after: datetime, until: datetime) -> Iterator[datetime]:
+        """Every fire instant t with after < t <= until, ascending, aware UTC."""
+        start, end = _utc(after, "fires"), _utc(until, "fires")  # checked now, not lazily
+        return self._iter_fires(start, end)
+
+    def fires_on(self, day: date) -> list[datetime]:
+        """The fire instants whose local date, in the schedule's timezone, is `day`."""
+        start = datetime.combine(day, time(), tzinfo=self._zone) - _DAY_MARGIN
+        end = datetime.combine(day + timedelta(days=1), time(), tzinfo=self._zone) + _DAY_MARGIN
+        fired = self._iter_fires(start.astimezone(UTC), end.astimezone(UTC))
+        return [t for t in fired if t.astimezone(self._zone).date() == day]
+
+    def describe(self) -> str:
+        """A human reading for the CLI, e.g. 'daily at 02:00 Europe/Paris'."""
+        return f"{_describe(self._spec) or f'cron {self.expression!r}'} {self.timezone}"
+
+    def _iter_fires(self, after: datetime, until: datetime) -> Iterator[datetime]:
+        at = self.next_after(after)
+        while at is not None and at <= until:
+            yield at
+            at = self.next_after(at)
+
+    def _gap_fires(self, seg: _Segment, walker: _Walker) -> bool:
+        """Whether a fixed-time job matches a wall time skipped by the jump at seg.start."""
+        if not self._spec.fixed or seg.offset <= seg.offset_before:
+            return False
+        skipped = walker.next(_wall(seg.start, seg.offset_before) - _TICK)
+        return skipped < _wall(seg.start, seg.offset)
+
+    def _floor(self, seg: _Segment) -> datetime:
+        """The earliest wall time that fires inside `seg`."""
+        if self._spec.fixed and seg.offset < seg.offset_before:
+            # after a fall-back, the repeated wall times already fired once (fold=0)
+            return _wall(seg.start, seg.offset_before)
+        return _wall(seg.start, seg.offset)
+
+    def _first_in(self, seg: _Segment, after: datetime, walker: _Walker) -> datetime | None:
+        if seg.start > after and self._gap_fires(seg, walker):
+            return seg.start  # skipped fixed-time fires all collapse into the first instant
+        floor = max(self._floor(seg) - _TICK, _wall(after, seg.offset))
+        wall = walker.next(floor)
+        if seg.end is not None and wall >= _wall(seg.end, seg.offset):
+            return None
+        return _instant(wall, seg.offset)
+
+    def _last_in(self, seg: _Segment, before: datetime, walker: _Walker) -> datetime | None:
+        ceiling = before if seg.end is None else min(before, seg.end)
+        wall = walker.prev(_wall(ceiling, seg.offset))
+        if wall >= self._floor(seg):
+            return _instant(wall, seg.offset)
+        if seg.start < before and self._gap_fires(seg, walker):
+            return seg.start
+        return None
+
+
+def data_interval(schedule: Schedule | None, logical_at: datetime) -> tuple[datetime, datetime]:
+    """[previous fire, this fire) if `logical_at` is a fire time, else (logical_at, logical_at)."""
+    at = _utc(logical_at, "data_interval")
+    if schedule is None or schedule.next_after(at - _TICK) != at:
+        return at, at  # a manual run, or a run outside the schedule, covers no interval
+    prev = schedule.prev_before(at)
+    return (at if prev is None else prev), at
+
+
+class _Walker:
+    """The croniter queries of one next_after/prev_before call, on naive wall times.
+
+    Walking segment by segment asks croniter the same question again and again (a yearly job
+    crosses several segments): an answer is reused while it still holds.
+    """
+
+    def __init__(self, cron: croniter) -> None:
+        self._cron = copy.copy(cron)  # croniter keeps a cursor: never move the shared one
+        self._next: tuple[datetime, datetime] | None = None  # (asked, first match after it)
+        self._prev: tuple[datetime, datetime] | None = None  # (asked, last match before it)
+
+    def next(self, wall: datetime) -> datetime:
+        """The first matching wall time strictly after `wall`."""
+        if self._next is None or not self._next[0] <= wall < self._next[1]:
+            self._next = (wall, self._cron.get_next(datetime, start_time=wall))
+        return self._next[1]
+
+    def prev(self, wall: datetime) -> datetime:
+        """The last matching wall time strictly before `wall`."""
+        if self._prev is None or not self._prev[1] < wall <= self._prev[0]:
+            self._prev = (wall, self._cron.get_prev(datetime, start_time=wall))
+        return self._prev[1]
+
+
+# --- instants and wall clocks -------------------------------------------------------------------
+
+
+class _Segment(NamedTuple):
+    """A stretch [start, end) of time with one UTC offset; end None at the end of time."""
+
+    start: datetime
+    end: datetime | None
+    offset: timedelta
+    offset_before: timedelta  # the offset just before start: larger = overlap, smaller = gap
+
+
+def _utc(at: datetime, where: str) -> datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ScheduleError(
+            f"naive datetime {at.isoformat()} passed to {where}: "
+            "cronflow needs timezone-aware datetimes (e.g. tzinfo=timezone.utc)"
+        )
+    return at.astimezone(UTC)
+
+
+def _wall(at: datetime, offset: timedelta) -> datetime:
+    return at.replace(tzinfo=None) + offset
+
+
+def _instant(wall: datetime, offset: timedelta) -> datetime:
+    return (wall - offset).replace(tzinfo=UTC)
+
+
+def _offset(zone: ZoneInfo, at: datetime) -> timedelta:
+    offset = at.astimezone(zone).utcoffset()
+    assert offset is not None  # a ZoneInfo always knows its offset
+    return offset
+
+
+def _segment_at(zone: ZoneInfo, at: datetime) -> _Segment:
+    segments = _year_segments(zone, at.year)
+    return segments[bisect_right(segments, at, key=lambda s: s.start) - 1]
+
+
+@lru_cache(maxsize=1024)
+def _year_segments(zone: ZoneInfo, year: int) -> tuple[_Segment, ...]:
+    """The constant-offset segments of one UTC year (zoneinfo does not expose transitions)."""
+    start = datetime(year, 1, 1, tzinfo=UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=UTC) if year < MAXYEAR else None
+    starts = [start, *_transitions(zone, start, end or datetime.max.replace(tzinfo=UTC))]
+    before = _offset(zone, start - _TICK) if year > 1 else _offset(zone, start)
+    segments = []
+    for begin, finish in zip(starts, [*starts[1:], end], strict=True):
+        offset = _offset(zone, begin)
+        segments.append(_Segment(begin, finish, offset, before))
+        before = offset
+    return tuple(segments)
+
+
+def _transitions(zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """Instants in (start, end) where the UTC offset changes, found by sampling then bisecting."""
+    found, lo = [], start
+    while lo < end:
+        hi = min(lo + _SAMPLE, end - timedelta(seconds=1))
+        if hi > lo and _offset(zone, hi) != _offset(zone, lo):
+            found.append(_first_change(zone, lo, hi))
+        lo = lo + _SAMPLE
+    return found
+
+
+def _first_change(zone: ZoneInfo, lo: datetime, hi: datetime) -> datetime:
+    """The first second in (lo, hi] whose offset differs from lo's."""
+    before = _offset(zone, lo)
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + timedelta(seconds=(hi - lo).total_seconds() // 2)
+        lo, hi = (mid, hi) if _offset(zone, mid) == before else (lo, mid)
+    return hi
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _bad(expression: str, reason: str) -> ScheduleError:
+    return ScheduleError(f"bad cron expression {expression!r}: {reason}")
+
+
+def _parse(expression: str) -> _Spec:
+    text = expression
+    if expression.startswith("@"):
+        if expression == "@reboot":
+            raise _bad(expression, "@reboot is not a time schedule (cron runs it at boot)")
+        if expression not in _MACROS:
+            known = ", ".join(_MACROS)
+            raise _bad(expression, f"unknown macro (cron knows, in lowercase: {known})")
+        text = _MACROS[expression]
+    texts = tuple(text.split())
+    if len(texts) != 5:
+        extra = "; seconds are not supported" if len(texts) == 6 else ""
+        raise _bad(expression, f"{len(texts)} fields, cron takes 5 ({_LAYOUT}){extra}")
+    values = [_parse_field(expression, t, f) for t, f in zip(texts, _FIELDS, strict=True)]
+    values[4] = sorted({v % 7 for v in values[4]})  # Sunday is 0 or 7
+    day_or = not texts[2].startswith("*") and not texts[4].startswith("*")
+    if not day_or and not _has_date(values[2], values[3]):
+        raise _bad(expression, f"day {texts[2]} never comes in month {texts[3]}, so it never fires")
+    fixed = not texts[0].startswith("*") and not texts[1].startswith("*")
+    return _Spec(texts, tuple(tuple(v) for v in values), day_or, fixed)
+
+
+def _parse_field(expression: str, text: str, spec: _Field) -> list[int]:
+    values: set[int] = set()
+    for item in text.split(","):
+        if not item:
+            raise _bad(expression, f"empty item in the {spec.name} field {text!r}")
+        values.update(_parse_item(expression, item, spec))
+    return sorted(values)
+
+
+def _parse_item(expression: str, item: str, spec: _Field) -> range:
+    base, slash, step_text = item.partition("/")
+    step = _parse_step(expression, item, step_text) if slash else 1
+    if base == "*":
+        return range(spec.low, spec.high + 1, step)
+    if "-" not in base:
+        if slash:
+            raise _bad(expression, f"a step needs a range or '*' (cron rejects {item!r})")
+        value = _parse_value(expression, base, spec)
+        return range(value, value + 1)
+    first, _, last = base.partition("-")
+    low, high = _parse_value(expression, first, spec), _parse_value(expression, last, spec)
+    if low > high:
+        # cron accepts a reversed range but sets no bit for it: certainly a mistake
+        raise _bad(expression, f"range {base!r} is reversed, so it never fires")
+    return range(low, high + 1, step)
+
+
+def _parse_step(expression: str, item: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise _bad(expression, f"step {text!r} in {item!r} is not a number")
+    if int(text) == 0:
+        raise _bad(expression, f"a zero step in {item!r} (cron rejects it)")
+    return int(text)
+
+
+def _parse_value(expression: str, token: str, spec: _Field) -> int:
+    if token.isascii() and token.isdigit():
+        value = int(token)
+        if not spec.low <= value <= spec.high:
+            limits = f"{spec.low}-{spec.high}"
+            raise _bad(expression, f"{value} is out of range for {spec.name} ({limits})")
+        return value
+    if token.lower() in spec.names:
+        return spec.names[token.lower()]
+    raise _bad(expression, _unknown_token(token, spec))
+
+
+def _unknown_token(token: str, spec: _Field) -> str:
+    """Why cron would reject `token`; croniter accepts several of these extensions."""
+    upper = token.upper()
+    if "#" in token:
+        return f"'#' (nth weekday) in {token!r} is not cron syntax (cron rejects it)"
+    if "?" in token:
+        return f"'?' in {token!r} is not cron syntax, use '*' (cron rejects it)"
+    if re.fullmatch(r"\d*L|LW?", upper):
+        return f"'L' (last) in {token!r} is not cron syntax (cron rejects it)"
+    if re.fullmatch(r"\d*W", upper):
+        return f"'W' (nearest weekday) in {token!r} is not cron syntax (cron rejects it)"
+    if not token:
+        return f"a number is missing in the {spec.name} field"
+    if spec.names and token.isalpha():
+        return f"unknown {spec.name} name {token!r} (known: {', '.join(spec.names)})"
+    return f"{token!r} is not a number in the {spec.name} field"
+
+
+def _has_date(days: Sequence[int], months: Sequence[int]) -> bool:
+    return any(day <= _MAX_DAYS[month - 1] for month in months for day in days)
+
+
+def _croniter_for(spec: _Spec) -> croniter:
+    """A croniter that matches `spec` on naive wall times.
+
+    croniter reads the day fields its own way ('*/2' next to a weekday is an OR unless
+    implement_cron_bug=True), so it gets plain numbers and the day rule through day_or.
+    """
+    minute, hour, days, months, weekdays = spec.values
+    day_or = spec.day_or
+    if day_or and (len(days) == 31 or len(weekdays) == 7):
+        days, weekdays, day_or = _EVERY_DAY, _EVERY_WEEKDAY, False  # either rule, one side full
+    elif day_or and not _has_date(days, months):
+        # the day-of-month side never matches: croniter would search 100 years for it each call
+        days, day_or = _EVERY_DAY, False
+    fields = (minute, hour, days, months, weekdays)
+    text = " ".join(_cron_text(values, size) for values, size in zip(fields, _SIZES, strict=True))
+    return croniter(text, datetime(2000, 1, 1), day_or=day_or, max_years_between_matches=100)
+
+
+_EVERY_DAY = tuple(range(1, 32))
+_EVERY_WEEKDAY = tuple(range(7))
+_SIZES = (60, 24, 31, 12, 7)  # values in a full field (weekdays after folding 7 into 0)
+
+
+def _cron_text(values: tuple[int, ...], size: int) -> str:
+    return "*" if len(values) == size else ",".join(map(str, values))
+
+
+# --- describing ---------------------------------------------------------------------------------
+
+
+def _describe(spec: _Spec) -> str | None:
+    """A plain-words reading of the common shapes; None for anything more complex."""
+    minute_text, hour_text, day_text, month_text, weekday_text = spec.texts
+    minute, hour, days, months, weekdays = spec.values
+    every_day = day_text == month_text == weekday_text == "*"
+    if every_day and hour_text == "*":
+        if minute_text == "*":
+            return "every minute"
+        step = minute_text.removeprefix("*/")
+        if minute_text.startswith("*/") and 60 % int(step) == 0:
+            return f"every {step} minutes"
+        if len(minute) == 1:
+            return f"hourly at :{minute[0]:02d}"
+    if len(minute) != 1 or len(hour) != 1:
+        return None
+    at = f"{hour[0]:02d}:{minute[0]:02d}"
+    if every_day:
+        return f"daily at {at}"
+    if day_text == month_text == "*":
+        return f"at {at} on {_weekday_names(weekdays)}"
+    if len(days) == 1 and weekday_text == "*":
+        if month_text == "*":
+            return f"monthly on day {days[0]} at {at}"
+        if len(months) == 1:
+            return f"yearly on {_MONTHS[months[0] - 1].title()} {days[0]} at {at}"
+    return None
+
+
+def _weekday_names(weekdays: tuple[int, ...]) -> str:
+    """Runs of three or more days as 'Mon-Fri', the rest as a list: 'Mon-Fri', 'Sun,Sat'."""
+    runs: list[list[int]] = []
+    for day in weekdays:
+        if runs and runs[-1][-1] == day - 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    names: list[str] = []
+    for run in runs:
+        if len(run) >= 3:
+            names.append(f"{_DAYS[run[0]].title()}-{_DAYS[run[-1]].title()}")
+        else:
+            names.extend(_DAYS[d].title() for d in run)
+    return ",".join(names)
