@@ -114,7 +114,7 @@ class Schedule:
         after = _utc(at, "next_after")
         try:
             seg, walker = _segment_at(self._zone, after), _Walker(self._cron)
-            while (found := self._first_in(seg, after, walker)) is None and seg.end is not None:
+            while (found := self._first_in(seg, after, walker)) is None:
                 seg = _segment_at(self._zone, seg.end)
         except (CroniterBadDateError, OverflowError):
             return None  # beyond year 9999, or nothing within croniter's search horizon
@@ -153,12 +153,11 @@ class Schedule:
             yield at
             at = self.next_after(at)
 
-    def _gap_fires(self, seg: _Segment, walker: _Walker) -> bool:
-        """Whether a fixed-time job matches a wall time skipped by the jump at seg.start."""
+    def _gap(self, seg: _Segment) -> tuple[datetime, datetime] | None:
+        """The wall times [from, to) skipped by a jump forward at seg.start, if they matter."""
         if not self._spec.fixed or seg.offset <= seg.offset_before:
-            return False
-        skipped = walker.next(_wall(seg.start, seg.offset_before) - _TICK)
-        return skipped < _wall(seg.start, seg.offset)
+            return None  # wildcard jobs simply do not fire in the gap
+        return _wall(seg.start, seg.offset_before), _wall(seg.start, seg.offset)
 
     def _floor(self, seg: _Segment) -> datetime:
         """The earliest wall time that fires inside `seg`."""
@@ -168,22 +167,18 @@ class Schedule:
         return _wall(seg.start, seg.offset)
 
     def _first_in(self, seg: _Segment, after: datetime, walker: _Walker) -> datetime | None:
-        if seg.start > after and self._gap_fires(seg, walker):
+        gap = self._gap(seg)
+        if gap and seg.start > after and walker.next(gap[0] - _TICK) < gap[1]:
             return seg.start  # skipped fixed-time fires all collapse into the first instant
-        floor = max(self._floor(seg) - _TICK, _wall(after, seg.offset))
-        wall = walker.next(floor)
-        if seg.end is not None and wall >= _wall(seg.end, seg.offset):
-            return None
-        return _instant(wall, seg.offset)
+        wall = walker.next(max(self._floor(seg) - _TICK, _wall(after, seg.offset)))
+        return _instant(wall, seg.offset) if wall < _wall(seg.end, seg.offset) else None
 
     def _last_in(self, seg: _Segment, before: datetime, walker: _Walker) -> datetime | None:
-        ceiling = before if seg.end is None else min(before, seg.end)
-        wall = walker.prev(_wall(ceiling, seg.offset))
+        wall = walker.prev(_wall(min(before, seg.end), seg.offset))
         if wall >= self._floor(seg):
             return _instant(wall, seg.offset)
-        if seg.start < before and self._gap_fires(seg, walker):
-            return seg.start
-        return None
+        gap = self._gap(seg)  # if any, `wall` is the last match before its end
+        return seg.start if gap and seg.start < before and wall >= gap[0] else None
 
 
 def data_interval(schedule: Schedule | None, logical_at: datetime) -> tuple[datetime, datetime]:
@@ -224,10 +219,10 @@ class _Walker:
 
 
 class _Segment(NamedTuple):
-    """A stretch [start, end) of time with one UTC offset; end None at the end of time."""
+    """A stretch [start, end) of time with one UTC offset."""
 
     start: datetime
-    end: datetime | None
+    end: datetime
     offset: timedelta
     offset_before: timedelta  # the offset just before start: larger = overlap, smaller = gap
 
@@ -263,10 +258,11 @@ def _segment_at(zone: ZoneInfo, at: datetime) -> _Segment:
 @lru_cache(maxsize=1024)
 def _year_segments(zone: ZoneInfo, year: int) -> tuple[_Segment, ...]:
     """The constant-offset segments of one UTC year (zoneinfo does not expose transitions)."""
-    start = datetime(year, 1, 1, tzinfo=UTC)
-    end = datetime(year + 1, 1, 1, tzinfo=UTC) if year < MAXYEAR else None
-    starts = [start, *_transitions(zone, start, end or datetime.max.replace(tzinfo=UTC))]
-    before = _offset(zone, start - _TICK) if year > 1 else _offset(zone, start)
+    if year == MAXYEAR:
+        raise OverflowError("cronflow computes fire times up to the end of year 9998")
+    start, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+    starts = [start, *_transitions(zone, start, end)]
+    before = _offset(zone, start - _TICK)  # year 1 overflows: no fire time that early
     segments = []
     for begin, finish in zip(starts, [*starts[1:], end], strict=True):
         offset = _offset(zone, begin)
@@ -280,9 +276,9 @@ def _transitions(zone: ZoneInfo, start: datetime, end: datetime) -> list[datetim
     found, lo = [], start
     while lo < end:
         hi = min(lo + _SAMPLE, end - timedelta(seconds=1))
-        if hi > lo and _offset(zone, hi) != _offset(zone, lo):
+        if _offset(zone, hi) != _offset(zone, lo):
             found.append(_first_change(zone, lo, hi))
-        lo = lo + _SAMPLE
+        lo += _SAMPLE
     return found
 
 
@@ -313,8 +309,8 @@ def _parse(expression: str) -> _Spec:
         text = _MACROS[expression]
     texts = tuple(text.split())
     if len(texts) != 5:
-        extra = "; seconds are not supported" if len(texts) == 6 else ""
-        raise _bad(expression, f"{len(texts)} fields, cron takes 5 ({_LAYOUT}){extra}")
+        extra = " (seconds are not supported)" if len(texts) == 6 else ""
+        raise _bad(expression, f"cron takes 5 fields ({_LAYOUT}), got {len(texts)}{extra}")
     values = [_parse_field(expression, t, f) for t, f in zip(texts, _FIELDS, strict=True)]
     values[4] = sorted({v % 7 for v in values[4]})  # Sunday is 0 or 7
     day_or = not texts[2].startswith("*") and not texts[4].startswith("*")

@@ -1,0 +1,397 @@
+"""The scheduler driven by a fake clock: catch-up, DST, end dates, limits, waits, retries, pools.
+
+Tasks are real processes (the local executor); only time is injected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock, utc, wait_for
+
+from cronflow import catalog
+from cronflow.config import Settings
+from cronflow.executor import LocalExecutor
+from cronflow.scheduler import Scheduler
+from cronflow.states import TaskState
+from cronflow.store import Store
+
+
+class Harness:
+    def __init__(self, settings: Settings, start: datetime) -> None:
+        self.store = Store(settings.db_path)
+        self.clock = FakeClock(start)
+        self.settings = settings
+        self.scheduler = Scheduler(
+            self.store, settings, LocalExecutor(settings.parallelism), self.clock
+        )
+        self.sync()
+
+    def sync(self) -> None:
+        self.scheduler.catalog = catalog.sync(self.store, self.settings)
+
+    def tick(self) -> datetime:
+        return self.scheduler.tick(self.clock.now())
+
+    def at(self, moment: datetime) -> datetime:
+        self.clock.current = moment
+        return self.tick()
+
+    def settle(self) -> None:
+        """Tick (without moving the clock) until no task runs or waits for a slot."""
+
+        def idle() -> bool:
+            self.tick()
+            busy = self.store.tis_in_states(
+                [TaskState.SCHEDULED, TaskState.QUEUED, TaskState.RUNNING]
+            )
+            return not busy and not self.scheduler.executor.running()
+
+        wait_for(idle, what="the scheduler to settle")
+
+    def runs(self, flow_id: str) -> list[dict]:
+        return self.store.runs_between(flow_id, utc(1970, 1, 1), utc(2100, 1, 1))
+
+    def logical_dates(self, flow_id: str) -> list[str]:
+        return [r["logical_date"] for r in self.runs(flow_id)]
+
+    def ti(self, flow_id: str, task_id: str, index: int = -1) -> dict:
+        run = self.runs(flow_id)[index]
+        ti = self.store.ti(run["run_id"], task_id)
+        assert ti is not None
+        return ti
+
+
+@pytest.fixture
+def make(settings: Settings) -> Callable[[datetime], Harness]:
+    return lambda start: Harness(settings, start)
+
+
+EMPTY_FLOW = """
+from cronflow import Flow
+Flow("{flow_id}", schedule="{cron}", timezone="{tz}", start_date={start!r}, end_date={end!r},
+     catchup={catchup}, max_active_runs={mar})
+"""
+
+
+def empty_flow(
+    write_flow,
+    flow_id="f",
+    cron="30 2 * * *",
+    tz="Europe/Paris",
+    start="2024-03-28",
+    end=None,
+    catchup=True,
+    mar=16,
+) -> None:
+    write_flow(
+        flow_id,
+        EMPTY_FLOW.format(
+            flow_id=flow_id, cron=cron, tz=tz, start=start, end=end, catchup=catchup, mar=mar
+        ),
+    )
+
+
+def test_catchup_creates_every_missed_run_oldest_first_across_spring_forward(make, write_flow):
+    empty_flow(write_flow)
+    h = make(utc(2024, 4, 2, 12))
+    h.tick()
+    assert h.logical_dates("f") == [
+        "2024-03-28T01:30:00+00:00",
+        "2024-03-29T01:30:00+00:00",
+        "2024-03-30T01:30:00+00:00",
+        "2024-03-31T01:00:00+00:00",  # 02:30 does not exist: runs once, at the jump (03:00 CEST)
+        "2024-04-01T00:30:00+00:00",
+        "2024-04-02T00:30:00+00:00",
+    ]
+    assert [r["run_type"] for r in h.runs("f")] == ["scheduled"] * 6
+
+
+def test_daily_0230_runs_once_on_fall_back_day(make, write_flow):
+    empty_flow(write_flow, start="2024-10-26")
+    h = make(utc(2024, 10, 28, 6))
+    h.tick()
+    assert h.logical_dates("f") == [
+        "2024-10-26T00:30:00+00:00",
+        "2024-10-27T00:30:00+00:00",  # first 02:30 (CEST) only, not again at 02:30 CET
+        "2024-10-28T01:30:00+00:00",
+    ]
+
+
+def test_clock_walking_through_fall_back_day_fires_each_slot_once(make, write_flow):
+    empty_flow(write_flow, cron="*/30 * * * *", start="2024-10-27")
+    h = make(utc(2024, 10, 26, 22))
+    while h.clock.now() < utc(2024, 10, 27, 23):
+        h.clock.advance(minutes=7)
+        h.tick()
+    dates = h.logical_dates("f")
+    assert len(dates) == len(set(dates))
+    local_day = [d for d in dates if d < "2024-10-27T23:00"]
+    assert len(local_day) == 50  # 25 hours of half-hours
+
+
+def test_catchup_off_runs_only_the_latest_missed_and_logs_the_rest(make, write_flow, caplog):
+    empty_flow(write_flow, catchup=False)
+    h = make(utc(2024, 4, 2, 12))
+    with caplog.at_level("WARNING", logger="cronflow.scheduler"):
+        h.tick()
+    assert h.logical_dates("f") == ["2024-04-02T00:30:00+00:00"]
+    assert "event=missed_fires flow=f count=5" in caplog.text
+    h.at(utc(2024, 4, 3, 0, 29))
+    assert len(h.runs("f")) == 1
+    h.at(utc(2024, 4, 3, 0, 30))
+    assert h.logical_dates("f")[-1] == "2024-04-03T00:30:00+00:00"
+
+
+def test_downtime_is_caught_up_after_restart(make, write_flow):
+    empty_flow(write_flow, start="2024-04-01")
+    h = make(utc(2024, 4, 1, 12))
+    h.tick()
+    assert len(h.runs("f")) == 1
+    # The daemon is down for three days; a new scheduler on the same store catches up.
+    h2 = make(utc(2024, 4, 4, 12))
+    h2.tick()
+    assert h2.logical_dates("f")[1:] == [
+        "2024-04-02T00:30:00+00:00",
+        "2024-04-03T00:30:00+00:00",
+        "2024-04-04T00:30:00+00:00",
+    ]
+
+
+def test_no_runs_after_end_date(make, write_flow):
+    empty_flow(write_flow, start="2024-03-01", end="2024-03-03")
+    h = make(utc(2024, 3, 10))
+    h.tick()
+    assert h.logical_dates("f") == [
+        "2024-03-01T01:30:00+00:00",
+        "2024-03-02T01:30:00+00:00",
+    ]  # 2024-03-03 00:00 Paris is the end: its 02:30 fire is after it
+    h.at(utc(2024, 4, 10))
+    assert len(h.runs("f")) == 2
+
+
+def test_flow_without_start_date_starts_from_first_sight(make, write_flow):
+    empty_flow(write_flow, start=None, cron="0 * * * *", tz="UTC")
+    h = make(utc(2024, 5, 1, 10, 30))
+    h.tick()
+    assert h.runs("f") == []
+    h.at(utc(2024, 5, 1, 11, 0))
+    assert h.logical_dates("f") == ["2024-05-01T11:00:00+00:00"]
+
+
+def test_paused_flow_creates_no_runs(make, write_flow):
+    empty_flow(write_flow)
+    h = make(utc(2024, 4, 2, 12))
+    h.store.set_paused("f", True)
+    h.tick()
+    assert h.runs("f") == []
+
+
+SLOW_FLOW = """
+from cronflow import Flow, Shell
+with Flow("slow", schedule="0 0 * * *", start_date="2024-01-01", catchup=True, max_active_runs=2):
+    Shell("work", "sleep 0.2")
+"""
+
+
+def test_max_active_runs_limits_and_keeps_order(make, write_flow):
+    write_flow("slow", SLOW_FLOW)
+    h = make(utc(2024, 1, 5, 12))
+    h.tick()
+    runs = h.runs("slow")
+    assert [r["logical_date"][:10] for r in runs] == ["2024-01-01", "2024-01-02"]
+    assert {r["state"] for r in runs} == {"running"}
+    h.settle()
+    h.tick()
+    assert [r["logical_date"][:10] for r in h.runs("slow")] == [
+        "2024-01-01",
+        "2024-01-02",
+        "2024-01-03",
+        "2024-01-04",
+    ]
+    h.settle()
+    h.tick()
+    h.settle()
+    assert [r["state"] for r in h.runs("slow")] == ["success"] * 5
+
+
+WAITING_FLOWS = """
+from cronflow import Flow, FlowDependency, Shell
+with Flow("upstream", schedule="0 1 * * *", start_date="2024-06-01", catchup=True, max_active_runs=5):
+    Shell("gate", "test -f {home}/open-{{{{ ds }}}}")
+with Flow("downstream", schedule="0 3 * * *", start_date="2024-06-02", catchup=True, max_active_runs=5,
+          wait_for=["upstream", FlowDependency("upstream", offset_days=-1)]):
+    Shell("use", "true")
+"""
+
+
+def test_inter_flow_wait_for_same_and_previous_day(make, write_flow, home):
+    write_flow("pair", WAITING_FLOWS.format(home=home))
+    (home / "open-2024-06-01").touch()
+    h = make(utc(2024, 6, 2, 12))
+    h.tick()
+    h.settle()
+    states = {r["logical_date"][:10]: r["state"] for r in h.runs("upstream")}
+    assert states == {"2024-06-01": "success", "2024-06-02": "failed"}
+    down = h.runs("downstream")
+    assert [(r["logical_date"][:10], r["state"]) for r in down] == [("2024-06-02", "queued")]
+    flow = h.scheduler.catalog.get("downstream")
+    assert h.scheduler.unmet_waits(flow, down[0]) == [("upstream", "2024-06-02")]
+    # Open the gate and re-run the failed upstream day: the downstream run starts and succeeds.
+    (home / "open-2024-06-02").touch()
+    up = h.runs("upstream")[1]
+    h.store.update_ti(up["run_id"], "gate", state=TaskState.NONE)
+    from cronflow.states import RunState
+
+    h.store.set_run_state(up["run_id"], RunState.QUEUED, h.clock.now())
+    h.tick()
+    h.settle()
+    h.tick()
+    h.settle()
+    assert [r["state"] for r in h.runs("downstream")] == ["success"]
+
+
+RETRY_FLOW = """
+from cronflow import Flow, Shell
+with Flow("retry", defaults={{"retry_delay": 60}}):
+    flaky = Shell("flaky", "test -f {flag} || {{ touch {flag}; exit 3; }}", retries=2)
+    doomed = Shell("doomed", "echo no; exit 1", retries=0)
+    after_doomed = Shell("after_doomed", "true")
+    cleanup = Shell("cleanup", "true", trigger_rule="all_done")
+    doomed >> after_doomed >> cleanup
+    flaky >> cleanup
+"""
+
+
+def test_retry_waits_for_its_delay_then_succeeds_and_failures_propagate(make, write_flow, home):
+    write_flow("retry", RETRY_FLOW.format(flag=home / "flag"))
+    h = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    flow = h.scheduler.catalog.get("retry")
+    control.trigger(h.store, flow, utc(2024, 1, 1))
+    h.tick()
+    h.settle()
+    flaky = h.ti("retry", "flaky")
+    assert flaky["state"] == "up_for_retry"
+    assert flaky["next_try_at"] == "2024-01-01T00:01:00+00:00"
+    assert flaky["reason"] == "exit code 3"
+    assert h.ti("retry", "doomed")["state"] == "failed"
+    assert h.ti("retry", "after_doomed")["state"] == "upstream_failed"
+    assert h.ti("retry", "cleanup")["state"] == "none"
+    h.at(utc(2024, 1, 1, 0, 0, 59))
+    assert h.ti("retry", "flaky")["state"] == "up_for_retry"
+    h.at(utc(2024, 1, 1, 0, 1))
+    h.settle()
+    flaky = h.ti("retry", "flaky")
+    assert (flaky["state"], flaky["try_number"]) == ("success", 2)
+    assert h.ti("retry", "cleanup")["state"] == "success"
+    assert h.runs("retry")[0]["state"] == "failed"
+    logs = sorted(Path(flaky["log_path"]).parent.glob("try-*.log"))
+    assert [p.name for p in logs] == ["try-1.log", "try-2.log"]
+    assert "retry at 2024-01-01T00:01:00+00:00 (try 2 of 3)" in logs[0].read_text()
+
+
+POOL_FLOW = """
+from cronflow import Flow, Shell
+with Flow("pooled"):
+    for i in range(3):
+        Shell(f"station{{i}}", "echo $(date +%s.%N) start >> {out}; sleep 0.2; echo $(date +%s.%N) end >> {out}",
+              pool="station", priority=i)
+"""
+
+
+def test_pool_slots_and_priority(make, write_flow, home):
+    out = home / "pool.txt"
+    write_flow("pooled", POOL_FLOW.format(out=out))
+    h = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    control.trigger(h.store, h.scheduler.catalog.get("pooled"), utc(2024, 1, 1))
+    h.tick()
+    assert h.scheduler.executor.pool_usage() == {"station": 1}
+    assert h.ti("pooled", "station2")["state"] == "running"  # highest priority first
+    h.settle()
+    events = [line.split()[1] for line in out.read_text().splitlines()]
+    assert events == ["start", "end"] * 3  # never two at once in a 1-slot pool
+
+
+def test_unconfigured_pool_fails_the_task_with_reason(make, write_flow):
+    write_flow(
+        "nopool",
+        """
+        from cronflow import Flow, Shell
+        with Flow("nopool"):
+            Shell("t", "true", pool="nowhere")
+    """,
+    )
+    h = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    control.trigger(h.store, h.scheduler.catalog.get("nopool"), utc(2024, 1, 1))
+    h.tick()
+    ti = h.ti("nopool", "t")
+    assert ti["state"] == "failed"
+    assert "pool 'nowhere' is not configured" in ti["reason"]
+
+
+def test_timeout_kills_the_whole_process_group(make, write_flow, home):
+    pidfile = home / "grandchild.pid"
+    write_flow(
+        "hang",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("hang"):
+            Shell("hang", "sleep 300 & echo $! > {pidfile}; wait", timeout=0.5)
+    """,
+    )
+    h = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    control.trigger(h.store, h.scheduler.catalog.get("hang"), utc(2024, 1, 1))
+    h.tick()
+    h.settle()
+    ti = h.ti("hang", "hang")
+    assert (ti["state"], ti["reason"]) == ("failed", "timed out after 0.5s")
+    grandchild = int(pidfile.read_text())
+    wait_for(lambda: not _alive(grandchild), timeout=10, what="the grandchild to be killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_template_error_fails_the_attempt_with_a_clear_reason(make, write_flow):
+    write_flow(
+        "tpl",
+        """
+        from cronflow import Flow, Shell
+        with Flow("tpl"):
+            Shell("t", "echo {{ params.missing }}")
+    """,
+    )
+    h = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    control.trigger(h.store, h.scheduler.catalog.get("tpl"), utc(2024, 1, 1))
+    h.tick()
+    ti = h.ti("tpl", "t")
+    assert ti["state"] == "failed"
+    assert "no key 'missing' in params" in ti["reason"]
+    assert "no key 'missing'" in Path(ti["log_path"]).read_text()
+
+
+def test_next_wakeup_is_the_next_fire_time(make, write_flow):
+    empty_flow(write_flow, start="2024-04-01")
+    h = make(utc(2024, 4, 1, 0, 29, 59))
+    assert h.tick() == utc(2024, 4, 1, 0, 30)
+    assert h.runs("f") == []
+    h.at(utc(2024, 4, 1, 0, 30))
+    assert h.logical_dates("f") == ["2024-04-01T00:30:00+00:00"]
