@@ -110,8 +110,8 @@ class Daemon:
         try:
             started = self.clock.now()
             store.record_daemon(os.getpid(), scheduler.host, started)
+            scheduler.catalog = catalog.sync(store, self.settings)  # retry delays come from it
             recovered = scheduler.recover_orphans(started)
-            scheduler.catalog = catalog.sync(store, self.settings)
             log.info(
                 "event=daemon_started pid=%s home=%s flows=%s broken_files=%s parallelism=%s recovered=%s",
                 os.getpid(),

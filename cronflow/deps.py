@@ -30,7 +30,8 @@ def topological_order(upstreams: Mapping[str, Iterable[str]]) -> list[str]:
         if mark.get(node) == 2:
             return
         if mark.get(node) == 1:
-            cycle = [*path[path.index(node) :], node]
+            # the walk follows upstream edges; reversed, it reads as the user wrote it (a >> b)
+            cycle = [node, *reversed(path[path.index(node) :])]
             raise FlowDefinitionError(f"dependency cycle: {' >> '.join(cycle)}")
         mark[node] = 1
         for up in upstreams[node]:
@@ -51,7 +52,8 @@ def find_flow_cycle(waits: Mapping[str, Iterable[tuple[str, int]]]) -> list[str]
     try:
         topological_order(graph)
     except FlowDefinitionError as exc:
-        return str(exc).removeprefix("dependency cycle: ").split(" >> ")
+        # the message reads upstream >> downstream; the result lists each flow before its upstream
+        return str(exc).removeprefix("dependency cycle: ").split(" >> ")[::-1]
     return None
 
 

@@ -99,7 +99,16 @@ class Task:
         params: Mapping[str, Any] | None = None,
         flow: Flow | None = None,
     ) -> None:
-        self.task_id = _check_id("task", task_id)
+        owner = flow or _current_flow.get()
+        if owner is None:
+            raise FlowDefinitionError(
+                f"task '{task_id}' is not inside a flow: create it within `with Flow(...):`"
+            )
+        self.flow: Flow = owner
+        try:
+            self.task_id = _check_id("task", task_id)
+        except FlowDefinitionError as exc:
+            raise FlowDefinitionError(f"flow '{self.flow.flow_id}': {exc}") from None
         self._own = {
             "retries": retries,
             "retry_delay": retry_delay,
@@ -112,11 +121,6 @@ class Task:
         }
         self.params = dict(params or {})
         self.upstream_ids: list[str] = []
-        self.flow = flow or _current_flow.get()
-        if self.flow is None:
-            raise FlowDefinitionError(
-                f"task '{task_id}' is not inside a flow: create it within `with Flow(...):`"
-            )
         self.flow.add(self)
 
     # --- dependencies: a >> b, a >> [b, c], [a, b] >> c, a << b ---
@@ -143,7 +147,8 @@ class Task:
     def set_upstream(self, task: Task) -> None:
         if task.flow is not self.flow:
             raise FlowDefinitionError(
-                f"task '{self.task_id}' cannot depend on task '{task.task_id}' of another flow; "
+                f"task '{self.task_id}' of flow '{self.flow.flow_id}' cannot depend on task "
+                f"'{task.task_id}' of another flow, flow '{task.flow.flow_id}'; "
                 "use Flow(wait_for=...) for dependencies between flows"
             )
         if task.task_id not in self.upstream_ids:
@@ -169,6 +174,13 @@ class Task:
             raise FlowDefinitionError(
                 f"{where}: unknown trigger_rule {merged['trigger_rule']!r} (known: {known})"
             ) from None
+        priority = merged["priority"]
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise FlowDefinitionError(f"{where}: priority must be a whole number")
+        try:
+            pool = _check_id("pool", merged["pool"])
+        except FlowDefinitionError as exc:
+            raise FlowDefinitionError(f"{where}: {exc}") from None
         timeout = merged["timeout"]
         return {
             "retries": retries,
@@ -178,8 +190,8 @@ class Task:
                 merged["max_retry_delay"], f"{where}: max_retry_delay"
             ),
             "timeout_s": None if timeout is None else parse_duration(timeout, f"{where}: timeout"),
-            "pool": _check_id("pool", merged["pool"]),
-            "priority": int(merged["priority"]),
+            "pool": pool,
+            "priority": priority,
             "trigger_rule": rule,
         }
 
@@ -198,7 +210,7 @@ class Task:
 
 
 def _as_list(value: Task | Iterable[Task]) -> list[Task]:
-    items = [value] if isinstance(value, Task) else list(value)
+    items = list(value) if isinstance(value, Iterable) else [value]
     for item in items:
         if not isinstance(item, Task):
             raise FlowDefinitionError(f"cannot make a dependency on {item!r}: not a task")

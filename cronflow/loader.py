@@ -51,6 +51,8 @@ def import_flows(path: Path) -> list[Flow]:
     if spec is None or spec.loader is None:
         raise FlowLoadError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
+    # Registered like any imported module: dataclasses, pickle and typing look it up by name.
+    sys.modules[module_name] = module
     # Let a flow import helper modules kept next to it.
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
@@ -58,14 +60,15 @@ def import_flows(path: Path) -> list[Flow]:
         with collecting_flows() as created:
             spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise FlowLoadError(f"{path}: line {exc.lineno}: SyntaxError: {exc.msg}") from None
+        error = f"{path}: line {exc.lineno}: SyntaxError: {exc.msg}"
     except CronflowError as exc:
-        raise FlowLoadError(f"{path}{_line_in(path, exc)}: {exc}") from None
+        error = f"{path}{_line_in(path, exc)}: {exc}"
     except BaseException as exc:
-        raise FlowLoadError(
-            f"{path}{_line_in(path, exc)}: {type(exc).__name__}: {exc}".rstrip(": ")
-        ) from None
-    return created
+        error = f"{path}{_line_in(path, exc)}: {type(exc).__name__}: {exc}".rstrip(": ")
+    else:
+        return created
+    sys.modules.pop(module_name, None)
+    raise FlowLoadError(error)
 
 
 def _line_in(path: Path, exc: BaseException) -> str:
@@ -116,41 +119,49 @@ def _load_batch(paths: list[Path], timeout_s: float, results: dict[Path, LoadRes
         start_new_session=True,
     )
     os.close(write_fd)
-    reader = os.fdopen(read_fd, "rb")
+    buffer = bytearray()
     try:
         for path in paths:
-            line = _read_line(reader, time.monotonic() + timeout_s)
-            if line is None:
-                results[path] = LoadResult([], _no_answer(path, child, timeout_s))
+            line = _read_line(read_fd, buffer, time.monotonic() + timeout_s)
+            if not line:
+                results[path] = LoadResult([], _no_answer(path, child, timeout_s, line is None))
                 return
             answer = json.loads(line)
             results[Path(answer["path"])] = LoadResult(answer["specs"], answer["error"])
     finally:
-        reader.close()
+        os.close(read_fd)
         _kill(child)
 
 
-def _no_answer(path: Path, child: subprocess.Popen[bytes], timeout_s: float) -> str:
+def _no_answer(
+    path: Path, child: subprocess.Popen[bytes], timeout_s: float, timed_out: bool
+) -> str:
+    if not timed_out:
+        # the child closed its end of the pipe, so it is exiting: wait for its exit code
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=timeout_s)
     code = child.poll()
     if code is None:
         return f"{path}: import did not finish within {timeout_s:g}s (import_timeout_s)"
     return f"{path}: importing it ended the process (exit code {code})"
 
 
-def _read_line(reader: Any, deadline: float) -> bytes | None:
-    """One line from the child, or None at the deadline or when the child is gone."""
-    chunks: list[bytes] = []
-    fd = reader.fileno()
-    while True:
+def _read_line(fd: int, buffer: bytearray, deadline: float) -> bytes | None:
+    """One line from the child; b"" when the child is gone, None at the deadline.
+
+    `buffer` keeps what was read past the line for the next call: a buffered file object would
+    hide lines already received from select() and report them as timeouts."""
+    while (end := buffer.find(b"\n")) < 0:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             return None
-        line = reader.readline()
-        if not line:
-            return None
-        chunks.append(line)
-        if line.endswith(b"\n"):
-            return b"".join(chunks)
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b""
+        buffer += chunk
+    line = bytes(buffer[: end + 1])
+    del buffer[: end + 1]
+    return line
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:

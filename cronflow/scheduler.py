@@ -59,8 +59,13 @@ class Scheduler:
         self._interrupted: set[tuple[int, str]] = set()
         self._next_fire: dict[tuple[str, str | None], Any] = {}
 
-    def marker(self, run_id: int | str = "", task_id: str = "", try_number: int | str = "") -> str:
-        return f"{self.settings.home}|{run_id}|{task_id}|{try_number}"
+    def marker(self, run_id: int, task_id: str, try_number: int) -> str:
+        """The CRONFLOW_ATTEMPT value of one attempt; all of a home's share its prefix."""
+        return f"{self.marker_prefix}{run_id}|{task_id}|{try_number}"
+
+    @property
+    def marker_prefix(self) -> str:
+        return f"{self.settings.home}|"
 
     # --- the tick -------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> datetime:
@@ -251,7 +256,7 @@ class Scheduler:
                 due = from_iso(ti["next_try_at"]) or now
                 if due > now:
                     wakes.append(due)
-                elif self._set(ti, ti["state"], state=TaskState.SCHEDULED):
+                elif not self.stopping and self._set(ti, ti["state"], state=TaskState.SCHEDULED):
                     ti["state"] = TaskState.SCHEDULED
         states = {t: TaskState(ti["state"]) for t, ti in tis.items()}
         for task_id, decision in deps.resolve_run(flow.graph, states).items():
@@ -520,7 +525,7 @@ class Scheduler:
 
     def recover_orphans(self, now: datetime) -> int:
         """After a crash: kill what the previous daemon left running and settle those tries."""
-        killed = kill_orphans(self.marker())
+        killed = kill_orphans(self.marker_prefix)
         orphans = self.store.tis_in_states([TaskState.QUEUED, TaskState.RUNNING])
         for ti in orphans:
             pid = f" (pid {ti['pid']})" if ti["pid"] else ""

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from itertools import groupby
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -245,9 +246,7 @@ def _instant(wall: datetime, offset: timedelta) -> datetime:
 
 
 def _offset(zone: ZoneInfo, at: datetime) -> timedelta:
-    offset = at.astimezone(zone).utcoffset()
-    assert offset is not None  # a ZoneInfo always knows its offset
-    return offset
+    return at.astimezone(zone).utcoffset() or timedelta(0)  # never None with a ZoneInfo
 
 
 def _segment_at(zone: ZoneInfo, at: datetime) -> _Segment:
@@ -262,7 +261,7 @@ def _year_segments(zone: ZoneInfo, year: int) -> tuple[_Segment, ...]:
         raise OverflowError("cronflow computes fire times up to the end of year 9998")
     start, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
     starts = [start, *_transitions(zone, start, end)]
-    before = _offset(zone, start - _TICK)  # year 1 overflows: no fire time that early
+    before = _offset(zone, start - _TICK) if year > 1 else _offset(zone, start)
     segments = []
     for begin, finish in zip(starts, [*starts[1:], end], strict=True):
         offset = _offset(zone, begin)
@@ -367,17 +366,19 @@ def _parse_value(expression: str, token: str, spec: _Field) -> int:
     raise _bad(expression, _unknown_token(token, spec))
 
 
+_EXTENSIONS = (  # croniter/Quartz syntax that cron rejects
+    (r".*#.*", "'#' (nth weekday)"),
+    (r".*\?.*", "'?'"),
+    (r"\d*L|LW?", "'L' (last)"),
+    (r"\d*W", "'W' (nearest weekday)"),
+)
+
+
 def _unknown_token(token: str, spec: _Field) -> str:
-    """Why cron would reject `token`; croniter accepts several of these extensions."""
-    upper = token.upper()
-    if "#" in token:
-        return f"'#' (nth weekday) in {token!r} is not cron syntax (cron rejects it)"
-    if "?" in token:
-        return f"'?' in {token!r} is not cron syntax, use '*' (cron rejects it)"
-    if re.fullmatch(r"\d*L|LW?", upper):
-        return f"'L' (last) in {token!r} is not cron syntax (cron rejects it)"
-    if re.fullmatch(r"\d*W", upper):
-        return f"'W' (nearest weekday) in {token!r} is not cron syntax (cron rejects it)"
+    """Why cron would reject `token`, naming the extensions croniter accepts."""
+    for pattern, what in _EXTENSIONS:
+        if re.fullmatch(pattern, token, re.IGNORECASE):
+            return f"{what} in {token!r} is not cron syntax (cron rejects it)"
     if not token:
         return f"a number is missing in the {spec.name} field"
     if spec.names and token.isalpha():
@@ -398,22 +399,13 @@ def _croniter_for(spec: _Spec) -> croniter:
     minute, hour, days, months, weekdays = spec.values
     day_or = spec.day_or
     if day_or and (len(days) == 31 or len(weekdays) == 7):
-        days, weekdays, day_or = _EVERY_DAY, _EVERY_WEEKDAY, False  # either rule, one side full
+        days, weekdays, day_or = tuple(range(1, 32)), tuple(range(7)), False  # every day
     elif day_or and not _has_date(days, months):
         # the day-of-month side never matches: croniter would search 100 years for it each call
-        days, day_or = _EVERY_DAY, False
-    fields = (minute, hour, days, months, weekdays)
-    text = " ".join(_cron_text(values, size) for values, size in zip(fields, _SIZES, strict=True))
+        days, day_or = tuple(range(1, 32)), False
+    fields = zip((minute, hour, days, months, weekdays), (60, 24, 31, 12, 7), strict=True)
+    text = " ".join("*" if len(vs) == full else ",".join(map(str, vs)) for vs, full in fields)
     return croniter(text, datetime(2000, 1, 1), day_or=day_or, max_years_between_matches=100)
-
-
-_EVERY_DAY = tuple(range(1, 32))
-_EVERY_WEEKDAY = tuple(range(7))
-_SIZES = (60, 24, 31, 12, 7)  # values in a full field (weekdays after folding 7 into 0)
-
-
-def _cron_text(values: tuple[int, ...], size: int) -> str:
-    return "*" if len(values) == size else ",".join(map(str, values))
 
 
 # --- describing ---------------------------------------------------------------------------------
@@ -448,17 +440,10 @@ def _describe(spec: _Spec) -> str | None:
 
 
 def _weekday_names(weekdays: tuple[int, ...]) -> str:
-    """Runs of three or more days as 'Mon-Fri', the rest as a list: 'Mon-Fri', 'Sun,Sat'."""
-    runs: list[list[int]] = []
-    for day in weekdays:
-        if runs and runs[-1][-1] == day - 1:
-            runs[-1].append(day)
-        else:
-            runs.append([day])
-    names: list[str] = []
-    for run in runs:
-        if len(run) >= 3:
-            names.append(f"{_DAYS[run[0]].title()}-{_DAYS[run[-1]].title()}")
-        else:
-            names.extend(_DAYS[d].title() for d in run)
+    """'Mon-Fri' for each run of three days or more, the others listed: 'Mon-Fri', 'Sun,Sat'."""
+    runs = groupby(enumerate(weekdays), key=lambda pair: pair[1] - pair[0])
+    names = []
+    for _, run in runs:
+        days = [_DAYS[day].title() for _, day in run]
+        names.append(f"{days[0]}-{days[-1]}" if len(days) >= 3 else ",".join(days))
     return ",".join(names)

@@ -1,0 +1,221 @@
+"""End to end: the real daemon as a process on a temp home, driven through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+MIXED_FLOW = """
+from cronflow import Flow, Python, Shell
+
+def measure(path, context):
+    print("measuring", path, "for", context["ds"])
+    return {{"ds": context["ds"], "size": len(path)}}
+
+with Flow("mixed", defaults={{"retry_delay": 0}}):
+    flaky = Shell("flaky", "test -f {flag} || {{ touch {flag}; echo first try fails; exit 1; }}", retries=1)
+    doomed = Shell("doomed", "echo broken >&2; exit 7")
+    never = Shell("never", "echo never")
+    slow = Shell("slow", "sleep 60", timeout=0.5)
+    py = Python("py", measure, args=["/data/{{{{ ds }}}}.csv"])
+    flaky >> py
+    doomed >> never
+"""
+
+
+def tasks_json(home: Path, flow: str, *extra: str) -> dict[str, dict]:
+    result = cli(home, "tasks", flow, "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    return {row["task"]: row for row in json.loads(result.stdout)}
+
+
+def test_flow_with_retry_failure_timeout_and_python_task(home, daemon, write_flow):
+    write_flow("mixed", MIXED_FLOW.format(flag=home / "flag"))
+    daemon()
+    result = cli(home, "trigger", "mixed", "--date", "2024-03-01", "--wait")
+    assert result.returncode == 1, result.stderr  # the run failed: doomed failed for good
+    assert "run 1 of mixed for 2024-03-01T00:00:00+00:00 queued" in result.stdout
+    rows = tasks_json(home, "mixed", "--date", "2024-03-01")
+    assert {t: (r["state"], r["try_number"]) for t, r in rows.items()} == {
+        "flaky": ("success", 2),
+        "doomed": ("failed", 1),
+        "never": ("upstream_failed", 0),
+        "slow": ("failed", 1),
+        "py": ("success", 1),
+    }
+    assert rows["slow"]["reason"] == "timed out after 0.5s"
+    assert rows["doomed"]["reason"] == "exit code 7"
+    for row in rows.values():
+        assert row["logical_date"] == "2024-03-01T00:00:00+00:00"
+        assert row["flow"] == "mixed"
+    logs = home / "logs" / "mixed"
+    assert "first try fails" in (logs / "flaky" / "20240301T000000Z" / "try-1.log").read_text()
+    assert "broken" in (logs / "doomed" / "20240301T000000Z" / "try-1.log").read_text()
+    py_log = (logs / "py" / "20240301T000000Z" / "try-1.log").read_text()
+    assert "measuring /data/2024-03-01.csv for 2024-03-01" in py_log
+    from cronflow.store import Store
+
+    store = Store(home / "cronflow.db")
+    assert store.pull_xcom(1, "py") == {"ds": "2024-03-01", "size": 20}
+
+
+def test_parallelism_is_honoured(home, daemon, write_flow):
+    (home / "cronflow.toml").write_text("parallelism = 2\n")
+    out = home / "events.txt"
+    write_flow(
+        "wide",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("wide"):
+            for i in range(6):
+                Shell(f"t{{i}}", "echo start >> {out}; sleep 0.3; echo end >> {out}")
+    """,
+    )
+    daemon()
+    assert cli(home, "trigger", "wide", "--wait").returncode == 0
+    running = peak = 0
+    for event in out.read_text().split():
+        running += 1 if event == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2
+
+
+ORPHAN_FLOW = """
+from cronflow import Flow, Shell
+with Flow("orphan", defaults={{"retry_delay": 0}}):
+    Shell("long", "if [ -f {flag} ]; then echo second try; exit 0; fi; touch {flag}; echo $$ > {pid}; sleep 600",
+          retries=1)
+"""
+
+
+def test_kill_9_mid_run_then_restart_recovers_the_orphan(home, daemon, write_flow):
+    pidfile = home / "task.pid"
+    write_flow("orphan", ORPHAN_FLOW.format(flag=home / "flag", pid=pidfile))
+    first = daemon()
+    assert cli(home, "trigger", "orphan").returncode == 0
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the task to start")
+    task_pid = int(pidfile.read_text())
+    first.signal(signal.SIGKILL)
+    first.wait()
+    assert _alive(task_pid)  # the task outlived the daemon: an orphan
+    assert tasks_json(home, "orphan")["long"]["state"] == "running"
+    second = daemon()
+    wait_for(lambda: tasks_json(home, "orphan")["long"]["state"] == "success", what="the retry")
+    assert not _alive(task_pid)
+    row = tasks_json(home, "orphan")["long"]
+    assert row["try_number"] == 2
+    log_dir = next((home / "logs" / "orphan" / "long").iterdir())
+    first_try = (log_dir / "try-1.log").read_text()
+    assert (
+        f"the daemon stopped while this try ran (pid {task_pid}); the try was killed" in first_try
+    )
+    assert "second try" in (log_dir / "try-2.log").read_text()
+    assert "event=orphans_recovered task_instances=1" in second.output()
+    runs = cli(home, "tasks", "orphan", "--json")
+    assert json.loads(runs.stdout)[0]["state"] == "success"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_second_daemon_on_the_same_home_is_refused(home, daemon):
+    first = daemon()
+    result = cli(home, "daemon", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"Error: another cronflow daemon (pid {first.proc.pid}) is already running on {home}"
+    )
+
+
+def test_sigterm_lets_short_tasks_finish_and_gives_long_ones_back(home, daemon, write_flow):
+    (home / "cronflow.toml").write_text("grace_period_s = 1.5\n")
+    started = home / "started"
+    write_flow(
+        "stop",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("stop"):
+            Shell("short", "touch {started}-short; sleep 0.5; echo done")
+            Shell("long", "touch {started}-long; sleep 600")
+    """,
+    )
+    process = daemon()
+    assert cli(home, "trigger", "stop").returncode == 0
+    wait_for(
+        lambda: Path(f"{started}-short").exists() and Path(f"{started}-long").exists(),
+        what="both tasks to start",
+    )
+    process.signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    rows = tasks_json(home, "stop")
+    assert rows["short"]["state"] == "success"
+    assert rows["long"]["state"] == "up_for_retry"
+    assert rows["long"]["max_tries"] == 2  # the interrupted try is given back
+    assert "event=daemon_stopped" in process.output()
+    # Started again, the daemon runs the interrupted task again at once.
+    (home / "cronflow.toml").write_text("grace_period_s = 1\n")
+    daemon()
+    wait_for(lambda: tasks_json(home, "stop")["long"]["try_number"] == 2, what="the second try")
+
+
+def test_daemon_picks_up_new_and_changed_flow_files(home, daemon, write_flow):
+    process = daemon()
+    write_flow(
+        "late",
+        """
+        from cronflow import Flow, Shell
+        with Flow("late", schedule="0 0 * * *", start_date="2024-01-01"):
+            Shell("t", "echo v1")
+    """,
+    )
+    wait_for(lambda: cli(home, "tasks", "late").returncode == 0, what="the new flow's first run")
+    wait_for(lambda: tasks_json(home, "late")["t"]["state"] == "success", what="the run to end")
+    assert "event=flow_file_loaded" in process.output() or "late" in cli(home, "list").stdout
+
+
+def test_broken_flow_file_does_not_stop_the_others(home, daemon, write_flow):
+    write_flow("broken", "from cronflow import Flow\nFlow('broken', schedule='61 * * * *')\n")
+    write_flow(
+        "fine",
+        """
+        from cronflow import Flow, Shell
+        with Flow("fine"):
+            Shell("t", "true")
+    """,
+    )
+    daemon()
+    assert cli(home, "trigger", "fine", "--wait").returncode == 0
+    listing = cli(home, "list").stdout.splitlines()
+    assert "BROKEN" in listing[1] and "broken.py" in listing[1]
+    result = cli(home, "trigger", "broken")
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: flow 'broken' failed to load:")
+
+
+def test_daemon_output_is_one_line_per_event(home, daemon, write_flow):
+    write_flow(
+        "one",
+        """
+        from cronflow import Flow, Shell
+        with Flow("one"):
+            Shell("t", "true")
+    """,
+    )
+    process = daemon()
+    assert cli(home, "trigger", "one", "--wait").returncode == 0
+    process.stop()
+    for line in process.output().splitlines():
+        assert " level=" in line and " event=" in line, line
+    assert os.stat(home / "cronflow.db").st_mode & 0o077 == 0
