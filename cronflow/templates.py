@@ -29,8 +29,10 @@ def date_context(
 ) -> dict[str, str]:
     """The execution-date values, in the flow's timezone (ds is the local date of the run)."""
     local = logical_at.astimezone(tz)
-    prev_local = (prev_at or logical_at - timedelta(days=1)).astimezone(tz)
-    next_local = (next_at or logical_at + timedelta(days=1)).astimezone(tz)
+    # without a schedule: the neighbouring local days (wall-clock arithmetic, so a 23- or
+    # 25-hour DST day does not give the same day or skip one)
+    prev_local = prev_at.astimezone(tz) if prev_at else local - timedelta(days=1)
+    next_local = next_at.astimezone(tz) if next_at else local + timedelta(days=1)
     return {
         "ds": local.strftime("%Y-%m-%d"),
         "ds_nodash": local.strftime("%Y%m%d"),

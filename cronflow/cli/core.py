@@ -1,106 +1,26 @@
-"""The `cronflow` command: parse, call the library, render with rich, map errors to exit codes.
-
-Heavy modules are imported inside the commands so `cronflow --help` starts quickly. Any
-CronflowError becomes `Error: <message>` on stderr and exit code 2; a failed run waited for with
-`trigger --wait` exits 1.
-"""
+"""Core commands: init, daemon, list, trigger, tasks."""
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from cronflow.catalog import Catalog
-    from cronflow.config import Settings
-    from cronflow.store import Store
-
-app = typer.Typer(
-    help="cronflow: flows of tasks on one server, instead of crontab.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from cronflow.cli.app import (
+    _options,
+    app,
+    console,
+    handles_errors,
+    local_text,
+    open_home,
+    print_json,
+    settings_from_options,
+    styled_state,
+    utc_now,
 )
-
-STATE_STYLES = {
-    "success": "green",
-    "failed": "red",
-    "running": "cyan",
-    "queued": "grey50",
-    "scheduled": "grey62",
-    "up_for_retry": "yellow",
-    "up_for_reschedule": "turquoise2",
-    "upstream_failed": "dark_orange",
-    "skipped": "pink1",
-    "none": "default",
-}
-
-_options: dict[str, Any] = {"home": None}
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handles_errors(fn: F) -> F:
-    """Turn expected errors into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cronflow.errors import CronflowError
-
-        try:
-            return fn(*args, **kwargs)
-        except CronflowError as exc:
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-@app.callback()
-def main_options(
-    home: Annotated[
-        Path | None,
-        typer.Option(help="cronflow home (default: $CRONFLOW_HOME, else ~/.cronflow)."),
-    ] = None,
-) -> None:
-    _options["home"] = home
-
-
-def _settings() -> Settings:
-    from cronflow.config import home_path, load_settings
-
-    return load_settings(home_path(_options["home"]))
-
-
-def _open() -> tuple[Settings, Store, Catalog]:
-    from cronflow import catalog
-    from cronflow.store import Store
-
-    settings = _settings()
-    store = Store(settings.db_path)
-    return settings, store, catalog.sync(store, settings)
-
-
-def _console(err: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=err, highlight=False, soft_wrap=False)
-
-
-def _state(state: str | None) -> str:
-    if not state:
-        return "-"
-    return f"[{STATE_STYLES.get(state, 'default')}]{state}[/]"
-
-
-def _print_json(rows: list[dict[str, Any]]) -> None:
-    typer.echo(json.dumps(rows, indent=2))
 
 
 @app.command()
@@ -118,12 +38,12 @@ def init(
     config = home / CONFIG_NAME
     if not config.exists():
         config.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
-    settings = _settings()
+    settings = settings_from_options()
     settings.flows_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     example = settings.flows_dir / "example.py"
     if force or not example.exists():
-        source = Path(__file__).parent / "examples" / "example.py"
+        source = Path(__file__).parent.parent / "examples" / "example.py"
         example.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     Store(settings.db_path).close()
     typer.echo(f"cronflow home ready at {home}")
@@ -137,7 +57,7 @@ def daemon() -> None:
     """Run the scheduler in the foreground (what the systemd service runs)."""
     from cronflow.daemon import run_daemon
 
-    run_daemon(_settings())
+    run_daemon(settings_from_options())
 
 
 @app.command("list")
@@ -148,10 +68,10 @@ def list_flows(
     """Every flow: schedule, paused, last run and its state, next fire time; broken files first."""
     from rich.table import Table
 
-    _, store, cat = _open()
+    _, store, cat = open_home()
     latest = store.latest_runs()
     paused = {r["flow_id"]: bool(r["paused"]) for r in store.flow_states()}
-    now = _now()
+    now = utc_now()
     rows = []
     for path, error in sorted(cat.errors.items()):
         rows.append({"flow_id": None, "path": path, "error": error})
@@ -171,7 +91,7 @@ def list_flows(
             }
         )
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(box=None, header_style="bold")
     for column in ("flow", "schedule", "paused", "last run", "state", "next run"):
@@ -184,26 +104,11 @@ def list_flows(
             row["flow_id"],
             row["schedule_text"],
             "yes" if row["paused"] else "no",
-            _local_text(cat, row["flow_id"], row["logical_date"]),
-            _state(row["state"]),
-            _local_text(cat, row["flow_id"], row["next_fire_at"]),
+            local_text(cat, row["flow_id"], row["logical_date"]),
+            styled_state(row["state"]),
+            local_text(cat, row["flow_id"], row["next_fire_at"]),
         )
-    _console().print(table)
-
-
-def _local_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
-    if not stamp:
-        return "-"
-    from datetime import datetime
-
-    moment = datetime.fromisoformat(stamp).astimezone(cat.flows[flow_id].tz)
-    return moment.strftime("%Y-%m-%d %H:%M %Z")
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
+    console().print(table)
 
 
 @app.command()
@@ -227,10 +132,10 @@ def trigger(
     from cronflow import control
     from cronflow.daemon import poke, running_daemon_pid
 
-    settings, store, cat = _open()
+    settings, store, cat = open_home()
     flow = cat.get(flow_id)
     parsed_conf = control.parse_conf(conf)
-    logical_at = control.logical_date_for_trigger(flow, date, _now())
+    logical_at = control.logical_date_for_trigger(flow, date, utc_now())
     daemon_pid = running_daemon_pid(settings.home)
     if wait and daemon_pid is None:
         from cronflow.errors import DaemonError
@@ -246,18 +151,18 @@ def trigger(
         raise typer.Exit(_wait_for_run(store, run_id))
 
 
-def _wait_for_run(store: Store, run_id: int) -> int:
+def _wait_for_run(store: Any, run_id: int) -> int:
     """Show task states until the run ends; 0 on success, 1 on failure."""
     seen: dict[str, str] = {}
-    err = _console(err=True)
+    err = console(err=True)
     while True:
         run = store.run(run_id)
         for ti in store.tis_of_runs([run_id]):
             if seen.get(ti["task_id"]) != ti["state"]:
                 seen[ti["task_id"]] = ti["state"]
-                err.print(f"  {ti['task_id']}: {_state(ti['state'])}")
+                err.print(f"  {ti['task_id']}: {styled_state(ti['state'])}")
         if run["state"] in ("success", "failed"):
-            err.print(f"run {run_id}: {_state(run['state'])}")
+            err.print(f"run {run_id}: {styled_state(run['state'])}")
             return 0 if run["state"] == "success" else 1
         time.sleep(0.2)
 
@@ -277,7 +182,7 @@ def tasks(
 
     from cronflow import control
 
-    _s, store, cat = _open()
+    _s, store, cat = open_home()
     flow = cat.get(flow_id)
     run = control.find_one_run(store, flow, date)
     order = {t: i for i, t in enumerate(flow.tasks)}
@@ -300,31 +205,66 @@ def tasks(
         for ti in tis
     ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    local = _local_text(cat, flow_id, run["logical_date"])
+    local = local_text(cat, flow_id, run["logical_date"])
     table = Table(
-        title=f"{flow_id} {local} ({_state(run['state'])})", box=None, header_style="bold"
+        title=f"{flow_id} {local} ({styled_state(run['state'])})", box=None, header_style="bold"
     )
     for column in ("task", "state", "try", "start", "end", "duration", "host", "reason"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             row["task"],
-            _state(row["state"]),
+            styled_state(row["state"]),
             f"{row['try_number']}/{row['max_tries']}",
-            _local_text(cat, flow_id, row["start"]),
-            _local_text(cat, flow_id, row["end"]),
+            local_text(cat, flow_id, row["start"]),
+            local_text(cat, flow_id, row["end"]),
             "-" if row["duration_s"] is None else f"{row['duration_s']:.2f}s",
             row["host"] or "-",
             row["reason"] or "",
         )
-    _console().print(table)
+    console().print(table)
 
 
-def main() -> None:
-    app()
+@app.command()
+@handles_errors
+def status(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the pid.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Is the daemon alive: pid, start time, last heartbeat, running and queued tasks. Exit 1 if not."""
+    from cronflow.daemon import running_daemon_pid
+    from cronflow.states import TaskState
+    from cronflow.store import Store
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    settings = settings_from_options()
+    pid = running_daemon_pid(settings.home)
+    record = Store(settings.db_path).daemon_record() if settings.db_path.exists() else None
+    active = []
+    if settings.db_path.exists():
+        active = Store(settings.db_path).tis_in_states(
+            [TaskState.RUNNING, TaskState.QUEUED, TaskState.SCHEDULED]
+        )
+    info = {
+        "running": pid is not None,
+        "pid": pid,
+        "home": str(settings.home),
+        "started_at": record["started_at"] if record and pid else None,
+        "heartbeat_at": record["heartbeat_at"] if record and pid else None,
+        "running_tasks": sum(t["state"] == TaskState.RUNNING for t in active),
+        "waiting_tasks": sum(t["state"] != TaskState.RUNNING for t in active),
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    elif quiet:
+        if pid is not None:
+            typer.echo(pid)
+    elif pid is None:
+        typer.echo(f"daemon: not running on {settings.home}")
+    else:
+        typer.echo(f"daemon: running, pid {pid}, since {info['started_at']}")
+        typer.echo(f"last heartbeat: {info['heartbeat_at']}")
+        typer.echo(f"tasks: {info['running_tasks']} running, {info['waiting_tasks']} waiting")
+    if pid is None:
+        raise typer.Exit(1)

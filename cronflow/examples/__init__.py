@@ -1,0 +1,1 @@
+"""Flow files that `cronflow init` copies into a new home."""
