@@ -31,10 +31,28 @@ import_timeout_s = 30
 # On SIGTERM: seconds to let running tasks finish before they are stopped and left for retry.
 grace_period_s = 30
 
+# Task logs are compressed, then deleted, and their total size is capped; run history older than
+# delete_runs_after_days is removed with its logs (0 keeps it forever). Checked hourly.
+[retention]
+compress_logs_after_days = 7
+delete_logs_after_days = 90
+max_logs_mb = 2048
+delete_runs_after_days = 365
+
 # Named pools limit how many tasks of a kind run at once (e.g. connections to one station).
 [pools]
 default = 128
 """
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long task logs and run history are kept ([retention] in cronflow.toml)."""
+
+    compress_logs_after_days: float = 7.0
+    delete_logs_after_days: float = 90.0
+    max_logs_mb: float = 2048.0
+    delete_runs_after_days: float = 365.0  # 0 keeps run history forever
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class Settings:
     pools: dict[str, int] = field(default_factory=dict)
     import_timeout_s: float = 30.0
     grace_period_s: float = 30.0
+    retention: Retention = field(default_factory=lambda: Retention())
 
     @property
     def db_path(self) -> Path:
@@ -70,10 +89,20 @@ class Settings:
         return self.pools.get(pool)
 
 
+SERVICE_HOME = Path("/var/lib/cronflow")
+
+
 def home_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The home: an explicit path, else $CRONFLOW_HOME, else ~/.cronflow."""
-    raw = explicit or os.environ.get("CRONFLOW_HOME") or "~/.cronflow"
-    return Path(raw).expanduser().absolute()
+    """The home: an explicit path, else $CRONFLOW_HOME, else ~/.cronflow, else the system
+    service's home (/var/lib/cronflow) when only that one exists, so root and the service user
+    reach the service's flows without setting anything."""
+    raw = explicit or os.environ.get("CRONFLOW_HOME")
+    if raw:
+        return Path(raw).expanduser().absolute()
+    personal = Path("~/.cronflow").expanduser().absolute()
+    if not personal.exists() and (SERVICE_HOME / "cronflow.db").exists():
+        return SERVICE_HOME
+    return personal
 
 
 def load_settings(home: Path | None = None) -> Settings:
@@ -91,7 +120,14 @@ def load_settings(home: Path | None = None) -> Settings:
     return _settings_from(home, path, data)
 
 
-_KNOWN_KEYS = {"flows_dir", "parallelism", "import_timeout_s", "grace_period_s", "pools"}
+_KNOWN_KEYS = {
+    "flows_dir",
+    "parallelism",
+    "import_timeout_s",
+    "grace_period_s",
+    "pools",
+    "retention",
+}
 
 
 def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
@@ -112,7 +148,24 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
         pools=pools,
         import_timeout_s=_positive(path, data, "import_timeout_s", float, 30.0),
         grace_period_s=_positive(path, data, "grace_period_s", float, 30.0),
+        retention=_retention(path, _typed(path, data, "retention", dict, {})),
     )
+
+
+def _retention(path: Path, data: dict[str, object]) -> Retention:
+    known = Retention.__dataclass_fields__
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key 'retention.{unknown[0]}' (known: {', '.join(known)})"
+        )
+    values = {}
+    for key, field_info in known.items():
+        value = _typed(path, data, key, float, field_info.default)
+        if value < 0:
+            raise ConfigError(f"{path}: retention.{key} must be >= 0, got {value!r}")
+        values[key] = value
+    return Retention(**values)
 
 
 def _typed(path: Path, data: dict[str, object], key: str, kind: type, default: object):

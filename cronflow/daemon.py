@@ -15,6 +15,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import suppress
 from hashlib import sha256
@@ -25,6 +26,7 @@ from cronflow import catalog
 from cronflow.config import Settings
 from cronflow.errors import DaemonError
 from cronflow.executor import LocalExecutor
+from cronflow.housekeeping import run_housekeeping
 from cronflow.scheduler import Clock, Scheduler, SystemClock
 from cronflow.store import Store
 
@@ -32,6 +34,8 @@ log = logging.getLogger("cronflow.daemon")
 
 HEARTBEAT_S = 5.0
 FILE_CHECK_S = 2.0
+HOUSEKEEPING_S = 3600.0  # retention: compress and delete old logs, remove old history
+FIRST_HOUSEKEEPING_S = 60.0
 
 
 def wakeup_address(home: Path) -> bytes:
@@ -129,6 +133,7 @@ class Daemon:
             store.close()
             wake_sock.close()
             os.close(wake_r)
+            lock.truncate(0)  # no stale pid left behind after a clean stop
             lock.close()
         log.info("event=daemon_stopped pid=%s", os.getpid())
 
@@ -156,7 +161,17 @@ class Daemon:
 
     def _loop(self, scheduler: Scheduler, store: Store, selector: selectors.BaseSelector) -> None:
         last_check = last_beat = time.monotonic()
+        next_housekeeping = last_check + FIRST_HOUSEKEEPING_S
+        housekeeper: threading.Thread | None = None
         while not self._stop_requested:
+            if time.monotonic() >= next_housekeeping and not (
+                housekeeper and housekeeper.is_alive()
+            ):
+                housekeeper = threading.Thread(
+                    target=self._housekeep, name="housekeeping", daemon=True
+                )
+                housekeeper.start()
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_S
             poked = False
             now_mono = time.monotonic()
             if now_mono - last_check >= FILE_CHECK_S:
@@ -172,6 +187,17 @@ class Daemon:
             if poked:  # the CLI changed the store (maybe paused or added a flow): look at once
                 scheduler.catalog = catalog.sync(store, self.settings)
                 last_check = time.monotonic()
+
+    def _housekeep(self) -> None:
+        """Retention in a thread with its own store connection, so the loop never waits on it."""
+        try:
+            store = Store(self.settings.db_path)
+            try:
+                run_housekeeping(self.settings, store, self.clock.now())
+            finally:
+                store.close()
+        except Exception as exc:
+            log.error("event=housekeeping_failed error=%r", str(exc))
 
     def _wait(self, selector: selectors.BaseSelector, timeout_s: float) -> bool:
         """Sleep until an event or the timeout; True if the CLI poked us."""

@@ -1,11 +1,13 @@
 """Task log files: one per attempt, under logs/FLOW/TASK/LOGICAL_DATE/try-N.log.
 
 The task's own stdout and stderr go straight to the file (the daemon holds no pipe to a task);
-cronflow adds a timestamped header and footer line per attempt.
+cronflow adds a timestamped header and footer line per attempt. Retention may later replace a
+log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `read_log`.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from datetime import datetime
 from pathlib import Path
@@ -13,28 +15,51 @@ from pathlib import Path
 from cronflow.timeparse import from_iso, to_utc
 
 
+def attempt_log_dir(logs_dir: Path, flow_id: str, task_id: str, logical_date: str) -> Path:
+    """The directory holding every try's log of one task instance."""
+    moment = from_iso(logical_date)
+    assert moment is not None
+    return logs_dir / flow_id / task_id / to_utc(moment).strftime("%Y%m%dT%H%M%SZ")
+
+
 def attempt_log_path(
     logs_dir: Path, flow_id: str, task_id: str, logical_date: str, try_number: int
 ) -> Path:
-    moment = from_iso(logical_date)
-    assert moment is not None
-    stamp = to_utc(moment).strftime("%Y%m%dT%H%M%SZ")
-    return logs_dir / flow_id / task_id / stamp / f"try-{try_number}.log"
+    return attempt_log_dir(logs_dir, flow_id, task_id, logical_date) / f"try-{try_number}.log"
+
+
+def existing_log(path: Path) -> Path | None:
+    """The log as it is on disk now: itself, or its compressed copy after retention ran."""
+    for candidate in (path, path.with_name(path.name + ".gz")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def read_log(path: Path) -> bytes:
+    """A task log's bytes, compressed or not; FileNotFoundError if neither exists."""
+    found = existing_log(path)
+    if found is None:
+        raise FileNotFoundError(path)
+    if found.suffix == ".gz":
+        with gzip.open(found, "rb") as handle:
+            return handle.read()
+    return found.read_bytes()
 
 
 def open_attempt_log(path: Path) -> int:
     """An append-only descriptor for the task's stdout/stderr, owner-readable only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def write_note(path: Path, at: datetime, text: str) -> None:
-    """A cronflow line in a task log, e.g. the attempt's start, its end, an orphan kill."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A cronflow line in a task log, e.g. the attempt's start, its end, an orphan kill.
+    Raises OSError (disk full, bad permissions): the caller decides what that means."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(
-            fd, f"[{to_utc(at).isoformat(timespec='milliseconds')}] cronflow: {text}\n".encode()
-        )
+        stamp = to_utc(at).isoformat(timespec="milliseconds")
+        os.write(fd, f"[{stamp}] cronflow: {text}\n".encode())
     finally:
         os.close(fd)

@@ -340,14 +340,16 @@ class Scheduler:
             context = task_context(flow, task, run, try_number, self.store)
             launch = launch_for(task.kind, task.op, context)
             env = {**task_environment(context, str(self.settings.home)), **launch.env}
-            write_note(
-                log_path,
-                now,
-                (
-                    f"{flow.flow_id}.{task.task_id} for {context['ts']}, try {try_number} of "
-                    f"{ti['max_tries']}, on {self.host}"
-                ),
+            header = (
+                f"{flow.flow_id}.{task.task_id} for {context['ts']}, try {try_number} of "
+                f"{ti['max_tries']}, on {self.host}"
             )
+            try:
+                write_note(log_path, now, header)
+            except OSError as exc:
+                raise OSError(
+                    f"cannot write the task log {log_path}: {exc.strerror or exc}"
+                ) from None
             attempt = Attempt(
                 run["run_id"],
                 task.task_id,
@@ -473,7 +475,7 @@ class Scheduler:
         )
         if ti["log_path"]:
             took = f" after {duration_s:.3f}s" if duration_s is not None else ""
-            write_note(Path(ti["log_path"]), now, f"try {try_number} ended{took}: {note}")
+            self._note(ti["log_path"], now, f"try {try_number} ended{took}: {note}")
         if changed:
             log.info(
                 "event=task_ended flow=%s task=%s run=%s try=%s state=%s reason=%r",
@@ -484,6 +486,15 @@ class Scheduler:
                 fields["state"].value,
                 reason,
             )
+
+    def _note(self, log_path: str | None, now: datetime, text: str) -> None:
+        """A line in a task log; a log that cannot be written (disk full) never stops the daemon."""
+        if not log_path:
+            return
+        try:
+            write_note(Path(log_path), now, text)
+        except OSError as exc:
+            log.error("event=log_write_failed path=%s error=%r", log_path, str(exc))
 
     def _retry_delay(self, ti: dict[str, Any], try_number: int) -> float:
         flow = self.catalog.flows.get(ti["flow_id"])
@@ -510,8 +521,8 @@ class Scheduler:
             duration_s=finished.duration_s,
             reason=finished.reason,
         )
-        write_note(
-            Path(ti["log_path"]),
+        self._note(
+            ti["log_path"],
             now,
             f"try {ti['try_number']} {finished.reason}; it will run again (the try is not counted)",
         )

@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from cronflow.deps import run_outcome
 from cronflow.errors import CronflowError, NotFoundError, StoreError
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.timeparse import iso
@@ -76,6 +77,14 @@ def _initial(db: Database) -> None:
         CREATE TABLE daemon (
             id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
             started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL)""")
+
+
+@migrations(name="0002_cli_indexes")
+def _cli_indexes(db: Database) -> None:
+    # `cronflow runs FLOW --state S`, newest first, without walking the flow's whole history
+    db.execute("CREATE INDEX runs_by_flow_state_date ON runs (flow_id, state, logical_date)")
+    # `cronflow top`: the latest failures, newest first
+    db.execute("CREATE INDEX tis_by_state_end ON task_instances (state, end_at)")
 
 
 SCHEMA_VERSION = len(migrations._migrations)
@@ -376,6 +385,169 @@ class Store:
                 f"UPDATE task_instances SET {sets} WHERE {where}", [*values.values(), *params]
             )
         return cursor.rowcount == 1
+
+    # --- the CLI: listings and repairs ---------------------------------------------------
+    def runs_of_flow(
+        self,
+        flow_id: str,
+        *,
+        states: Iterable[RunState] = (),
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """A flow's runs, newest first, filtered by state and logical date (indexed)."""
+        where, params = ["flow_id = ?"], [flow_id]
+        values = [s.value for s in states]
+        if values:
+            where.append(f"state IN ({','.join('?' * len(values))})")
+            params += values
+        if since is not None:
+            where.append("logical_date >= ?")
+            params.append(iso(since))
+        return self._rows(
+            f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY logical_date DESC LIMIT ?",
+            [*params, -1 if limit is None else limit],
+        )
+
+    def recent_state_counts(self, per_flow: int) -> dict[str, dict[str, int]]:
+        """flow id -> {run state: count} over each flow's `per_flow` newest runs, one query."""
+        rows = self._rows(
+            """SELECT f.flow_id, r.state, count(*) AS n FROM flows f JOIN runs r
+               ON r.run_id IN (SELECT run_id FROM runs WHERE flow_id = f.flow_id
+                               ORDER BY logical_date DESC LIMIT ?)
+               GROUP BY f.flow_id, r.state""",
+            [per_flow],
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["flow_id"], {})[row["state"]] = row["n"]
+        return counts
+
+    def recent_task_failures(self, limit: int) -> list[dict[str, Any]]:
+        """The task instances that failed last, newest first."""
+        return self._rows(
+            """SELECT * FROM task_instances WHERE state = 'failed'
+               ORDER BY end_at DESC LIMIT ?""",
+            [limit],
+        )
+
+    def clear_tis(
+        self,
+        run_id: int,
+        retries: dict[str, int],
+        at: datetime,
+        only_states: Iterable[TaskState] = (),
+    ) -> int:
+        """`cronflow replay`: put task instances back to `none` so the daemon runs them again.
+        The try number stays (the next try gets a new log) and each gets its task's retries
+        again; a finished run goes back to queued. One transaction; returns how many changed."""
+        state_filter, extra = "", [s.value for s in only_states]
+        if extra:
+            state_filter = f" AND state IN ({','.join('?' * len(extra))})"
+        changed = 0
+        with self._write():
+            for task_id, task_retries in retries.items():
+                cursor = self.db.execute(
+                    f"""UPDATE task_instances SET state = 'none',
+                        max_tries = try_number + ? + 1, next_try_at = NULL, reason = NULL,
+                        exit_code = NULL, pid = NULL, start_at = NULL, end_at = NULL,
+                        duration_s = NULL WHERE run_id = ? AND task_id = ?{state_filter}""",
+                    [task_retries, run_id, task_id, *extra],
+                )
+                changed += cursor.rowcount
+            if changed:
+                self._settle_run(run_id, at)
+        return changed
+
+    def mark_tis(
+        self,
+        run_id: int,
+        task_ids: Iterable[str],
+        state: TaskState,
+        at: datetime,
+        *,
+        except_states: Iterable[TaskState] = (),
+        run_state: RunState | None = None,
+    ) -> int:
+        """`cronflow mark`: set task instances to a final state, then the run to `run_state`
+        or to what its task instances now say. One transaction; returns how many changed."""
+        ids, skip = list(task_ids), [s.value for s in except_states]
+        where = f"run_id = ? AND task_id IN ({','.join('?' * len(ids))})"
+        if skip:
+            where += f" AND state NOT IN ({','.join('?' * len(skip))})"
+        with self._write():
+            cursor = self.db.execute(
+                f"""UPDATE task_instances SET state = ?, end_at = ?, next_try_at = NULL,
+                    reason = ? WHERE {where}""",
+                [state.value, iso(at), f"marked {state.value} by hand", run_id, *ids, *skip],
+            )
+            if run_state is not None:
+                self.set_run_state(run_id, run_state, at)
+            else:
+                self._settle_run(run_id, at)
+        return cursor.rowcount
+
+    def _settle_run(self, run_id: int, at: datetime) -> None:
+        """After a hand-made change: a run whose task instances all finished takes their
+        outcome; a finished run with work left goes back to queued; a live run stays as is."""
+        run = self.run(run_id)
+        states = [
+            TaskState(r["state"])
+            for r in self._rows("SELECT state FROM task_instances WHERE run_id = ?", [run_id])
+        ]
+        outcome = run_outcome(states)
+        if outcome is not None and outcome != run["state"]:
+            self.set_run_state(run_id, outcome, at)
+        elif outcome is None and RunState(run["state"]).is_finished:
+            self.set_run_state(run_id, RunState.QUEUED, at)
+
+    def copy_variables_and_connections(self, target: Store) -> None:
+        """Into a scratch store (`cronflow test`), so tasks see the same variables and
+        connections as under the daemon."""
+        with target._write():
+            for table in ("variables", "connections"):
+                rows = self._rows(f"SELECT * FROM {table}")
+                if rows:
+                    target.db[table].insert_all(rows, replace=True)
+
+    # --- retention ------------------------------------------------------------------------
+    def finished_runs_before(
+        self, cutoff: datetime, limit: int, after_run_id: int = 0
+    ) -> list[dict[str, Any]]:
+        return self._rows(
+            """SELECT run_id, flow_id, logical_date FROM runs
+               WHERE logical_date < ? AND state IN ('success', 'failed') AND run_id > ?
+               ORDER BY run_id LIMIT ?""",
+            [iso(cutoff), after_run_id, limit],
+        )
+
+    def delete_runs(self, run_ids: Sequence[int]) -> None:
+        """Delete runs with their task instances and XComs (ON DELETE CASCADE)."""
+        marks = ",".join("?" * len(run_ids))
+        with self._write():
+            self.db.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", list(run_ids))
+
+    def active_log_paths(self) -> set[str]:
+        """Log files of attempts that may still be writing."""
+        rows = self._rows(
+            "SELECT log_path FROM task_instances WHERE state IN ('queued', 'running') AND log_path IS NOT NULL"
+        )
+        return {r["log_path"] for r in rows}
+
+    def backup(self, target: Path) -> None:
+        """An online, consistent copy of the database (SQLite's backup API), owner-only."""
+        partial = target.with_name(target.name + ".partial")
+        os.close(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+        destination = sqlite3.connect(partial)
+        try:
+            self.db.conn.backup(destination)
+        finally:
+            destination.close()
+        os.replace(partial, target)
+
+    def integrity_problems(self) -> list[str]:
+        rows = self.db.conn.execute("PRAGMA quick_check").fetchall()
+        return [row[0] for row in rows if row[0] != "ok"]
 
     # --- variables, xcom ------------------------------------------------------------------
     def variables(self) -> dict[str, str]:

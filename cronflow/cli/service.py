@@ -1,0 +1,66 @@
+"""`cronflow install-service`: run the daemon under systemd."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated
+
+import typer
+
+from cronflow.cli.app import _options, app, handles_errors, settings_from_options
+
+
+@app.command("install-service")
+@handles_errors
+def install_service(
+    user: Annotated[
+        bool,
+        typer.Option(
+            "--user", help="Install a user unit (systemctl --user) instead of the system one."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
+    ] = False,
+) -> None:
+    """Write the systemd unit for this cronflow, then daemon-reload and enable --now.
+
+    The system unit runs as the dedicated user 'cronflow' with its home in /var/lib/cronflow
+    (unless --home or CRONFLOW_HOME says otherwise); --user runs it as you, with your home.
+    """
+    from cronflow import service
+    from cronflow.config import home_path
+
+    explicit = _options["home"] is not None or "CRONFLOW_HOME" in __import__("os").environ
+    home = home_path(_options["home"]) if (user or explicit) else service.STATE_HOME
+    grace = settings_from_options().grace_period_s if (user or explicit) else 30.0
+    spec = service.UnitSpec(
+        executable=service.cronflow_executable(),
+        home=home,
+        user=None if user else service.SERVICE_USER,
+        grace_period_s=grace,
+    )
+    commands = service.install_commands(user)
+    if not user:
+        create = service.system_user_command(home)
+        if create:
+            commands.insert(0, create)
+        blocked = service.unreadable_by_others(spec.executable)
+        if blocked:
+            typer.echo(
+                f"warning: {blocked} is closed to other users, so the '{service.SERVICE_USER}' user "
+                f"cannot run {spec.executable}; install cronflow in a venv under /opt",
+                err=True,
+            )
+    if dry_run:
+        typer.echo(f"# {service.unit_path(user)}")
+        typer.echo(spec.render())
+        for command in commands:
+            typer.echo(shlex.join(command))
+        return
+    path = service.install(spec, user)
+    typer.echo(f"installed {path} and started {service.SERVICE_NAME} (home: {home})")
+    status = "systemctl --user status cronflow" if user else "systemctl status cronflow"
+    typer.echo(
+        f"check it with: {status}   and: journalctl {'--user ' if user else ''}-u cronflow -f"
+    )

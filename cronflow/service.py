@@ -1,0 +1,201 @@
+"""systemd units for the daemon, and `cronflow install-service`.
+
+The system unit runs the daemon as a dedicated user with its home in systemd's StateDirectory,
+Type=notify (the daemon sends READY=1 once flows are loaded and WATCHDOG=1 with each heartbeat),
+Restart=on-failure, and as much sandboxing as running users' flows allows. The settings left out
+on purpose, and why, are listed in README.md ("Running as a service").
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cronflow.errors import CronflowError
+
+SERVICE_NAME = "cronflow.service"
+SERVICE_USER = "cronflow"
+STATE_HOME = Path("/var/lib/cronflow")
+WATCHDOG_S = 30
+
+
+class ServiceError(CronflowError):
+    """The service cannot be installed (not root, no systemctl, a command failed)."""
+
+
+def cronflow_executable() -> Path:
+    """The `cronflow` script of this environment (the venv it is installed in)."""
+    beside = Path(sys.executable).parent / "cronflow"
+    if beside.exists():
+        return beside
+    found = shutil.which("cronflow")
+    if found:
+        return Path(found).resolve()
+    raise ServiceError("cannot find the `cronflow` executable of this environment")
+
+
+_HARDENING = """\
+# Sandboxing: see README.md, "Running as a service", for what is left out and why.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={home}
+ProtectHome={protect_home}
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateUsers=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+CapabilityBoundingSet=
+AmbientCapabilities=
+RemoveIPC=yes
+"""
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    executable: Path
+    home: Path
+    user: str | None  # None: a user unit (runs as the user who owns the manager)
+    grace_period_s: float = 30.0
+
+    @property
+    def protect_home(self) -> str:
+        """ProtectHome= as strict as the home and the executable's location allow."""
+        if _under_home(self.home):
+            return "no"
+        return "read-only" if _under_home(self.executable) else "yes"
+
+    def render(self) -> str:
+        stop_s = int(self.grace_period_s) + 30  # grace for tasks, then time to stop them
+        lines = [
+            "[Unit]",
+            "Description=cronflow flow scheduler",
+            "After=network-online.target" if self.user else "After=default.target",
+            *(["Wants=network-online.target"] if self.user else []),
+            "",
+            "[Service]",
+            "Type=notify",
+            "NotifyAccess=main",
+            *([f"User={self.user}", f"Group={self.user}"] if self.user else []),
+            f"Environment=CRONFLOW_HOME={self.home}",
+            "Environment=PYTHONUNBUFFERED=1",
+            f"ExecStart={self.executable} daemon",
+            f"WorkingDirectory={self.home}",
+        ]
+        if self.user and self.home == STATE_HOME:
+            lines += ["StateDirectory=cronflow", "StateDirectoryMode=0700"]
+        lines += [
+            "UMask=0077",
+            "Restart=on-failure",
+            "RestartSec=2s",
+            f"WatchdogSec={WATCHDOG_S}s",
+            f"TimeoutStopSec={stop_s}s",
+            # SIGTERM to the daemon only: it stops its tasks itself after the grace period.
+            "KillMode=mixed",
+        ]
+        if self.user:
+            lines.append(_HARDENING.format(home=self.home, protect_home=self.protect_home).rstrip())
+        else:
+            lines += ["NoNewPrivileges=yes"]
+        lines += [
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target" if self.user else "WantedBy=default.target",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _under_home(path: Path) -> bool:
+    return any(
+        path.is_relative_to(top) for top in (Path("/home"), Path("/root"), Path("/run/user"))
+    )
+
+
+def unreadable_by_others(path: Path) -> Path | None:
+    """The first directory on the way to `path` that other users cannot enter, if any: the
+    dedicated service user could not start the executable."""
+    for parent in reversed(path.parents):
+        if not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+def unit_path(user_unit: bool) -> Path:
+    if user_unit:
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return config / "systemd" / "user" / SERVICE_NAME
+    return Path("/etc/systemd/system") / SERVICE_NAME
+
+
+def install_commands(user_unit: bool) -> list[list[str]]:
+    systemctl = ["systemctl", "--user"] if user_unit else ["systemctl"]
+    return [[*systemctl, "daemon-reload"], [*systemctl, "enable", "--now", SERVICE_NAME]]
+
+
+def system_user_command(home: Path) -> list[str] | None:
+    """The useradd call that creates the dedicated user, or None if it exists."""
+    try:
+        pwd.getpwnam(SERVICE_USER)
+        return None
+    except KeyError:
+        return [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--home-dir",
+            str(home),
+            "--shell",
+            "/usr/sbin/nologin",
+            SERVICE_USER,
+        ]
+
+
+def install(spec: UnitSpec, user_unit: bool) -> Path:
+    """Write the unit, create the user if needed, reload systemd and start the service."""
+    if not user_unit and os.geteuid() != 0:
+        raise ServiceError(
+            "installing the system service needs root: run it with sudo, or use --user"
+        )
+    if shutil.which("systemctl") is None:
+        raise ServiceError("systemctl not found: this machine does not run systemd")
+    commands = install_commands(user_unit)
+    if not user_unit:
+        create_user = system_user_command(spec.home)
+        if create_user:
+            commands.insert(0, create_user)
+        if spec.home != STATE_HOME:
+            spec.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            commands.insert(
+                1 if create_user else 0,
+                ["chown", "-R", f"{SERVICE_USER}:{SERVICE_USER}", str(spec.home)],
+            )
+    path = unit_path(user_unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec.render(), encoding="utf-8")
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise ServiceError(
+                f"`{' '.join(command)}` failed: {detail[-1] if detail else result.returncode}"
+            )
+    return path
