@@ -7,6 +7,7 @@ log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 from datetime import datetime
@@ -47,16 +48,27 @@ def read_log(path: Path) -> bytes:
     return found.read_bytes()
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """Create missing directories owner-only (mkdir's mode= covers only the last one)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+
+
 def open_attempt_log(path: Path) -> int:
     """An append-only descriptor for the task's stdout/stderr, owner-readable only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private_dirs(path.parent)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def write_note(path: Path, at: datetime, text: str) -> None:
     """A cronflow line in a task log, e.g. the attempt's start, its end, an orphan kill.
     Raises OSError (disk full, bad permissions): the caller decides what that means."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private_dirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         stamp = to_utc(at).isoformat(timespec="milliseconds")

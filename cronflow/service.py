@@ -46,6 +46,7 @@ ProtectSystem=strict
 ReadWritePaths={home}
 ProtectHome={protect_home}
 PrivateTmp=yes
+PrivateMounts=yes
 PrivateDevices=yes
 PrivateUsers=yes
 ProtectKernelTunables=yes

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -433,30 +433,32 @@ class Store:
 
     def clear_tis(
         self,
-        run_id: int,
-        retries: dict[str, int],
+        selection: Mapping[int, Mapping[str, int]],
         at: datetime,
         only_states: Iterable[TaskState] = (),
     ) -> int:
         """`cronflow replay`: put task instances back to `none` so the daemon runs them again.
-        The try number stays (the next try gets a new log) and each gets its task's retries
-        again; a finished run goes back to queued. One transaction; returns how many changed."""
+        `selection` maps run id -> {task id: the task's retries}. The try number stays (the next
+        try gets a new log) and each gets its retries again; a finished run goes back to
+        queued. One transaction for everything; returns how many task instances changed."""
         state_filter, extra = "", [s.value for s in only_states]
         if extra:
             state_filter = f" AND state IN ({','.join('?' * len(extra))})"
         changed = 0
         with self._write():
-            for task_id, task_retries in retries.items():
-                cursor = self.db.execute(
-                    f"""UPDATE task_instances SET state = 'none',
-                        max_tries = try_number + ? + 1, next_try_at = NULL, reason = NULL,
-                        exit_code = NULL, pid = NULL, start_at = NULL, end_at = NULL,
-                        duration_s = NULL WHERE run_id = ? AND task_id = ?{state_filter}""",
-                    [task_retries, run_id, task_id, *extra],
-                )
-                changed += cursor.rowcount
-            if changed:
-                self._settle_run(run_id, at)
+            for run_id, retries in selection.items():
+                before = changed
+                for task_id, task_retries in retries.items():
+                    cursor = self.db.execute(
+                        f"""UPDATE task_instances SET state = 'none',
+                            max_tries = try_number + ? + 1, next_try_at = NULL, reason = NULL,
+                            exit_code = NULL, pid = NULL, start_at = NULL, end_at = NULL,
+                            duration_s = NULL WHERE run_id = ? AND task_id = ?{state_filter}""",
+                        [task_retries, run_id, task_id, *extra],
+                    )
+                    changed += cursor.rowcount
+                if changed > before:
+                    self._settle_run(run_id, at)
         return changed
 
     def mark_tis(

@@ -4,10 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Debian's python3 needs python3-venv to make a venv; install it only when venv is missing.
-if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; fi
+
+# Debian packages the tests use, each installed only when missing (as root; else say what to do).
+# Format: "command-that-proves-it-is-there:package".
+DEBIAN_NEEDS=(
+  "systemd-analyze:systemd"
+)
+missing=()
+if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
+for need in "${DEBIAN_NEEDS[@]}"; do
+  command -v "${need%%:*}" >/dev/null 2>&1 || [ -x "${need%%:*}" ] || missing+=("${need#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "tests/run.sh: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 2
+  fi
 fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check cronflow tests

@@ -41,6 +41,7 @@ def init(
     settings = settings_from_options()
     settings.flows_dir.mkdir(parents=True, exist_ok=True)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.chmod(0o700)
     example = settings.flows_dir / "example.py"
     if force or not example.exists():
         source = Path(__file__).parent.parent / "examples" / "example.py"

@@ -83,5 +83,7 @@ def doctor(
         marks = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
         out = console()
         for finding in findings:
-            out.print(f"{marks[finding.status]}  {finding.check:<12} {finding.detail}", soft_wrap=True)
+            out.print(
+                f"{marks[finding.status]}  {finding.check:<12} {finding.detail}", soft_wrap=True
+            )
     raise typer.Exit(exit_code(findings))

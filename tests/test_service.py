@@ -1,0 +1,126 @@
+"""systemd units: they pass `systemd-analyze verify`, stay hardened, and install-service prints
+or writes exactly what it says."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from cronflow.service import STATE_HOME, UnitSpec, cronflow_executable
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_EXE = Path("/opt/cronflow/bin/cronflow")
+
+
+def system_unit(executable: Path = SHIPPED_EXE, home: Path = STATE_HOME) -> str:
+    return UnitSpec(executable, home, "cronflow").render()
+
+
+def user_unit(executable: Path = SHIPPED_EXE, home: Path = Path("%h/.cronflow")) -> str:
+    return UnitSpec(executable, home, None).render()
+
+
+def test_shipped_units_are_what_install_service_writes():
+    assert (REPO / "systemd" / "cronflow.service").read_text() == system_unit()
+    assert (REPO / "systemd" / "cronflow-user.service").read_text() == user_unit()
+
+
+def test_system_unit_passes_systemd_analyze_verify(tmp_path):
+    unit = tmp_path / "cronflow.service"
+    unit.write_text(system_unit(cronflow_executable()))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_user_unit_passes_systemd_analyze_verify(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    unit = tmp_path / "user" / "cronflow.service"
+    unit.parent.mkdir()
+    unit.write_text(user_unit(cronflow_executable(), tmp_path / "home"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--user", str(unit)],
+        capture_output=True,
+        text=True,
+        env={"XDG_RUNTIME_DIR": str(runtime), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_system_unit_exposure_score_stays_low(tmp_path):
+    unit = tmp_path / "cronflow.service"
+    unit.write_text(system_unit(cronflow_executable()))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
+    )
+    score = re.search(r"Overall exposure level for cronflow.service: (\d+\.\d+)", result.stdout)
+    assert score, result.stdout + result.stderr
+    assert float(score.group(1)) <= 2.0
+
+
+def test_system_unit_essentials():
+    text = system_unit()
+    for line in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "User=cronflow",
+        "StateDirectory=cronflow",
+        "Environment=CRONFLOW_HOME=/var/lib/cronflow",
+        "Restart=on-failure",
+        "WatchdogSec=30s",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/cronflow",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "RestrictSUIDSGID=yes",
+        "KillMode=mixed",
+        "UMask=0077",
+    ]:
+        assert line in text.splitlines(), line
+
+
+@pytest.mark.parametrize(
+    ("home", "executable", "expected"),
+    [
+        (STATE_HOME, Path("/opt/cronflow/bin/cronflow"), "ProtectHome=yes"),
+        (STATE_HOME, Path("/root/venv/bin/cronflow"), "ProtectHome=read-only"),
+        (Path("/home/data/.cronflow"), Path("/opt/cronflow/bin/cronflow"), "ProtectHome=no"),
+    ],
+)
+def test_protect_home_follows_where_things_live(home, executable, expected):
+    text = UnitSpec(executable, home, "cronflow").render()
+    assert expected in text.splitlines()
+    if home != STATE_HOME:
+        assert "StateDirectory=cronflow" not in text
+        assert f"ReadWritePaths={home}" in text
+
+
+def test_install_service_dry_run_prints_unit_and_commands(home):
+    result = cli(home, "install-service", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# /etc/systemd/system/cronflow.service\n[Unit]\n")
+    assert f"Environment=CRONFLOW_HOME={home}" in result.stdout
+    assert f"ExecStart={cronflow_executable()} daemon" in result.stdout
+    assert "systemctl daemon-reload\nsystemctl enable --now cronflow.service\n" in result.stdout
+
+
+def test_install_service_user_dry_run(home):
+    result = cli(home, "install-service", "--user", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "/systemd/user/cronflow.service" in result.stdout.splitlines()[0]
+    assert "User=" not in result.stdout
+    assert "systemctl --user enable --now cronflow.service" in result.stdout
+
+
+def test_systemctl_is_available_for_the_suite():
+    assert shutil.which("systemd-analyze"), "tests/run.sh installs systemd for systemd-analyze"
