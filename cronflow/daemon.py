@@ -35,7 +35,7 @@ log = logging.getLogger("cronflow.daemon")
 HEARTBEAT_S = 5.0
 FILE_CHECK_S = 2.0
 HOUSEKEEPING_S = 3600.0  # retention: compress and delete old logs, remove old history
-FIRST_HOUSEKEEPING_S = 60.0
+FIRST_HOUSEKEEPING_S = 5.0  # soon after start: retention is retroactive
 
 
 def wakeup_address(home: Path) -> bytes:
