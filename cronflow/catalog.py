@@ -43,6 +43,8 @@ class TaskSpec:
     priority: int
     trigger_rule: str
     op: dict[str, Any]
+    callbacks: dict[str, str] = field(default_factory=dict)  # event -> function name
+    email_on_failure: list[str] = field(default_factory=list)
 
     def retry_delay_after(self, try_number: int) -> float:
         """Delay before the next try, after `try_number` failed tries (1-based)."""
@@ -186,18 +188,7 @@ def _build(store: Store) -> Catalog:
 def _cross_flow_errors(flows: dict[str, FlowSpec]) -> dict[str, str]:
     """Errors only visible across files: waits for unknown flows, cycles of same-day waits."""
     errors: dict[str, str] = {}
-    for flow in flows.values():
-        for upstream, _ in flow.wait_for:
-            if upstream not in flows:
-                errors[flow.flow_id] = (
-                    f"{flow.path}: flow '{flow.flow_id}' waits for unknown flow '{upstream}'"
-                )
-    cycle = deps.find_flow_cycle({f.flow_id: f.wait_for for f in flows.values()})
-    if cycle:
-        for flow_id in set(cycle):
-            errors.setdefault(
-                flow_id,
-                f"{flows[flow_id].path}: flow '{flow_id}' is in a cycle of flow waits: "
-                + " -> ".join(cycle),
-            )
+    waits = {f.flow_id: f.wait_for for f in flows.values()}
+    for flow_id, problem in deps.flow_wait_problems(waits):
+        errors.setdefault(flow_id, f"{flows[flow_id].path}: {problem}")  # the first one per flow
     return errors

@@ -7,7 +7,9 @@ has an embedded default, so an empty or missing cronflow.toml is a valid configu
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,30 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """The mail server for alerts and Email tasks without a connection ([smtp] in cronflow.toml).
+
+    `security` is "starttls" (the default), "ssl" (TLS from the first byte, port 465) or "none".
+    The password is in the file (`password`) or, better, in an environment variable named by
+    `password_env`."""
+
+    host: str
+    port: int
+    security: str = "starttls"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_env: str | None = None
+    sender: str = "cronflow@localhost"
+    ca_file: str | None = None
+    timeout_s: float = 30.0
+
+    def resolved_password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        if self.password_env:
+            return (os.environ if environ is None else environ).get(self.password_env)
+        return self.password
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the daemon and the CLI need to know about a home."""
 
@@ -66,6 +92,8 @@ class Settings:
     import_timeout_s: float = 30.0
     grace_period_s: float = 30.0
     retention: Retention = field(default_factory=lambda: Retention())
+    smtp: SmtpSettings | None = None
+    xcom_max_bytes: int = 64 * 1024
 
     @property
     def db_path(self) -> Path:
@@ -100,7 +128,8 @@ def home_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     if raw:
         return Path(raw).expanduser().absolute()
     personal = Path("~/.cronflow").expanduser().absolute()
-    if not personal.exists() and (SERVICE_HOME / "cronflow.db").exists():
+    # os.path.exists, not Path.exists: a home we may not even look into counts as absent.
+    if not os.path.exists(personal) and os.path.exists(SERVICE_HOME / "cronflow.db"):
         return SERVICE_HOME
     return personal
 
@@ -127,6 +156,8 @@ _KNOWN_KEYS = {
     "grace_period_s",
     "pools",
     "retention",
+    "smtp",
+    "xcom_max_bytes",
 }
 
 
@@ -149,6 +180,8 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
         import_timeout_s=_positive(path, data, "import_timeout_s", float, 30.0),
         grace_period_s=_positive(path, data, "grace_period_s", float, 30.0),
         retention=_retention(path, _typed(path, data, "retention", dict, {})),
+        smtp=_smtp(path, _typed(path, data, "smtp", dict, {})),
+        xcom_max_bytes=_positive(path, data, "xcom_max_bytes", int, 64 * 1024),
     )
 
 
@@ -166,6 +199,62 @@ def _retention(path: Path, data: dict[str, object]) -> Retention:
             raise ConfigError(f"{path}: retention.{key} must be >= 0, got {value!r}")
         values[key] = value
     return Retention(**values)
+
+
+_SMTP_KEYS = {
+    "host": str,
+    "port": int,
+    "starttls": bool,
+    "ssl": bool,
+    "user": str,
+    "password": str,
+    "password_env": str,
+    "from": str,
+    "ca_file": str,
+    "timeout_s": float,
+}
+
+
+def _smtp(path: Path, data: dict[str, object]) -> SmtpSettings | None:
+    """[smtp]: host (required), port, starttls / ssl, user, password or password_env, from."""
+    if not data:
+        return None
+    unknown = sorted(set(data) - set(_SMTP_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key 'smtp.{unknown[0]}' (known: {', '.join(_SMTP_KEYS)})"
+        )
+    for key, kind in _SMTP_KEYS.items():
+        value = data.get(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = value = float(value)
+        if value is not None and (
+            not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+        ):
+            raise ConfigError(f"{path}: smtp.{key} must be {kind.__name__}, got {value!r}")
+    if not data.get("host"):
+        raise ConfigError(f'{path}: [smtp] needs host = "mail.example.com"')
+    if data.get("ssl") and data.get("starttls"):
+        raise ConfigError(f"{path}: smtp.ssl and smtp.starttls exclude each other; pick one")
+    if data.get("password") is not None and data.get("password_env") is not None:
+        raise ConfigError(
+            f"{path}: smtp.password and smtp.password_env exclude each other; prefer password_env"
+        )
+    security = "ssl" if data.get("ssl") else "starttls" if data.get("starttls", True) else "none"
+    port = data.get("port") or {"ssl": 465, "starttls": 587, "none": 25}[security]
+    if not 0 < port < 65536:  # type: ignore[operator]
+        raise ConfigError(f"{path}: smtp.port must be between 1 and 65535, got {port!r}")
+    return SmtpSettings(
+        host=str(data["host"]),
+        port=int(port),  # type: ignore[arg-type]
+        security=security,
+        user=data.get("user"),  # type: ignore[arg-type]
+        password=data.get("password"),  # type: ignore[arg-type]
+        password_env=data.get("password_env"),  # type: ignore[arg-type]
+        sender=str(data.get("from") or f"cronflow@{socket.gethostname()}"),
+        ca_file=data.get("ca_file"),  # type: ignore[arg-type]
+        timeout_s=float(data.get("timeout_s") or 30.0),  # type: ignore[arg-type]
+    )
 
 
 def _typed(path: Path, data: dict[str, object], key: str, kind: type, default: object):

@@ -1,5 +1,8 @@
 """The context of one task attempt: execution dates, params, conf, variables, ids.
 
+Also, looked up only when used: `conn` (connections by id), `xcom` (values of this run's tasks)
+and `secrets` (what the attempt's log must mask; never rendered).
+
 Built the same way for scheduled, manual and retried runs, in the daemon (shell tasks) and in
 the worker (Python tasks), so a task sees the same values wherever it runs.
 """
@@ -12,9 +15,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cronflow.catalog import FlowSpec, TaskSpec
+from cronflow.connections import Connections
+from cronflow.masking import SecretValues
 from cronflow.store import Store
 from cronflow.templates import date_context
 from cronflow.timeparse import from_iso
+from cronflow.xcom import XCom
 
 ENV_VAR_PREFIX = "CRONFLOW_VAR_"
 
@@ -66,6 +72,9 @@ def task_context(
         params={**flow.raw["params"], **task.params, **conf},
         conf=conf,
         var=Variables(store),
+        conn=Connections(store),
+        xcom=XCom(store, run["run_id"], task.task_id),
+        secrets=SecretValues(store),
     )
     return context
 

@@ -26,6 +26,7 @@ from cronflow import catalog
 from cronflow.config import Settings
 from cronflow.errors import DaemonError
 from cronflow.executor import LocalExecutor
+from cronflow.home import init_home
 from cronflow.housekeeping import run_housekeeping
 from cronflow.scheduler import Clock, Scheduler, SystemClock
 from cronflow.store import Store
@@ -98,14 +99,24 @@ def sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats: HEARTBEAT_S, or half systemd's watchdog period if shorter."""
+    watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
+    if watchdog_usec.isdigit() and int(watchdog_usec) > 0:
+        return min(HEARTBEAT_S, int(watchdog_usec) / 2e6)
+    return HEARTBEAT_S
+
+
 class Daemon:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._stop_requested = False
+        self._beat_s = heartbeat_interval()
 
     def run(self) -> None:
         lock = acquire_lock(self.settings.lock_path)
+        init_home(self.settings.home, example=False)  # e.g. a fresh systemd StateDirectory
         store = Store(self.settings.db_path)
         scheduler = Scheduler(
             store, self.settings, LocalExecutor(self.settings.parallelism), self.clock
@@ -116,6 +127,7 @@ class Daemon:
             store.record_daemon(os.getpid(), scheduler.host, started)
             scheduler.catalog = catalog.sync(store, self.settings)  # retry delays come from it
             recovered = scheduler.recover_orphans(started)
+            scheduler.run_startup_flows(started)  # flows with schedule="@reboot"
             log.info(
                 "event=daemon_started pid=%s home=%s flows=%s broken_files=%s parallelism=%s recovered=%s",
                 os.getpid(),
@@ -172,18 +184,17 @@ class Daemon:
                 )
                 housekeeper.start()
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_S
-            poked = False
             now_mono = time.monotonic()
             if now_mono - last_check >= FILE_CHECK_S:
                 scheduler.catalog = catalog.sync(store, self.settings)
                 last_check = now_mono
             next_at = scheduler.tick(self.clock.now())
-            if now_mono - last_beat >= HEARTBEAT_S:
+            if now_mono - last_beat >= self._beat_s:
                 store.heartbeat(self.clock.now())
                 sd_notify("WATCHDOG=1")
                 last_beat = now_mono
             wait_s = (next_at - self.clock.now()).total_seconds()
-            poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S))
+            poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S, self._beat_s))
             if poked:  # the CLI changed the store (maybe paused or added a flow): look at once
                 scheduler.catalog = catalog.sync(store, self.settings)
                 last_check = time.monotonic()

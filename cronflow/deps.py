@@ -57,6 +57,24 @@ def find_flow_cycle(waits: Mapping[str, Iterable[tuple[str, int]]]) -> list[str]
     return None
 
 
+def flow_wait_problems(waits: Mapping[str, Iterable[tuple[str, int]]]) -> list[tuple[str, str]]:
+    """(flow id, problem) for each wait on an unknown flow and each flow in a cycle of same-day
+    waits: what only shows across flow files (the catalog and `cronflow check` both ask)."""
+    problems = [
+        (flow_id, f"flow '{flow_id}' waits for unknown flow '{upstream}'")
+        for flow_id, ws in waits.items()
+        for upstream, _ in ws
+        if upstream not in waits
+    ]
+    cycle = find_flow_cycle(waits)
+    if cycle:
+        text = " -> ".join(cycle)
+        problems += [
+            (f, f"flow '{f}' is in a cycle of flow waits: {text}") for f in sorted(set(cycle))
+        ]
+    return problems
+
+
 class Decision(Enum):
     WAIT = "wait"
     RUN = "run"

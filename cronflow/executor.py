@@ -13,9 +13,11 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from cronflow.logs import open_attempt_log
 
@@ -37,6 +39,7 @@ class Attempt:
     log_path: Path
     timeout_s: float | None
     marker: str
+    stdin: str | None = None  # standard input text (Shell stdin=), else end-of-file
 
     @property
     def key(self) -> tuple[int, str]:
@@ -87,10 +90,11 @@ class LocalExecutor:
         """Start an attempt and return its pid; OSError if it cannot be started."""
         env = {**os.environ, **attempt.env, MARKER_VAR: attempt.marker}
         log_fd = open_attempt_log(attempt.log_path)
+        stdin = _stdin_file(attempt.stdin)
         try:
             process = subprocess.Popen(
                 attempt.argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 cwd=attempt.cwd,
@@ -100,6 +104,8 @@ class LocalExecutor:
             )
         finally:
             os.close(log_fd)
+            if stdin is not None:
+                stdin.close()
         started = time.monotonic()
         deadline = started + attempt.timeout_s if attempt.timeout_s else None
         self._running[attempt.key] = _Running(attempt, process, started, deadline)
@@ -145,6 +151,17 @@ class LocalExecutor:
         """The monotonic time at which enforce() next has something to do."""
         times = [t for r in self._running.values() for t in (r.deadline, r.kill_at) if t]
         return min(times) if times else None
+
+
+def _stdin_file(text: str | None) -> IO[bytes] | None:
+    """An unlinked temporary file holding `text`: the task reads it at its own pace, and the
+    daemon never writes to a pipe that could fill up."""
+    if text is None:
+        return None
+    handle = tempfile.TemporaryFile()  # noqa: SIM115 - closed by start() once the task has it
+    handle.write(text.encode("utf-8", "surrogateescape"))
+    handle.seek(0)
+    return handle
 
 
 def _kill_everything(pgid: int, marker: str, sig: signal.Signals) -> None:

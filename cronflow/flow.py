@@ -16,7 +16,7 @@ so the daemon never imports user code itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,6 +29,9 @@ from cronflow.states import TriggerRule
 from cronflow.timeparse import iso, parse_date_or_datetime, parse_duration, start_of_day, to_utc
 from cronflow.timetable import Schedule, parse_timezone
 
+# Flow(schedule=AT_DAEMON_START): no time schedule; the daemon runs the flow once each time it
+# starts (what crontab's @reboot becomes)
+AT_DAEMON_START = "@reboot"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 _current_flow: ContextVar[Flow | None] = ContextVar("cronflow_current_flow", default=None)
@@ -58,6 +61,10 @@ TASK_DEFAULTS: dict[str, Any] = {
     "priority": 1,
     "trigger_rule": TriggerRule.ALL_SUCCESS.value,
 }
+# Alerts: callables run (in a child process) when a task instance reaches failed, up_for_retry or
+# success, and mail to send on failure. Set on a task, or for all tasks of a flow.
+CALLBACK_EVENTS = ("on_failure", "on_retry", "on_success")
+ALERT_KEYS = (*CALLBACK_EVENTS, "email_on_failure")
 
 
 def _check_id(kind: str, value: object) -> str:
@@ -97,6 +104,10 @@ class Task:
         priority: int | None = None,
         trigger_rule: str | TriggerRule | None = None,
         params: Mapping[str, Any] | None = None,
+        on_failure: Callable[..., Any] | None = None,
+        on_retry: Callable[..., Any] | None = None,
+        on_success: Callable[..., Any] | None = None,
+        email_on_failure: str | Iterable[str] | None = None,
         flow: Flow | None = None,
     ) -> None:
         owner = flow or _current_flow.get()
@@ -120,6 +131,12 @@ class Task:
             "trigger_rule": trigger_rule,
         }
         self.params = dict(params or {})
+        self._alerts = {
+            "on_failure": on_failure,
+            "on_retry": on_retry,
+            "on_success": on_success,
+            "email_on_failure": email_on_failure,
+        }
         self.upstream_ids: list[str] = []
         self.flow.add(self)
 
@@ -203,7 +220,42 @@ class Task:
             "params": self.params,
             **self.resolved(flow_defaults),
             "op": self.op_spec(),
+            **self.alert_spec(flow_defaults),
         }
+
+    def alert(self, key: str) -> Any:
+        """A callback or email_on_failure: the task's own, else its flow's."""
+        own = self._alerts.get(key)
+        return own if own is not None else self.flow.defaults.get(key)
+
+    def alert_spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """{"callbacks": {event: name}, "email_on_failure": [...]}, keys only when set."""
+        where = f"task '{self.task_id}'"
+        spec: dict[str, Any] = {}
+        callbacks = {}
+        for event in CALLBACK_EVENTS:
+            fn = (
+                self._alerts[event] if self._alerts[event] is not None else flow_defaults.get(event)
+            )
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise FlowDefinitionError(f"{where}: {event} must be a function, got {fn!r}")
+            callbacks[event] = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        if callbacks:
+            spec["callbacks"] = callbacks
+        emails = self._alerts["email_on_failure"]
+        if emails is None:
+            emails = flow_defaults.get("email_on_failure")
+        if emails:
+            addresses = [emails] if isinstance(emails, str) else list(emails)
+            for address in addresses:
+                if not isinstance(address, str) or "@" not in address:
+                    raise FlowDefinitionError(
+                        f"{where}: email_on_failure needs e-mail addresses, got {address!r}"
+                    )
+            spec["email_on_failure"] = addresses
+        return spec
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.task_id}>"
@@ -235,12 +287,19 @@ class Flow:
         params: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
         wait_for: Iterable[str | FlowDependency] = (),
+        on_failure: Callable[..., Any] | None = None,
+        on_retry: Callable[..., Any] | None = None,
+        on_success: Callable[..., Any] | None = None,
+        email_on_failure: str | Iterable[str] | None = None,
     ) -> None:
         self.flow_id = _check_id("flow", flow_id)
         where = f"flow '{flow_id}'"
         try:
             self.tz = parse_timezone(timezone)
-            self.schedule = Schedule.parse(schedule, timezone) if schedule else None
+            # "@reboot" is no time schedule: a manual-only flow the daemon runs at each start
+            self.run_at_daemon_start = schedule == AT_DAEMON_START
+            timed = schedule and not self.run_at_daemon_start
+            self.schedule = Schedule.parse(schedule, timezone) if timed else None
             self.start_at = self._instant(start_date, "start_date")
             self.end_at = self._instant(end_date, "end_date")
         except CronflowError as exc:
@@ -256,7 +315,14 @@ class Flow:
         self.doc = doc or ""
         self.params = dict(params or {})
         self.defaults = dict(defaults or {})
-        unknown = sorted(set(self.defaults) - set(TASK_DEFAULTS))
+        alerts = {
+            "on_failure": on_failure,
+            "on_retry": on_retry,
+            "on_success": on_success,
+            "email_on_failure": email_on_failure,
+        }
+        self.defaults.update({k: v for k, v in alerts.items() if v is not None})
+        unknown = sorted(set(self.defaults) - set(TASK_DEFAULTS) - set(ALERT_KEYS))
         if unknown:
             raise FlowDefinitionError(f"{where}: unknown key in defaults: '{unknown[0]}'")
         self.wait_for = [
@@ -315,6 +381,7 @@ class Flow:
             "params": self.params,
             "wait_for": [d.spec() for d in self.wait_for],
             "tasks": tasks,
+            **({"run_at_daemon_start": True} if self.run_at_daemon_start else {}),
         }
 
     def __repr__(self) -> str:

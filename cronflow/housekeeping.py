@@ -106,7 +106,7 @@ def cap_total_size(logs_dir: Path, max_bytes: float, active: set[str], report: R
 def clean_history(
     store: Store, settings: Settings, cutoff: datetime, dry_run: bool, report: Report
 ) -> None:
-    """Remove finished runs whose logical date is before `cutoff`, their task instances, XComs
+    """Remove runs that finished before `cutoff`, with their task instances, XComs
     and log directories, in short batches so the daemon is never held up."""
     while True:
         runs = store.finished_runs_before(

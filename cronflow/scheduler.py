@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cronflow import deps
-from cronflow.catalog import Catalog, FlowSpec
+from cronflow.callbacks import EVENT_FOR_STATE, CallbackRunner, wanted
+from cronflow.catalog import Catalog, FlowSpec, TaskSpec
 from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, Finished, LocalExecutor, kill_orphans
 from cronflow.logs import attempt_log_path, write_note
 from cronflow.ops import launch_for
+from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.store import RunExistsError, Store
 from cronflow.timeparse import from_iso, iso, start_of_day
@@ -58,6 +60,7 @@ class Scheduler:
         self.host = socket.gethostname()
         self._interrupted: set[tuple[int, str]] = set()
         self._next_fire: dict[tuple[str, str | None], Any] = {}
+        self.callbacks = CallbackRunner(settings.home)
 
     def marker(self, run_id: int, task_id: str, try_number: int) -> str:
         """The CRONFLOW_ATTEMPT value of one attempt; all of a home's share its prefix."""
@@ -72,6 +75,7 @@ class Scheduler:
         """Do everything due at `now`; return the instant of the next thing to do."""
         now = now or self.clock.now()
         self.reap(now)
+        self.callbacks.reap()
         self.executor.enforce()
         wakes = [now + timedelta(seconds=IDLE_WAKE_S)]
         if not self.stopping:
@@ -267,7 +271,8 @@ class Scheduler:
             }.get(decision)
             if new is None:
                 continue
-            ended = {} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
+            # a fresh start (first time, or after a replay): a sensor's wait starts again
+            ended = {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
             if self._set(tis[task_id], TaskState.NONE, state=new, **ended):
                 tis[task_id]["state"] = states[task_id] = new
         outcome = deps.run_outcome(states.values())
@@ -294,9 +299,14 @@ class Scheduler:
             key=lambda item: (-item[2]["priority"], item[1]["logical_date"], item[1]["run_id"])
         )
         usage = self.executor.pool_usage()
+        # A TI replayed while its try ran: the old try is still being stopped; start the next
+        # one once it is reaped, so the executor never holds two attempts of one TI.
+        stopping = {attempt.key for attempt in self.executor.running()}
         for flow, run, ti in ready:
             if self.executor.free_slots <= 0:
                 return
+            if (ti["run_id"], ti["task_id"]) in stopping:
+                continue
             pool = ti["pool"]
             slots = self.settings.pool_slots(pool)
             if slots is None:
@@ -361,6 +371,7 @@ class Scheduler:
                 log_path,
                 task.timeout_s,
                 self.marker(run["run_id"], task.task_id, try_number),
+                stdin=launch.stdin,
             )
             pid = self.executor.start(attempt)
         except (CronflowError, OSError) as exc:
@@ -398,6 +409,7 @@ class Scheduler:
                 run["run_id"],
                 reason,
             )
+            self._run_callbacks(ti, TaskState.FAILED)
 
     def _stop_changed_attempts(self, tis_by_run: dict[int, list[dict[str, Any]]]) -> None:
         """Kill attempts whose task instance was changed outside the daemon (mark, replay)."""
@@ -429,6 +441,11 @@ class Scheduler:
             self._interrupted.discard(attempt.key)
             self._give_back(ti, now, finished)
             return
+        if finished.reason is None and finished.exit_code in (EXIT_RESCHEDULE, EXIT_SKIPPED):
+            task = self._task_spec(ti)
+            if task is not None and task.kind != "shell":  # a shell's own exit 75 is a failure
+                self._end_as_asked(ti, now, finished, task)
+                return
         ok = finished.exit_code == 0 and finished.reason is None
         reason = finished.reason or (None if ok else _exit_text(finished.exit_code))
         self._end_attempt(
@@ -457,6 +474,7 @@ class Scheduler:
             "duration_s": duration_s,
             "exit_code": exit_code,
             "reason": reason,
+            "first_poke_at": None,
         }
         if ok:
             fields["state"], note = TaskState.SUCCESS, "success"
@@ -475,6 +493,8 @@ class Scheduler:
         )
         if ti["log_path"]:
             took = f" after {duration_s:.3f}s" if duration_s is not None else ""
+            if not changed:  # marked or replayed meanwhile: the reason says so, no retry follows
+                note = reason or "success"
             self._note(ti["log_path"], now, f"try {try_number} ended{took}: {note}")
         if changed:
             log.info(
@@ -486,6 +506,63 @@ class Scheduler:
                 fields["state"].value,
                 reason,
             )
+            self._run_callbacks(ti, fields["state"])
+
+    def _end_as_asked(
+        self, ti: dict[str, Any], now: datetime, finished: Finished, task: TaskSpec
+    ) -> None:
+        """A worker asked (cronflow.outcomes) for up_for_reschedule: the try is not counted and
+        its next poke appends to the same log; or for skipped. The reason is the worker's."""
+        try_number = ti["try_number"]
+        fields: dict[str, Any] = {
+            "end_at": iso(now),
+            "duration_s": finished.duration_s,
+            "exit_code": finished.exit_code,
+        }
+        if finished.exit_code == EXIT_RESCHEDULE:
+            poke_at = now + timedelta(seconds=float(task.op.get("poke_interval_s", 60.0)))
+            reason = ti["reason"] or "not satisfied yet"
+            fields.update(
+                state=TaskState.UP_FOR_RESCHEDULE,
+                next_try_at=iso(poke_at),
+                try_number=try_number - 1,
+                reason=reason,
+            )
+            note = f"{reason}; next poke at {iso(poke_at)} (the try is not counted)"
+        else:
+            reason = ti["reason"] or "skipped by the task"
+            fields.update(state=TaskState.SKIPPED, reason=reason, first_poke_at=None)
+            note = reason
+        changed = self.store.update_ti(
+            ti["run_id"],
+            ti["task_id"],
+            expect_state=TaskState.RUNNING,
+            expect_try=try_number,
+            **fields,
+        )
+        ended = "poke ended" if finished.exit_code == EXIT_RESCHEDULE else "ended"
+        took = f"{finished.duration_s:.3f}s"
+        self._note(ti["log_path"], now, f"try {try_number} {ended} after {took}: {note}")
+        if changed:
+            log.info(
+                "event=task_ended flow=%s task=%s run=%s try=%s state=%s",
+                ti["flow_id"],
+                ti["task_id"],
+                ti["run_id"],
+                try_number,
+                fields["state"].value,
+            )
+
+    def _task_spec(self, ti: dict[str, Any]) -> TaskSpec | None:
+        flow = self.catalog.flows.get(ti["flow_id"])
+        return flow.tasks.get(ti["task_id"]) if flow else None
+
+    def _run_callbacks(self, ti: dict[str, Any], state: TaskState) -> None:
+        """Start the task's callbacks / failure mail for this state, if it has any."""
+        event = EVENT_FOR_STATE.get(state)
+        task = self._task_spec(ti)
+        if event is not None and task is not None and wanted(task, event):
+            self.callbacks.start(ti, event)
 
     def _note(self, log_path: str | None, now: datetime, text: str) -> None:
         """A line in a task log; a log that cannot be written (disk full) never stops the daemon."""
@@ -549,6 +626,31 @@ class Scheduler:
                 len(killed),
             )
         return len(orphans)
+
+    def run_startup_flows(self, now: datetime) -> int:
+        """Flows with schedule="@reboot" (crontab's @reboot): one manual run each time the
+        daemon starts, unless the flow is paused or outside its start/end dates."""
+        paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
+        logical_at, created = now.replace(microsecond=0), 0
+        for flow in self.catalog.flows.values():
+            if not flow.raw.get("run_at_daemon_start") or flow.flow_id in paused:
+                continue
+            if (flow.start_at and now < flow.start_at) or (flow.end_at and now > flow.end_at):
+                continue
+            try:
+                run_id = self.store.create_run(
+                    flow.flow_id, logical_at, RunType.MANUAL, (logical_at,) * 2, flow.raw["tasks"]
+                )
+            except RunExistsError:  # two starts within one second: that run is the one
+                continue
+            created += 1
+            log.info(
+                "event=run_created flow=%s run=%s logical_date=%s type=manual reason=daemon_start",
+                flow.flow_id,
+                run_id,
+                iso(logical_at),
+            )
+        return created
 
 
 def _exit_text(code: int) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cronflow.errors import CronflowError
+from cronflow.home import init_home
 
 SERVICE_NAME = "cronflow.service"
 SERVICE_USER = "cronflow"
@@ -184,11 +185,12 @@ def install(spec: UnitSpec, user_unit: bool) -> Path:
         if create_user:
             commands.insert(0, create_user)
         if spec.home != STATE_HOME:
-            spec.home.mkdir(parents=True, exist_ok=True, mode=0o700)
             commands.insert(
                 1 if create_user else 0,
                 ["chown", "-R", f"{SERVICE_USER}:{SERVICE_USER}", str(spec.home)],
             )
+    if user_unit or spec.home != STATE_HOME:  # systemd creates its StateDirectory itself
+        init_home(spec.home, example=False)
     path = unit_path(user_unit)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(spec.render(), encoding="utf-8")

@@ -87,6 +87,12 @@ def _cli_indexes(db: Database) -> None:
     db.execute("CREATE INDEX tis_by_state_end ON task_instances (state, end_at)")
 
 
+@migrations(name="0003_ops")
+def _ops(db: Database) -> None:
+    # A sensor's timeout counts from its first poke, across reschedules of the same try.
+    db.execute("ALTER TABLE task_instances ADD COLUMN first_poke_at TEXT")
+
+
 SCHEMA_VERSION = len(migrations._migrations)
 
 
@@ -397,13 +403,13 @@ class Store:
     ) -> list[dict[str, Any]]:
         """A flow's runs, newest first, filtered by state and logical date (indexed)."""
         where, params = ["flow_id = ?"], [flow_id]
-        values = [s.value for s in states]
+        values: list[str] = [s.value for s in states]
         if values:
             where.append(f"state IN ({','.join('?' * len(values))})")
             params += values
         if since is not None:
             where.append("logical_date >= ?")
-            params.append(iso(since))
+            params.append(since.astimezone(UTC).isoformat())
         return self._rows(
             f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY logical_date DESC LIMIT ?",
             [*params, -1 if limit is None else limit],
@@ -517,8 +523,9 @@ class Store:
         self, cutoff: datetime, limit: int, after_run_id: int = 0
     ) -> list[dict[str, Any]]:
         return self._rows(
+            # By when the run ended, not its logical date: a backfill of 2019 is not history yet.
             """SELECT run_id, flow_id, logical_date FROM runs
-               WHERE logical_date < ? AND state IN ('success', 'failed') AND run_id > ?
+               WHERE state IN ('success', 'failed') AND ended_at < ? AND run_id > ?
                ORDER BY run_id LIMIT ?""",
             [iso(cutoff), after_run_id, limit],
         )
@@ -566,6 +573,82 @@ class Store:
                 },
                 pk="name",
             )
+
+    def variable_rows(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM variables ORDER BY name")
+
+    def variable(self, name: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM variables WHERE name = ?", [name])
+
+    def delete_variable(self, name: str) -> bool:
+        with self._write():
+            cursor = self.db.execute("DELETE FROM variables WHERE name = ?", [name])
+        return cursor.rowcount == 1
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM connections ORDER BY conn_id")
+
+    def connection(self, conn_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM connections WHERE conn_id = ?", [conn_id])
+
+    def set_connection(
+        self,
+        conn_id: str,
+        conn_type: str,
+        host: str | None,
+        port: int | None,
+        login: str | None,
+        password: str | None,
+        extra: dict[str, Any],
+    ) -> None:
+        with self._write():
+            self.db["connections"].upsert(
+                {
+                    "conn_id": conn_id,
+                    "conn_type": conn_type,
+                    "host": host,
+                    "port": port,
+                    "login": login,
+                    "password": password,
+                    "extra": json.dumps(extra),
+                    "updated_at": iso(_utcnow()),
+                },
+                pk="conn_id",
+            )
+
+    def delete_connection(self, conn_id: str) -> bool:
+        with self._write():
+            cursor = self.db.execute("DELETE FROM connections WHERE conn_id = ?", [conn_id])
+        return cursor.rowcount == 1
+
+    def secret_values(self) -> list[str]:
+        """Values that must never be shown: secret variables and connection passwords."""
+        rows = self._rows(
+            """SELECT value FROM variables WHERE is_secret = 1
+               UNION SELECT password FROM connections WHERE password IS NOT NULL
+               AND password != ''"""
+        )
+        return [r["value"] for r in rows]
+
+    def first_poke_at(self, run_id: int, task_id: str, now: datetime) -> str:
+        """A sensor's first poke of its current try: recorded now if it is the first."""
+        with self._write():
+            self.db.execute(
+                """UPDATE task_instances SET first_poke_at = COALESCE(first_poke_at, ?)
+                   WHERE run_id = ? AND task_id = ?""",
+                [iso(now), run_id, task_id],
+            )
+            row = self._one(
+                "SELECT first_poke_at FROM task_instances WHERE run_id = ? AND task_id = ?",
+                [run_id, task_id],
+            )
+        return row["first_poke_at"] if row and row["first_poke_at"] else iso(now) or ""
+
+    def xcom_task_ids(self, run_id: int) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT task_id FROM xcom WHERE run_id = ? AND key = 'return_value'", [run_id]
+        )
+        return [r["task_id"] for r in rows]
 
     def push_xcom(self, run_id: int, task_id: str, key: str, value: Any) -> None:
         with self._write():

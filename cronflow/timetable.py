@@ -34,6 +34,9 @@ from cronflow.errors import ScheduleError
 _TICK = timedelta(microseconds=1)
 _SAMPLE = timedelta(hours=12)  # no zone changes its offset twice within 12 hours
 _DAY_MARGIN = timedelta(hours=3)  # more than any DST shift, for fires_on's search window
+# cron(8) treats only clock changes of less than 3 hours as DST: a jump forward of 3 hours or more
+# runs just the new minute's jobs, a jump back of more than 3 hours runs the repeated times again
+_CRON_JUMP = timedelta(hours=3)
 
 _MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -139,9 +142,10 @@ class Schedule:
 
     def fires_on(self, day: date) -> list[datetime]:
         """The fire instants whose local date, in the schedule's timezone, is `day`."""
-        start = datetime.combine(day, time(), tzinfo=self._zone) - _DAY_MARGIN
-        end = datetime.combine(day + timedelta(days=1), time(), tzinfo=self._zone) + _DAY_MARGIN
-        fired = self._iter_fires(start.astimezone(UTC), end.astimezone(UTC))
+        # margins in UTC: wall-clock arithmetic would land in a skipped day (Samoa, 2011-12-30)
+        start = datetime.combine(day, time(), tzinfo=self._zone).astimezone(UTC) - _DAY_MARGIN
+        end = datetime.combine(day + timedelta(days=1), time(), tzinfo=self._zone).astimezone(UTC)
+        fired = self._iter_fires(start, end + _DAY_MARGIN)
         return [t for t in fired if t.astimezone(self._zone).date() == day]
 
     def describe(self) -> str:
@@ -156,13 +160,13 @@ class Schedule:
 
     def _gap(self, seg: _Segment) -> tuple[datetime, datetime] | None:
         """The wall times [from, to) skipped by a jump forward at seg.start, if they matter."""
-        if not self._spec.fixed or seg.offset <= seg.offset_before:
+        if not self._spec.fixed or not timedelta(0) < seg.offset - seg.offset_before < _CRON_JUMP:
             return None  # wildcard jobs simply do not fire in the gap
         return _wall(seg.start, seg.offset_before), _wall(seg.start, seg.offset)
 
     def _floor(self, seg: _Segment) -> datetime:
         """The earliest wall time that fires inside `seg`."""
-        if self._spec.fixed and seg.offset < seg.offset_before:
+        if self._spec.fixed and timedelta(0) < seg.offset_before - seg.offset <= _CRON_JUMP:
             # after a fall-back, the repeated wall times already fired once (fold=0)
             return _wall(seg.start, seg.offset_before)
         return _wall(seg.start, seg.offset)

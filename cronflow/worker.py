@@ -3,15 +3,20 @@
 The daemon starts it with the attempt's identity in the environment (CRONFLOW_HOME,
 CRONFLOW_RUN_ID, CRONFLOW_TASK_ID, CRONFLOW_TRY_NUMBER); stdout and stderr are the attempt's log.
 It imports the flow file, finds the task, calls its `execute(context)` and stores a non-None
-return value as the task's XCom. Exit code 0 = success.
+return value as the task's XCom. Exit code 0 = success, 1 = failure; 75 and 99 ask for
+up_for_reschedule and skipped (see cronflow.outcomes). All output goes through a Masker, so
+secret values show as *** in the log (see cronflow.masking).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from cronflow.catalog import FlowSpec
@@ -19,7 +24,11 @@ from cronflow.config import load_settings
 from cronflow.context import task_context
 from cronflow.errors import CronflowError, NotFoundError
 from cronflow.loader import import_flows
+from cronflow.masking import Masker, masked_output, secret_values
+from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask
+from cronflow.states import TaskState
 from cronflow.store import Store
+from cronflow.xcom import RETURN_VALUE
 
 
 def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
@@ -33,20 +42,88 @@ def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
         raise NotFoundError(f"{row['path']} no longer defines {spec.flow_id}.{task_id}")
     task = live[spec.flow_id].tasks[task_id]
     context = task_context(spec, spec.task(task_id), run, try_number, store)
-    result = task.execute(context)  # type: ignore[attr-defined]
+    context["xcom"].max_bytes = settings.xcom_max_bytes
+    context.update(store=store, settings=settings)
+    try:
+        result = task.execute(context)  # type: ignore[attr-defined]
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            return 0
+        raise CronflowError(f"the task called sys.exit({exc.code!r})") from None
     if result is not None:
-        try:
-            store.push_xcom(run_id, task_id, "return_value", result)
-        except TypeError as exc:
-            raise CronflowError(f"the return value is not JSON-serialisable: {exc}") from None
+        context["xcom"].push(RETURN_VALUE, result)
     return 0
+
+
+def _outcome(home: Path, run_id: int, task_id: str, try_number: int) -> int:
+    """Run the attempt and turn how it ended into the worker's exit code."""
+    try:
+        return run_attempt(home, run_id, task_id, try_number)
+    except Reschedule as exc:
+        logging.getLogger("cronflow.sensor").info("%s", exc)
+        _record_reason(home, run_id, task_id, try_number, str(exc))
+        return EXIT_RESCHEDULE
+    except SkipTask as exc:
+        logging.getLogger("cronflow.task").info("skipped: %s", exc)
+        _record_reason(home, run_id, task_id, try_number, f"skipped: {exc}")
+        return EXIT_SKIPPED
+
+
+def _record_reason(home: Path, run_id: int, task_id: str, try_number: int, reason: str) -> None:
+    """The reason `cronflow tasks` shows for a skip or a reschedule (masked like the log)."""
+    store = Store(load_settings(home).db_path)
+    try:
+        masker = Masker(secret_values(store))
+        store.update_ti(
+            run_id,
+            task_id,
+            expect_state=TaskState.RUNNING,
+            expect_try=try_number,
+            reason=masker.mask(reason),
+        )
+    finally:
+        store.close()
+
+
+def _masker(home: Path) -> Masker:
+    settings = load_settings(home)
+    store = Store(settings.db_path)
+    try:
+        return Masker(secret_values(store, settings))
+    finally:
+        store.close()
+
+
+def _configure_logging() -> None:
+    """Operators log with `logging`; each record is one timestamped line in the task log."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    logging.root.handlers[:] = [handler]
+    logging.root.setLevel(logging.INFO)
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # `cronflow logs -f` sees prints at once
 
 
 def main() -> int:
     env = os.environ
+    home = Path(env["CRONFLOW_HOME"])
     try:
-        return run_attempt(
-            Path(env["CRONFLOW_HOME"]),
+        masker = _masker(home)
+    except CronflowError as exc:
+        print(f"cronflow: {exc}", file=sys.stderr)
+        return 1
+    with masked_output(masker):
+        _configure_logging()
+        return _guarded(home, env)
+
+
+def _guarded(home: Path, env: Mapping[str, str]) -> int:
+    try:
+        return _outcome(
+            home,
             int(env["CRONFLOW_RUN_ID"]),
             env["CRONFLOW_TASK_ID"],
             int(env["CRONFLOW_TRY_NUMBER"]),

@@ -9,6 +9,8 @@ PY=${PYTHON:-python3}
 # Format: "command-that-proves-it-is-there:package".
 DEBIAN_NEEDS=(
   "systemd-analyze:systemd"
+  "debootstrap:debootstrap"
+  "systemd-nspawn:systemd-container"
 )
 missing=()
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
@@ -29,4 +31,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
-.venv/bin/python -m pytest -n "${CRONFLOW_TEST_WORKERS:-auto}" "$@"
+# --dist loadgroup keeps the tests that share one systemd container on one worker.
+.venv/bin/python -m pytest -n "${CRONFLOW_TEST_WORKERS:-auto}" --dist loadgroup "$@"

@@ -83,6 +83,27 @@ def test_fire_counts_on_dst_days(tz: str, expression: str, day: date, count: int
     assert len(Schedule.parse(expression, tz).fires_on(day)) == count
 
 
+@pytest.mark.parametrize(
+    ("tz", "expression", "day", "expected"),
+    [
+        # cron(8) treats a clock change of 3 hours or more as a jump, not as DST: the skipped
+        # fixed times do not run (Antarctica/Casey went 02:00 -> 05:00, +8 -> +11)
+        ("Antarctica/Casey", "30 3 * * *", date(2009, 10, 18), []),
+        ("Antarctica/Casey", "0 5 * * *", date(2009, 10, 18), [utc(2009, 10, 17, 18)]),
+        # a jump back of exactly 3 hours is still DST for cron: the fixed time runs once
+        ("Antarctica/Casey", "30 0 * * *", date(2010, 3, 5), [utc(2010, 3, 4, 13, 30)]),
+        # Samoa skipped 30 December 2011 (+24 hours): nothing of that day runs on the next one
+        ("Pacific/Apia", "30 12 * * *", date(2011, 12, 30), []),
+        ("Pacific/Apia", "30 12 * * *", date(2011, 12, 31), [utc(2011, 12, 30, 22, 30)]),
+        ("Pacific/Apia", "0 0 * * *", date(2011, 12, 31), [utc(2011, 12, 30, 10)]),
+    ],
+)
+def test_clock_jumps_of_3_hours_or_more_are_not_dst(
+    tz: str, expression: str, day: date, expected: list[datetime]
+) -> None:
+    assert Schedule.parse(expression, tz).fires_on(day) == expected
+
+
 @pytest.mark.parametrize("start", [utc(2024, 3, 30), utc(2024, 10, 26)])
 def test_hourly_in_paris_fires_every_utc_hour_across_dst(start: datetime) -> None:
     fired = list(Schedule.parse("@hourly", "Europe/Paris").fires(start, start + timedelta(days=2)))

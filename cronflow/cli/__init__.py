@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from cronflow.cli import (
     core,  # noqa: F401  (registers its commands)
+    crontab,  # noqa: F401
+    flows,  # noqa: F401
+    logs,  # noqa: F401
     maintenance,  # noqa: F401
+    runs,  # noqa: F401
+    schedule,  # noqa: F401
     service,  # noqa: F401
+    testrun,  # noqa: F401
+    top,  # noqa: F401
 )
 from cronflow.cli.app import app
 

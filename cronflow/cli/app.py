@@ -85,10 +85,21 @@ def open_home() -> tuple[Settings, Store, Catalog]:
     return settings, store, catalog.sync(store, settings)
 
 
+PIPE_WIDTH = 200  # piped output is read by programs: wider than 80 columns, so rows stay whole
+
+
 def console(err: bool = False) -> Any:
+    """Styles only on a terminal and without NO_COLOR (then not even bold); when piped and
+    COLUMNS is not set, wide enough that table rows do not wrap."""
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=err, highlight=False, soft_wrap=False)
+    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+    out = Console(stderr=err, highlight=False, soft_wrap=False, **plain)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = PIPE_WIDTH
+    return out
 
 
 def styled_state(state: str | None) -> str:
@@ -108,6 +119,27 @@ def local_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
 
     moment = datetime.fromisoformat(stamp).astimezone(cat.flows[flow_id].tz)
     return moment.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def short_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
+    """A compact moment for table cells: 'YYYY-MM-DD HH:MM' (':SS' when not zero) in the flow's
+    timezone (UTC for a flow no longer loaded); the zone is in the flow's schedule text."""
+    if not stamp:
+        return "-"
+    from datetime import UTC, datetime
+
+    flow = cat.flows.get(flow_id)
+    moment = datetime.fromisoformat(stamp).astimezone(flow.tz if flow else UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second else "%Y-%m-%d %H:%M")
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def utc_now() -> Any:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cronflow.cli.app import (
+    STATE_STYLES,
     _options,
     app,
     console,
@@ -18,6 +18,7 @@ from cronflow.cli.app import (
     open_home,
     print_json,
     settings_from_options,
+    short_text,
     styled_state,
     utc_now,
 )
@@ -29,24 +30,11 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite the example flow if it exists.")] = False,
 ) -> None:
     """Create the home: cronflow.toml, the database, logs/ and flows/ with an example flow."""
-    from cronflow.config import CONFIG_NAME, DEFAULT_CONFIG_TEXT, home_path
-    from cronflow.store import Store
+    from cronflow.config import home_path
+    from cronflow.home import init_home
 
     home = home_path(_options["home"])
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
-    config = home / CONFIG_NAME
-    if not config.exists():
-        config.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
-    settings = settings_from_options()
-    settings.flows_dir.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.chmod(0o700)
-    example = settings.flows_dir / "example.py"
-    if force or not example.exists():
-        source = Path(__file__).parent.parent / "examples" / "example.py"
-        example.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    Store(settings.db_path).close()
+    settings = init_home(home, example=True, force=force)
     typer.echo(f"cronflow home ready at {home}")
     typer.echo(f"  flows:  {settings.flows_dir}")
     typer.echo("  next:   cronflow daemon   (or: cronflow trigger example --wait)")
@@ -66,50 +54,44 @@ def daemon() -> None:
 def list_flows(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """Every flow: schedule, paused, last run and its state, next fire time; broken files first."""
+    """Every flow: schedule, paused, last run and its state, next run, recent run states."""
+    from rich.markup import escape
     from rich.table import Table
 
+    from cronflow.overview import RECENT_RUNS, flow_rows
+
     _, store, cat = open_home()
-    latest = store.latest_runs()
-    paused = {r["flow_id"]: bool(r["paused"]) for r in store.flow_states()}
-    now = utc_now()
-    rows = []
-    for path, error in sorted(cat.errors.items()):
-        rows.append({"flow_id": None, "path": path, "error": error})
-    for flow_id, flow in sorted(cat.flows.items()):
-        last = latest.get(flow_id, {})
-        nxt = flow.schedule.next_after(now) if flow.schedule else None
-        rows.append(
-            {
-                "flow_id": flow_id,
-                "schedule": flow.raw["schedule"],
-                "schedule_text": flow.schedule.describe() if flow.schedule else "manual only",
-                "paused": paused.get(flow_id, False),
-                "logical_date": last.get("logical_date"),
-                "state": last.get("state"),
-                "next_fire_at": nxt.isoformat() if nxt else None,
-                "path": flow.path,
-            }
-        )
+    rows = flow_rows(store, cat, utc_now())
     if as_json:
         print_json(rows)
         return
     table = Table(box=None, header_style="bold")
-    for column in ("flow", "schedule", "paused", "last run", "state", "next run"):
-        table.add_column(column)
+    table.add_column("flow", no_wrap=True)
+    table.add_column("schedule", overflow="fold")  # the only column that may wrap
+    for column in ("paused", "last run", "state", "next run", f"last {RECENT_RUNS} runs"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
         if row["flow_id"] is None:
-            table.add_row("[red]BROKEN[/]", f"[red]{row['error']}[/]", "", "", "", "")
+            table.add_row("[red]BROKEN[/]", f"[red]{escape(row['error'])}[/]", "", "", "", "", "")
             continue
         table.add_row(
             row["flow_id"],
             row["schedule_text"],
             "yes" if row["paused"] else "no",
-            local_text(cat, row["flow_id"], row["logical_date"]),
+            short_text(cat, row["flow_id"], row["logical_date"]),
             styled_state(row["state"]),
-            local_text(cat, row["flow_id"], row["next_fire_at"]),
+            short_text(cat, row["flow_id"], row["next_fire_at"]),
+            _counts_text(row["recent_states"]),
         )
     console().print(table)
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    order = ("success", "failed", "running", "queued")
+    names = {"success": "ok"}
+    return ", ".join(
+        f"[{STATE_STYLES[s]}]{counts[s]} {names.get(s, s)}[/]" for s in order if counts.get(s)
+    )
 
 
 @app.command()

@@ -24,7 +24,7 @@ def db_clean(
     ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go.")] = False,
 ) -> None:
-    """Delete finished runs older than an age, with their task instances, XComs and logs."""
+    """Delete runs that finished longer ago than an age, with their task instances, XComs and logs."""
     from datetime import timedelta
 
     from cronflow.daemon import poke

@@ -3,6 +3,9 @@
 Template values are shell-quoted when they need it (`shlex.quote`), so a parameter with a space
 or a quote can never split or inject a command: write `cp {{ params.src }} /data`, not
 `cp "{{ params.src }}" /data`.
+
+`stdin="text"` gives the command that text on its standard input (as crontab's `%` does); it is
+passed as is, not as a template. Without it the command reads end-of-file.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Shell(Task):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         shell: str = DEFAULT_SHELL,
+        stdin: str | None = None,
         **task_args: Any,
     ) -> None:
         super().__init__(task_id, **task_args)
@@ -38,9 +42,13 @@ class Shell(Task):
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.cwd = cwd
         self.shell = shell
+        self.stdin = None if stdin is None else str(stdin)
 
     def op_spec(self) -> dict[str, Any]:
-        return {"command": self.command, "env": self.env, "cwd": self.cwd, "shell": self.shell}
+        spec = {"command": self.command, "env": self.env, "cwd": self.cwd, "shell": self.shell}
+        if self.stdin is not None:
+            spec["stdin"] = self.stdin
+        return spec
 
 
 def shell_launch(

@@ -1,0 +1,176 @@
+"""The attempts of one task instance, for `cronflow logs`: which try, which log file, and its
+bytes as they are written while the try runs.
+
+The daemon changes a task instance's state first and writes the try's end line into the log
+just after, so a follower stops once the try is over and that line is there (or a short grace
+has passed, for a try that ended without one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cronflow import control
+from cronflow.catalog import FlowSpec
+from cronflow.config import Settings
+from cronflow.errors import DaemonError, InvalidInputError, NotFoundError
+from cronflow.logs import attempt_log_path, read_log
+from cronflow.states import ACTIVE_TASK_STATES, TaskState
+from cronflow.store import Store
+
+POLL_S = 0.1
+END_LINE_GRACE_S = 2.0
+
+
+def parse_target(text: str, task_required: bool = False) -> tuple[str, str | None]:
+    """'FLOW.TASK' -> (flow, task); 'FLOW' -> (flow, None) unless a task is required."""
+    flow_id, dot, task_id = text.partition(".")
+    if not flow_id or (dot and (not task_id or "." in task_id)) or (task_required and not dot):
+        shape = "FLOW.TASK" if task_required else "FLOW or FLOW.TASK"
+        raise InvalidInputError(f"bad target '{text}': expected {shape}, e.g. meteo.fetch")
+    return flow_id, task_id or None
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """One try of a task instance and where its log is."""
+
+    flow: FlowSpec
+    run: dict[str, Any]
+    ti: dict[str, Any]
+    try_number: int
+    path: Path | None  # None while the task instance has not started a try yet
+
+    @property
+    def name(self) -> str:
+        return f"{self.flow.flow_id}.{self.ti['task_id']}"
+
+
+def find_attempt(
+    settings: Settings,
+    store: Store,
+    flow: FlowSpec,
+    task_id: str,
+    date_text: str | None,
+    try_number: int | None,
+) -> AttemptLog:
+    """The run of --date (default: the latest) and its task instance's try (default: the last)."""
+    flow.task(task_id)
+    run = control.find_one_run(store, flow, date_text)
+    ti = store.ti(run["run_id"], task_id)
+    if ti is None:
+        raise NotFoundError(f"the run of {run['logical_date']} has no task '{task_id}'")
+    last = ti["try_number"]
+    if try_number is not None and not 1 <= try_number <= last:
+        tried = f"tries 1 to {last}" if last else "no try yet"
+        raise InvalidInputError(f"--try {try_number}: {flow.flow_id}.{task_id} has {tried}")
+    chosen = try_number or last
+    path = None
+    if chosen:
+        path = attempt_log_path(
+            settings.logs_dir, flow.flow_id, task_id, run["logical_date"], chosen
+        )
+    return AttemptLog(flow, run, ti, chosen, path)
+
+
+def read_attempt(attempt: AttemptLog) -> bytes:
+    """The whole log of a try (compressed or not)."""
+    if attempt.path is None:
+        state, run = attempt.ti["state"], attempt.run["logical_date"]
+        if TaskState(state).is_finished:
+            raise NotFoundError(f"{attempt.name} did not run in the run of {run} (state {state})")
+        raise NotFoundError(
+            f"{attempt.name} has not run yet in the run of {run} (state {state}); "
+            "use -f to wait for it"
+        )
+    try:
+        return read_log(attempt.path)
+    except FileNotFoundError:
+        raise NotFoundError(f"no log for try {attempt.try_number} of {attempt.name}") from None
+
+
+def follow_attempt(
+    settings: Settings,
+    store: Store,
+    attempt: AttemptLog,
+    is_daemon_running: Callable[[], bool],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[bytes]:
+    """The log of a try as it grows, until the try ends. Following a task instance that waits
+    for its next try (not started, retry pending, just replayed) first waits for that try; an
+    earlier or finished try is simply read."""
+    run_id, task_id = attempt.run["run_id"], attempt.ti["task_id"]
+    current = attempt.try_number == attempt.ti["try_number"]
+    if current and _waiting(attempt.ti["state"]):
+        if not is_daemon_running():
+            raise DaemonError(
+                f"{attempt.name} waits to run, but no daemon is running on {settings.home}"
+            )
+        ti = attempt.ti
+        while _waiting(ti["state"]) and ti["try_number"] == attempt.ti["try_number"]:
+            sleep(POLL_S)
+            ti = store.ti(run_id, task_id) or ti
+        if ti["try_number"] == attempt.ti["try_number"]:
+            raise NotFoundError(f"{attempt.name} ended {ti['state']} without a new try")
+        path = attempt_log_path(
+            settings.logs_dir, attempt.flow.flow_id, task_id, ti["logical_date"], ti["try_number"]
+        )
+        attempt = AttemptLog(attempt.flow, attempt.run, ti, ti["try_number"], path)
+    elif not current or attempt.ti["state"] not in ACTIVE_TASK_STATES:
+        yield read_attempt(attempt)
+        return
+    assert attempt.path is not None
+
+    def active() -> bool:
+        ti = store.ti(run_id, task_id)
+        return bool(
+            ti and ti["try_number"] == attempt.try_number and ti["state"] in ACTIVE_TASK_STATES
+        )
+
+    end_line = f"cronflow: try {attempt.try_number} ".encode()
+    yield from follow_file(attempt.path, active, end_line, sleep)
+
+
+def _waiting(state: str) -> bool:
+    return state in (
+        TaskState.NONE,
+        TaskState.SCHEDULED,
+        TaskState.UP_FOR_RETRY,
+        TaskState.UP_FOR_RESCHEDULE,
+    )
+
+
+def follow_file(
+    path: Path,
+    is_active: Callable[[], bool],
+    end_line: bytes,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[bytes]:
+    """Yield a file's bytes as they are written while `is_active()`; after it turns false, the
+    rest up to `end_line` (or until a short grace passes)."""
+    offset, tail, grace_end = 0, b"", None
+    while True:
+        active = is_active()
+        chunk = _read_from(path, offset)
+        if chunk:
+            offset += len(chunk)
+            tail = (tail + chunk)[-4096:]
+            yield chunk
+        if not active:
+            grace_end = grace_end or time.monotonic() + END_LINE_GRACE_S
+            if end_line in tail or time.monotonic() > grace_end:
+                return
+        sleep(POLL_S)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return b""

@@ -1,0 +1,171 @@
+"""One flow: show it in depth, pause and unpause it, ask why it is not running."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cronflow.cli.app import (
+    STATE_STYLES,
+    app,
+    console,
+    handles_errors,
+    open_home,
+    short_text,
+    utc_now,
+)
+
+FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
+
+# Grid cells: short enough for many runs side by side, readable without colour.
+STATE_CELLS = {
+    "success": "ok",
+    "failed": "FAIL",
+    "running": "run",
+    "queued": "queue",
+    "scheduled": "sched",
+    "up_for_retry": "retry",
+    "up_for_reschedule": "poke",
+    "upstream_failed": "upfail",
+    "skipped": "skip",
+    "none": "·",
+}
+
+
+@app.command()
+@handles_errors
+def show(
+    flow_id: FlowArg,
+    runs: Annotated[int, typer.Option(help="How many recent runs the grid shows.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """A flow in depth: doc, task tree, flows it waits for, next fire times, recent runs grid."""
+    import json
+
+    from cronflow.overview import flow_detail
+
+    _s, store, cat = open_home()
+    detail = flow_detail(store, cat, cat.get(flow_id), utc_now(), runs)
+    if as_json:
+        typer.echo(json.dumps(detail, indent=2))
+        return
+    out = console()
+    paused = "  [yellow]paused[/]" if detail["paused"] else ""
+    out.print(f"[bold]{flow_id}[/]  {detail['schedule_text']}{paused}")
+    out.print(f"[dim]{detail['path']}[/]")
+    if detail["doc"]:
+        out.print(detail["doc"])
+    out.print(_task_tree(detail["tasks"]))
+    for title, key in (("waits for", "wait_for"), ("waited for by", "waited_by")):
+        for link in detail[key]:
+            out.print(f"{title}: {link['flow_id']} ({_offset_text(link['offset_days'])})")
+    fires = [short_text(cat, flow_id, t) for t in detail["next_fire_at"]]
+    out.print("next runs: " + (", ".join(fires) if fires else "none scheduled"), soft_wrap=True)
+    out.print(_grid(cat, flow_id, detail) if detail["runs"] else "no runs yet")
+
+
+def _offset_text(offset: int) -> str:
+    if offset == 0:
+        return "the same day"
+    if offset == -1:
+        return "the day before"
+    return f"{abs(offset)} days {'before' if offset < 0 else 'after'}"
+
+
+def _task_tree(tasks: list[dict[str, Any]]) -> Any:
+    """Tasks from their roots down; a task with several upstreams is drawn once in full."""
+    from rich.tree import Tree
+
+    by_id = {t["task_id"]: t for t in tasks}
+    tree, drawn = Tree("[bold]tasks[/]"), set()
+
+    def add(parent: Any, task_id: str) -> None:
+        task = by_id[task_id]
+        if task_id in drawn:
+            parent.add(f"{task_id} [dim](see above)[/]")
+            return
+        drawn.add(task_id)
+        notes = [task["kind"]]
+        if task["trigger_rule"] != "all_success":
+            notes.append(task["trigger_rule"])
+        if task["pool"] != "default":
+            notes.append(f"pool {task['pool']}")
+        if task["retries"]:
+            notes.append(f"{task['retries']} retries")
+        node = parent.add(f"{task_id} [dim]({', '.join(notes)})[/]")
+        for child in task["downstream"]:
+            add(node, child)
+
+    for task in tasks:
+        if not task["upstream"]:
+            add(tree, task["task_id"])
+    return tree
+
+
+def _grid(cat: Any, flow_id: str, detail: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", title="recent runs", title_justify="left")
+    table.add_column("task", no_wrap=True)
+    for run in detail["runs"]:
+        day, _, time = short_text(cat, flow_id, run["logical_date"]).partition(" ")
+        table.add_column(f"{day[5:]}\n{time}", no_wrap=True, justify="center")
+    table.add_row("[bold]run[/]", *(_cell(run["state"]) for run in detail["runs"]))
+    for task in detail["tasks"]:
+        cells = [_cell(run["task_states"].get(task["task_id"])) for run in detail["runs"]]
+        table.add_row(task["task_id"], *cells)
+    return table
+
+
+def _cell(state: str | None) -> str:
+    if state is None:
+        return " "
+    return f"[{STATE_STYLES.get(state, 'default')}]{STATE_CELLS.get(state, state)}[/]"
+
+
+@app.command()
+@handles_errors
+def pause(flow_id: FlowArg) -> None:
+    """Stop starting new runs of a flow (runs already running go on)."""
+    _set_paused(flow_id, True)
+
+
+@app.command()
+@handles_errors
+def unpause(flow_id: FlowArg) -> None:
+    """Let a paused flow run again (missed fire times follow its catchup setting)."""
+    _set_paused(flow_id, False)
+
+
+def _set_paused(flow_id: str, paused: bool) -> None:
+    from cronflow.daemon import poke
+
+    settings, store, cat = open_home()
+    cat.get(flow_id)
+    store.set_paused(flow_id, paused)
+    poke(settings.home)
+    typer.echo(f"flow {flow_id} {'paused' if paused else 'unpaused'}")
+
+
+@app.command()
+@handles_errors
+def why(
+    flow_id: FlowArg,
+    date: Annotated[
+        str | None,
+        typer.Option(help="The run: YYYY-MM-DD or an ISO date-time (default: the latest run)."),
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Ask about this task only.")] = None,
+) -> None:
+    """Say in words why a run or a task is not running, or what it is doing."""
+    from cronflow.daemon import running_daemon_pid
+    from cronflow.reasons import Explainer
+
+    settings, store, cat = open_home()
+    flow = cat.get(flow_id)
+    running = running_daemon_pid(settings.home) is not None
+    explainer = Explainer(settings, store, cat, flow, utc_now(), running)
+    out = console()
+    for reason in explainer.explain(date, task):
+        out.print(f"- {reason}", markup=False, soft_wrap=True)

@@ -1,0 +1,105 @@
+"""`cronflow top`: a live view of running and waiting tasks and the latest failures."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cronflow.cli.app import (
+    app,
+    console,
+    duration_text,
+    handles_errors,
+    open_home,
+    short_text,
+    styled_state,
+    utc_now,
+)
+
+
+@app.command()
+@handles_errors
+def top(
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    failures: Annotated[int, typer.Option(help="How many recent failures to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one frame as JSON.")] = False,
+) -> None:
+    """A live view of running and waiting tasks and the latest failures, until Ctrl-C.
+
+    With --once, or when stdout is not a terminal, one frame is printed."""
+    import json
+
+    from cronflow.daemon import running_daemon_pid
+    from cronflow.overview import live_tasks
+
+    settings, store, cat = open_home()
+    out = console()
+
+    def frame() -> Any:
+        data = live_tasks(store, utc_now(), failures)
+        return _render(cat, data, running_daemon_pid(settings.home))
+
+    if as_json:
+        typer.echo(json.dumps(live_tasks(store, utc_now(), failures), indent=2))
+    elif once or not out.is_terminal:
+        out.print(frame())
+    else:
+        _live(out, frame, interval)
+
+
+def _live(out: Any, frame: Any, interval: float) -> None:
+    from rich.live import Live
+
+    with Live(frame(), console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(frame(), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def _render(cat: Any, data: dict[str, list[dict[str, Any]]], daemon_pid: int | None) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    active = data["active"]
+    running = sum(ti["state"] == "running" for ti in active)
+    daemon = f"daemon pid {daemon_pid}" if daemon_pid else "[red]daemon not running[/]"
+    stamp = utc_now().astimezone().strftime("%H:%M:%S")
+    header = f"[bold]cronflow top[/]  {stamp}  {daemon}  {running} running, {len(active) - running} waiting"
+    now_table = Table(box=None, header_style="bold", title="active", title_justify="left")
+    for column in ("flow", "task", "logical date", "state", "try", "time", "pool", "pid"):
+        now_table.add_column(column, no_wrap=True)
+    for ti in active:
+        when = duration_text(ti["elapsed_s"]) if ti["state"] == "running" else "-"
+        if ti["next_try_at"]:
+            when = "at " + short_text(cat, ti["flow_id"], ti["next_try_at"])
+        now_table.add_row(
+            ti["flow_id"],
+            ti["task_id"],
+            short_text(cat, ti["flow_id"], ti["logical_date"]),
+            styled_state(ti["state"]),
+            f"{ti['try_number']}/{ti['max_tries']}",
+            when,
+            ti["pool"],
+            str(ti["pid"] or "-"),
+        )
+    failed = Table(box=None, header_style="bold", title="latest failures", title_justify="left")
+    for column in ("flow", "task", "logical date", "try", "ended", "reason"):
+        failed.add_column(column, no_wrap=column != "reason", overflow="ellipsis")
+    for ti in data["failures"]:
+        failed.add_row(
+            ti["flow_id"],
+            ti["task_id"],
+            short_text(cat, ti["flow_id"], ti["logical_date"]),
+            str(ti["try_number"]),
+            short_text(cat, ti["flow_id"], ti["end_at"]),
+            ti["reason"] or "",
+        )
+    parts: list[Any] = [header, now_table if active else "no task running or waiting"]
+    parts.append(failed if data["failures"] else "no failures")
+    return Group(*parts)

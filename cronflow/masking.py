@@ -1,0 +1,276 @@
+"""Secret values never reach a task log: they are replaced by *** before the bytes are written.
+
+Secrets are the store's secret variables and connection passwords, every CRONFLOW_VAR_* value
+and the passwords of CRONFLOW_CONN_* URIs (the environment is where secrets kept outside the
+database live), and the [smtp] password of cronflow.toml. Values shorter than MIN_SECRET_LENGTH
+characters are not masked: masking "1" or "ab" everywhere would ruin every log and such a value
+protects nothing.
+
+Masking happens on the byte stream, before the log file, because `cronflow logs -f` reads the
+file while the task runs (rewriting the file at the end would show the secret meanwhile):
+
+- Python-side tasks (the worker) and callbacks redirect their own fds 1 and 2 into a pipe that a
+  thread copies to the log through a Masker (`masked_output`), so the task's prints, logging,
+  tracebacks and the output of programs it starts are all masked.
+- Shell tasks are started directly by the daemon with their output on the log file. When the home
+  has any secret at all, the daemon starts them as `python -m cronflow.masking -- bash -c ...`
+  instead: a small parent that runs the command with its output on a pipe and copies it to the
+  log through a Masker. The rule is "any secret known", not "a secret in the rendered command",
+  because a shell task also reaches secrets the daemon cannot see: its inherited environment
+  (CRONFLOW_VAR_*), a script that reads a config file, `printenv`. The filter costs one short
+  Python process per shell attempt, only on homes that have secrets. It keeps the command's exit
+  status (and death by signal), shares its process group (so timeouts and kills reach both), and
+  stops copying shortly after the command exits even if a background grandchild keeps the pipe
+  open, so such a grandchild does not hold the attempt open.
+
+A secret split across two reads is still caught: the Masker holds back the end of a chunk while
+it could be the start of a secret (never more than the longest secret minus one byte).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cronflow.config import Settings
+    from cronflow.store import Store
+
+MASK = b"***"
+MIN_SECRET_LENGTH = 4
+DRAIN_AFTER_EXIT_S = 1.0  # how long the filter keeps copying once the command has exited
+VAR_ENV_PREFIX = "CRONFLOW_VAR_"
+
+
+def secret_values(
+    store: Store, settings: Settings | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Every value to mask, longest first."""
+    from cronflow.connections import env_secrets
+
+    environ = os.environ if environ is None else environ
+    values = set(store.secret_values())
+    values.update(v for k, v in environ.items() if k.startswith(VAR_ENV_PREFIX))
+    values.update(env_secrets(environ))
+    if settings is not None and settings.smtp is not None:
+        password = settings.smtp.resolved_password(environ)
+        if password:
+            values.add(password)
+    return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+class SecretValues:
+    """`context["secrets"]`: the values to mask for an attempt, looked up on first use.
+
+    Never renders its values: in a template or a log it is only `<secrets: N values>`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._values: list[str] | None = None
+
+    def values(self) -> list[str]:
+        if self._values is None:
+            self._values = secret_values(self._store)
+        return self._values
+
+    def __bool__(self) -> bool:
+        return bool(self.values())
+
+    def __repr__(self) -> str:
+        return f"<secrets: {len(self.values())} values>"
+
+    __str__ = __repr__
+
+
+class Masker:
+    """Replaces secrets by *** in text, or in a byte stream fed chunk by chunk."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        needles = {s.encode() for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+        self._needles = sorted(needles, key=len, reverse=True)
+        self._pattern = (
+            re.compile(b"|".join(re.escape(n) for n in self._needles)) if self._needles else None
+        )
+        self._text_pattern = (
+            re.compile("|".join(re.escape(n.decode()) for n in self._needles))
+            if self._needles
+            else None
+        )
+        self._pending = b""
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def mask(self, text: str) -> str:
+        return self._text_pattern.sub("***", text) if self._text_pattern else text
+
+    def feed(self, data: bytes) -> bytes:
+        """The masked bytes that are safe to write now; the rest waits for the next chunk."""
+        if self._pattern is None:
+            return data
+        buffer = self._pending + data
+        matches = list(self._pattern.finditer(buffer))
+        split = len(buffer) - self._partial_suffix(buffer)
+        for match in matches:
+            if match.start() < split < match.end():
+                split = match.end()
+        out, last = bytearray(), 0
+        for match in matches:
+            if match.end() > split:
+                break
+            out += buffer[last : match.start()] + MASK
+            last = match.end()
+        out += buffer[last:split]
+        self._pending = buffer[split:]
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """What is still held back, masked (at the end of the stream)."""
+        rest, self._pending = self._pending, b""
+        return self._pattern.sub(MASK, rest) if self._pattern else rest
+
+    def _partial_suffix(self, buffer: bytes) -> int:
+        """Length of the longest end of `buffer` that is the start of a secret."""
+        longest = 0
+        for needle in self._needles:
+            for size in range(min(len(needle) - 1, len(buffer)), longest, -1):
+                if buffer.endswith(needle[:size]):
+                    longest = size
+                    break
+        return longest
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def pump(src: int, dst: int, masker: Masker, stop_at: threading.Event | None = None) -> None:
+    """Copy src to dst through the masker until EOF (or until `stop_at` is set and src is idle)."""
+    while True:
+        if stop_at is not None:
+            ready = select.select([src], [], [], 0.1)[0]
+            if not ready:
+                if stop_at.is_set():
+                    break
+                continue
+        try:
+            chunk = os.read(src, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        with contextlib.suppress(OSError):
+            _write_all(dst, masker.feed(chunk))
+    with contextlib.suppress(OSError):
+        _write_all(dst, masker.flush())
+
+
+@contextlib.contextmanager
+def masked_output(masker: Masker) -> Iterator[None]:
+    """Within the block, everything written to fds 1 and 2 (by Python or by child processes)
+    goes to the original fd 1 through the masker. A no-op when there is nothing to mask."""
+    if not masker:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    target = os.dup(1)
+    read_end, write_end = os.pipe()
+    saved_err = os.dup(2)
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    done = threading.Event()
+    thread = threading.Thread(target=pump, args=(read_end, target, masker, done), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(target, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_err)
+        # The pipe now has no writer left in this process: the thread sees EOF, unless a
+        # background child still holds it; then it stops once the pipe is idle.
+        done.set()
+        thread.join(DRAIN_AFTER_EXIT_S + 1.0)
+        os.close(read_end)
+        os.close(target)
+
+
+def filter_command(argv: list[str], secrets: list[str]) -> int:
+    """Run argv with its output copied to our fd 1 through a Masker; return its exit status
+    (negative for a signal, like subprocess)."""
+    masker = Masker(secrets)
+    read_end, write_end = os.pipe()
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=None,  # ours: end-of-file, or a Shell task's stdin= text
+            stdout=write_end,
+            stderr=write_end,
+            close_fds=True,
+        )
+    except OSError as exc:
+        os.close(write_end)
+        os.close(read_end)
+        _write_all(1, masker.mask(f"cronflow: cannot start {argv[0]}: {exc}\n").encode())
+        return 127
+    os.close(write_end)
+    # The daemon stops an attempt by signalling its whole process group: the command gets the
+    # signal too, and this filter keeps copying its last words until it has exited.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    exited = threading.Event()
+    watcher = threading.Thread(target=lambda: (child.wait(), exited.set()), daemon=True)
+    watcher.start()
+    copier = threading.Thread(target=pump, args=(read_end, 1, masker, None), daemon=True)
+    copier.start()
+    exited.wait()
+    copier.join(DRAIN_AFTER_EXIT_S)
+    if copier.is_alive():  # a background grandchild holds the pipe: stop copying
+        with contextlib.suppress(OSError):
+            _write_all(1, masker.flush())
+    return child.returncode
+
+
+def _exit_like(code: int) -> None:
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        time.sleep(1)  # the signal ends us; not reached
+    sys.exit(code)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m cronflow.masking -- COMMAND...` (CRONFLOW_HOME in the environment)."""
+    from cronflow.config import load_settings
+    from cronflow.store import Store
+
+    command = argv[1:] if argv[:1] == ["--"] else argv
+    settings = load_settings(Path(os.environ["CRONFLOW_HOME"]))
+    store = Store(settings.db_path)
+    try:
+        secrets = secret_values(store, settings)
+    finally:
+        store.close()
+    _exit_like(filter_command(command, secrets))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

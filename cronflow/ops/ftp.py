@@ -1,0 +1,201 @@
+"""FTP and FTPS: download and upload files with globs (ftplib).
+
+    FTPGet("download", conn_id="archive", remote="/out/{{ ds_nodash }}_*.zip", local_dir="/srv/in")
+    FTPPut("deliver", conn_id="client", local="/srv/out/{{ ds }}.csv", remote_dir="/in")
+
+`ftp://` connections speak plain FTP; `ftps://` ones switch to TLS before logging in (explicit
+FTPS, AUTH TLS) and protect the data channel too (PROT P). The server certificate is checked
+against the system CAs or the connection's `ca_file` (`verify=false` turns the check off).
+Passive mode unless the connection says `passive=false`.
+
+As with SFTP, only the file-name part of a remote path may hold wildcards, a download is renamed
+into place once complete, an upload is stored as `.NAME.part` and renamed on the server, and both
+return the list of files they wrote.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import logging
+import os
+import posixpath
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from cronflow.connections import Connection
+from cronflow.errors import CronflowError
+from cronflow.flow import Task
+from cronflow.ops.transfer import local_glob, nothing_matched, part_name, split_remote_pattern
+from cronflow.templates import render
+
+log = logging.getLogger("cronflow.ftp")
+
+FTP_TYPES = ("ftp", "ftps")
+TIMEOUT_S = 60.0
+
+
+class FTPError(CronflowError):
+    """An FTP server cannot be reached, refused the login, or a transfer failed."""
+
+
+@contextmanager
+def open_ftp(conn: Connection) -> Iterator[ftplib.FTP]:
+    """A logged-in FTP (or FTPS with a protected data channel) session."""
+    where = f"connection '{conn.conn_id}'"
+    timeout = float(conn.extra.get("timeout", TIMEOUT_S))
+    ftp = (
+        ftplib.FTP_TLS(context=conn.tls_context(), timeout=timeout)
+        if conn.conn_type == "ftps"
+        else ftplib.FTP(timeout=timeout)
+    )
+    try:
+        ftp.connect(conn.host or "", conn.port_or_default)
+        ftp.login(conn.login or "anonymous", conn.password or "")
+        if isinstance(ftp, ftplib.FTP_TLS):
+            ftp.prot_p()
+        ftp.set_pasv(conn.flag("passive", True))
+    except ftplib.error_perm as exc:
+        ftp.close()
+        raise FTPError(f"{where}: {conn.describe()} refused the login: {exc}") from None
+    except (ftplib.Error, OSError, EOFError) as exc:
+        ftp.close()
+        raise FTPError(f"{where}: cannot connect to {conn.describe()}: {exc}") from None
+    try:
+        yield ftp
+    finally:
+        with suppress(ftplib.Error, OSError, EOFError):
+            ftp.quit()
+        ftp.close()
+
+
+def remote_glob(ftp: ftplib.FTP, pattern: str) -> list[str]:
+    """Files matching a remote path whose file name may hold wildcards, sorted."""
+    directory, name = split_remote_pattern(pattern)
+    try:
+        entries = [(n, facts.get("type", "file")) for n, facts in ftp.mlsd(directory or ".")]
+    except ftplib.error_perm:  # no MLSD: a name listing (directories cannot be told apart)
+        try:
+            entries = [(posixpath.basename(n), "file") for n in ftp.nlst(directory or ".")]
+        except ftplib.error_perm:
+            return []
+    return sorted(
+        posixpath.join(directory, n)
+        for n, kind in entries
+        if kind == "file" and fnmatchcase(n, name)
+    )
+
+
+class FTPGet(Task):
+    """Download remote files (a path or a glob) into a local directory."""
+
+    kind = "ftp_get"
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        conn_id: str,
+        remote: str,
+        local_dir: str,
+        allow_empty: bool = False,
+        **task_args: Any,
+    ) -> None:
+        super().__init__(task_id, **task_args)
+        self.conn_id, self.remote, self.local_dir = conn_id, remote, local_dir
+        self.allow_empty = allow_empty
+
+    def op_spec(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "remote": self.remote, "local_dir": self.local_dir}
+
+    def execute(self, context: Mapping[str, Any]) -> list[str]:
+        conn = context["conn"].require(render(self.conn_id, context), FTP_TYPES)
+        pattern = render(self.remote, context)
+        target = Path(render(self.local_dir, context)).expanduser()
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        with open_ftp(conn) as ftp:
+            matches = remote_glob(ftp, pattern)
+            if not matches:
+                return nothing_matched(pattern, f"on {conn.describe()}", self.allow_empty)
+            for remote in matches:
+                final = target / posixpath.basename(remote)
+                partial = part_name(str(final))
+                try:
+                    with open(partial, "wb") as handle:
+                        ftp.retrbinary(f"RETR {remote}", handle.write)
+                except ftplib.Error as exc:
+                    raise FTPError(
+                        f"cannot download {remote} from {conn.describe()}: {exc}"
+                    ) from None
+                os.replace(partial, final)
+                log.info(
+                    "got %s:%s -> %s (%s bytes)", conn.host, remote, final, final.stat().st_size
+                )
+                written.append(str(final))
+        return written
+
+
+class FTPPut(Task):
+    """Upload local files (a path or a glob) into a remote directory."""
+
+    kind = "ftp_put"
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        conn_id: str,
+        local: str,
+        remote_dir: str,
+        allow_empty: bool = False,
+        **task_args: Any,
+    ) -> None:
+        super().__init__(task_id, **task_args)
+        self.conn_id, self.local, self.remote_dir = conn_id, local, remote_dir
+        self.allow_empty = allow_empty
+
+    def op_spec(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "local": self.local, "remote_dir": self.remote_dir}
+
+    def execute(self, context: Mapping[str, Any]) -> list[str]:
+        conn = context["conn"].require(render(self.conn_id, context), FTP_TYPES)
+        pattern = render(self.local, context)
+        remote_dir = render(self.remote_dir, context)
+        files = local_glob(pattern)
+        if not files:
+            return nothing_matched(pattern, "on this server", self.allow_empty)
+        written = []
+        with open_ftp(conn) as ftp:
+            for local in files:
+                final = posixpath.join(remote_dir, os.path.basename(local))
+                partial = part_name(final)
+                try:
+                    with open(local, "rb") as handle:
+                        ftp.storbinary(f"STOR {partial}", handle)
+                    _rename(ftp, partial, final)
+                except ftplib.Error as exc:
+                    raise FTPError(f"cannot upload {local} to {conn.describe()}: {exc}") from None
+                log.info("put %s -> %s:%s", local, conn.host, final)
+                written.append(final)
+        return written
+
+
+def _rename(ftp: ftplib.FTP, source: str, target: str) -> None:
+    """RNFR/RNTO; servers that refuse to rename onto an existing file get it deleted first."""
+    try:
+        ftp.rename(source, target)
+    except ftplib.error_perm:
+        with suppress(ftplib.error_perm):
+            ftp.delete(target)
+        ftp.rename(source, target)
+
+
+def check(conn: Connection) -> str:
+    """`cronflow conn test` for ftp:// and ftps://: log in and ask for the current directory."""
+    with open_ftp(conn) as ftp:
+        where = ftp.pwd()
+    tls = " over TLS" if conn.conn_type == "ftps" else ""
+    return f"logged in to {conn.describe()}{tls} (directory {where})"

@@ -1,0 +1,39 @@
+"""How a worker-run attempt tells the daemon it ended in something other than success or failure.
+
+A worker (`python -m cronflow.worker`, every task kind but shell) exits with:
+
+- 0: success; 1: failure (retried while tries are left);
+- EXIT_RESCHEDULE (75, EX_TEMPFAIL): a sensor in reschedule mode is not satisfied yet; the task
+  instance goes to up_for_reschedule until its next poke and the try is not counted;
+- EXIT_SKIPPED (99): the task chose to be skipped (a sensor's soft_fail, or SkipTask raised in a
+  Python callable).
+
+Only cronflow's own exceptions below lead to these codes (the worker turns a task's own
+`sys.exit(75)` into a failure), and the daemon honours them only for worker-run kinds, so a shell
+command that happens to exit 75 or 99 is still a plain failure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cronflow.errors import CronflowError
+
+EXIT_RESCHEDULE = 75
+EXIT_SKIPPED = 99
+
+
+class SkipTask(CronflowError):
+    """Raise in a task to end it as skipped; the message goes to the task log and its reason."""
+
+
+class Reschedule(Exception):
+    """Raised by a sensor in reschedule mode when it is not satisfied yet (worker exits 75)."""
+
+    def __init__(self, message: str, next_poke_at: datetime) -> None:
+        super().__init__(message)
+        self.next_poke_at = next_poke_at
+
+
+class SensorTimeoutError(CronflowError, TimeoutError):
+    """A sensor waited longer than its timeout (without soft_fail)."""

@@ -1,0 +1,227 @@
+"""What the listing commands show, as plain data: every flow, a flow's runs, one flow in depth,
+the live tasks. The CLI renders these rows as tables or JSON and adds nothing.
+
+Each function makes a fixed number of indexed queries, whatever the size of the history: the
+newest runs of every flow in one query, a flow's runs through its (flow, state, date) index.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from cronflow.catalog import Catalog, FlowSpec
+from cronflow.errors import InvalidInputError
+from cronflow.states import RunState, TaskState
+from cronflow.store import Store
+from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
+
+RECENT_RUNS = 10  # how many of each flow's newest runs `list` counts by state
+TINY = timedelta(microseconds=1)
+
+
+def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]:
+    """`cronflow list`: broken files first, then every flow with its last run and next fire."""
+    latest = store.latest_runs()
+    paused = {r["flow_id"]: bool(r["paused"]) for r in store.flow_states()}
+    counts = store.recent_state_counts(RECENT_RUNS)
+    rows: list[dict[str, Any]] = [
+        {"flow_id": None, "path": path, "error": error}
+        for path, error in sorted(cat.errors.items())
+    ]
+    for flow_id, flow in sorted(cat.flows.items()):
+        last = latest.get(flow_id, {})
+        upcoming = next_fires(flow, now, 1)
+        rows.append(
+            {
+                "flow_id": flow_id,
+                "schedule": flow.raw["schedule"],
+                "schedule_text": flow.schedule.describe() if flow.schedule else "manual only",
+                "paused": paused.get(flow_id, False),
+                "run_id": last.get("run_id"),
+                "logical_date": last.get("logical_date"),
+                "state": last.get("state"),
+                "next_fire_at": iso(upcoming[0]) if upcoming else None,
+                "recent_states": counts.get(flow_id, {}),
+                "path": flow.path,
+            }
+        )
+    return rows
+
+
+def next_fires(flow: FlowSpec, now: datetime, count: int) -> list[datetime]:
+    """The flow's next `count` fire times from now, within its start and end dates."""
+    if flow.schedule is None:
+        return []
+    after = max(now, flow.start_at - TINY) if flow.start_at else now
+    limit = flow.end_at or datetime.max.replace(tzinfo=now.tzinfo)
+    return list(islice(flow.schedule.fires(after, limit), count))
+
+
+def parse_run_states(texts: list[str]) -> list[RunState]:
+    """--state values (repeated or comma-separated) -> run states; a bad one is an error."""
+    states = []
+    for text in (part.strip() for value in texts for part in value.split(",")):
+        try:
+            states.append(RunState(text))
+        except ValueError:
+            known = ", ".join(s.value for s in RunState)
+            raise InvalidInputError(f"bad run state '{text}': use {known}") from None
+    return states
+
+
+def since_bound(flow: FlowSpec, text: str | None) -> datetime | None:
+    """--since: the start of a local day, or a date-time."""
+    if text is None:
+        return None
+    value = parse_date_or_datetime(text, flow.tz)
+    return to_utc(value) if isinstance(value, datetime) else start_of_day(value, flow.tz)
+
+
+def run_rows(
+    store: Store, flow: FlowSpec, states: list[str], since: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """`cronflow runs`: the flow's runs, newest first."""
+    if limit < 1:
+        raise InvalidInputError(f"--limit must be at least 1, got {limit}")
+    runs = store.runs_of_flow(
+        flow.flow_id,
+        states=parse_run_states(states),
+        since=since_bound(flow, since),
+        limit=limit,
+    )
+    return [run_row(run) for run in runs]
+
+
+def run_row(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": run["run_id"],
+        "flow_id": run["flow_id"],
+        "logical_date": run["logical_date"],
+        "run_type": run["run_type"],
+        "state": run["state"],
+        "created_at": run["created_at"],
+        "started_at": run["started_at"],
+        "ended_at": run["ended_at"],
+        "duration_s": _seconds_between(run["started_at"], run["ended_at"]),
+    }
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    began, ended = from_iso(start), from_iso(end)
+    if began is None or ended is None:
+        return None
+    return round((ended - began).total_seconds(), 3)
+
+
+def flow_detail(
+    store: Store, cat: Catalog, flow: FlowSpec, now: datetime, runs: int
+) -> dict[str, Any]:
+    """`cronflow show`: the flow's definition, its links to other flows, its next fire times
+    and a grid of its last `runs` runs by task."""
+    if runs < 1:
+        raise InvalidInputError(f"--runs must be at least 1, got {runs}")
+    downstream: dict[str, list[str]] = {t: [] for t in flow.tasks}
+    for task in flow.tasks.values():
+        for up in task.upstream:
+            downstream[up].append(task.task_id)
+    paused = any(r["flow_id"] == flow.flow_id and r["paused"] for r in store.flow_states())
+    return {
+        "flow_id": flow.flow_id,
+        "path": flow.path,
+        "doc": flow.raw.get("doc"),
+        "schedule": flow.raw["schedule"],
+        "schedule_text": flow.schedule.describe() if flow.schedule else "manual only",
+        "timezone": flow.raw["timezone"],
+        "paused": paused,
+        "start_at": flow.raw["start_at"],
+        "end_at": flow.raw["end_at"],
+        "catchup": flow.catchup,
+        "max_active_runs": flow.max_active_runs,
+        "tags": flow.raw.get("tags", []),
+        "tasks": [
+            {
+                "task_id": t.task_id,
+                "kind": t.kind,
+                "upstream": t.upstream,
+                "downstream": downstream[t.task_id],
+                "trigger_rule": t.trigger_rule,
+                "retries": t.retries,
+                "pool": t.pool,
+            }
+            for t in flow.tasks.values()
+        ],
+        "wait_for": [{"flow_id": f, "offset_days": o} for f, o in flow.wait_for],
+        "waited_by": [
+            {"flow_id": other.flow_id, "offset_days": offset}
+            for other in cat.flows.values()
+            for upstream, offset in other.wait_for
+            if upstream == flow.flow_id
+        ],
+        "next_fire_at": [iso(t) for t in next_fires(flow, now, 5)],
+        "runs": _grid(store, flow, runs),
+    }
+
+
+def _grid(store: Store, flow: FlowSpec, count: int) -> list[dict[str, Any]]:
+    """The last `count` runs, oldest first, each with its task states."""
+    runs = store.recent_runs(flow.flow_id, count)[::-1]
+    states: dict[int, dict[str, str]] = {r["run_id"]: {} for r in runs}
+    for ti in store.tis_of_runs(list(states)):
+        states[ti["run_id"]][ti["task_id"]] = ti["state"]
+    return [
+        {
+            "run_id": run["run_id"],
+            "logical_date": run["logical_date"],
+            "state": run["state"],
+            "task_states": states[run["run_id"]],
+        }
+        for run in runs
+    ]
+
+
+LIVE_STATES = (
+    TaskState.RUNNING,
+    TaskState.QUEUED,
+    TaskState.SCHEDULED,
+    TaskState.UP_FOR_RETRY,
+    TaskState.UP_FOR_RESCHEDULE,
+)
+
+
+def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, list[dict[str, Any]]]:
+    """`cronflow top`: task instances running or about to, and the latest failures."""
+    order = {s.value: i for i, s in enumerate(LIVE_STATES)}
+    active = sorted(
+        store.tis_in_states(LIVE_STATES),
+        key=lambda ti: (order[ti["state"]], ti["start_at"] or "", ti["logical_date"]),
+    )
+    return {
+        "active": [_ti_row(ti, now) for ti in active],
+        "failures": [_ti_row(ti, now) for ti in store.recent_task_failures(failures)],
+    }
+
+
+def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:
+    started = from_iso(ti["start_at"])
+    elapsed = ti["duration_s"]
+    if ti["state"] == TaskState.RUNNING and started is not None:
+        elapsed = round((now - started).total_seconds(), 1)
+    return {
+        "flow_id": ti["flow_id"],
+        "task_id": ti["task_id"],
+        "run_id": ti["run_id"],
+        "logical_date": ti["logical_date"],
+        "state": ti["state"],
+        "try_number": ti["try_number"],
+        "max_tries": ti["max_tries"],
+        "pool": ti["pool"],
+        "start_at": ti["start_at"],
+        "end_at": ti["end_at"],
+        "elapsed_s": elapsed,
+        "next_try_at": ti["next_try_at"],
+        "pid": ti["pid"],
+        "host": ti["host"],
+        "reason": ti["reason"],
+    }

@@ -1,0 +1,210 @@
+"""`cronflow why`: in words, why a run or a task is not running (or what it is doing).
+
+The answers reuse the daemon's own rules where they live: inter-flow waits through
+`Scheduler.unmet_waits`, trigger rules through `deps.decide`, pool sizes through the settings,
+so an explanation cannot drift from what the daemon does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from cronflow import control, deps
+from cronflow.catalog import Catalog, FlowSpec
+from cronflow.config import Settings
+from cronflow.errors import NotFoundError
+from cronflow.executor import LocalExecutor
+from cronflow.overview import next_fires
+from cronflow.scheduler import Scheduler
+from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
+from cronflow.store import Store
+from cronflow.timeparse import from_iso, parse_date_or_datetime
+
+
+class Explainer:
+    """Answers about one flow, from the store as it is now."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        cat: Catalog,
+        flow: FlowSpec,
+        now: datetime,
+        daemon_running: bool,
+    ) -> None:
+        self.settings, self.store, self.cat, self.flow = settings, store, cat, flow
+        self.now = now
+        self.daemon_running = daemon_running
+
+    def explain(self, date_text: str | None, task_id: str | None) -> list[str]:
+        """Reasons, most important first: the daemon, the flow, the run, then its tasks."""
+        if task_id is not None:
+            self.flow.task(task_id)
+        reasons = []
+        if not self.daemon_running:
+            reasons.append(
+                f"the daemon is not running on {self.settings.home}: nothing runs until "
+                "`cronflow daemon` (or its systemd service) starts"
+            )
+        if self._paused():
+            reasons.append(
+                f"flow '{self.flow.flow_id}' is paused: no run starts until "
+                f"`cronflow unpause {self.flow.flow_id}`"
+            )
+        try:
+            run = control.find_one_run(self.store, self.flow, date_text)
+        except NotFoundError:
+            return reasons + self._no_run(date_text)
+        return reasons + self._run(run, task_id)
+
+    # --- no run ---------------------------------------------------------------------------
+    def _no_run(self, date_text: str | None) -> list[str]:
+        flow = self.flow
+        upcoming = next_fires(flow, self.now, 1)
+        nxt = f"; the next fire time is {self.when(upcoming[0])}" if upcoming else ""
+        if flow.schedule is None:
+            return [f"flow '{flow.flow_id}' has no schedule: it runs only when triggered"]
+        if date_text is None:
+            return [f"flow '{flow.flow_id}' has no run yet{nxt}"]
+        value = parse_date_or_datetime(date_text, flow.tz)
+        moment = value if isinstance(value, datetime) else None
+        fires = [moment] if moment else flow.schedule.fires_on(value)  # type: ignore[arg-type]
+        if not fires:
+            return [f"the schedule ({flow.schedule.describe()}) does not fire on {date_text}"]
+        first, last = min(fires), max(fires)
+        if flow.start_at and last < flow.start_at:
+            return [f"{date_text} is before the flow's start date {self.when(flow.start_at)}"]
+        if flow.end_at and first > flow.end_at:
+            return [f"{date_text} is after the flow's end date {self.when(flow.end_at)}"]
+        if first > self.now:
+            return [f"the run of {date_text} is not due yet: it fires at {self.when(first)}"]
+        catchup = "" if flow.catchup else " (catchup is off: only the latest missed run is made)"
+        return [
+            f"no run of {date_text} was created{catchup}; "
+            f"`cronflow backfill {flow.flow_id} --from {date_text} --to {date_text}` creates it"
+        ]
+
+    # --- a run ----------------------------------------------------------------------------
+    def _run(self, run: dict[str, Any], task_id: str | None) -> list[str]:
+        local = self.day(run["logical_date"])
+        state = RunState(run["state"])
+        tis = {ti["task_id"]: ti for ti in self.store.tis_of_runs([run["run_id"]])}
+        if state is RunState.QUEUED:
+            reasons = [f"the run of {local} is queued: " + "; ".join(self._queued(run))]
+        elif state.is_finished:
+            reasons = [
+                f"the run of {local} finished {state.value} at {self.when_text(run['ended_at'])}"
+            ]
+        else:
+            reasons = [f"the run of {local} is running"]
+        if task_id is not None:
+            chosen = [task_id]
+        elif state.is_finished:
+            chosen = [t for t, ti in tis.items() if ti["state"] == TaskState.FAILED]
+        else:
+            chosen = [t for t, ti in tis.items() if not TaskState(ti["state"]).is_finished]
+        order = {t: i for i, t in enumerate(self.flow.tasks)}
+        for tid in sorted(chosen, key=lambda t: order.get(t, len(order))):
+            if tid in tis:
+                reasons.append(f"{tid}: {self._task(run, tis[tid], tis)}")
+            else:
+                reasons.append(f"{tid}: not in this run yet (it joins when the run starts)")
+        return reasons
+
+    def _queued(self, run: dict[str, Any]) -> list[str]:
+        flow = self.flow
+        why = []
+        running = [
+            r
+            for r in self.store.runs_of_flow(flow.flow_id, states=[RunState.RUNNING])
+            if r["run_id"] != run["run_id"]
+        ]
+        if len(running) >= flow.max_active_runs:
+            dates = ", ".join(self.day(r["logical_date"]) for r in running[:5])
+            why.append(f"max_active_runs ({flow.max_active_runs}) reached by the run(s) of {dates}")
+        scheduler = Scheduler(self.store, self.settings, LocalExecutor(1))
+        scheduler.catalog = self.cat
+        for upstream, day in scheduler.unmet_waits(flow, run):
+            why.append(f"waiting for flow '{upstream}''s run of {day} to succeed")
+        if not why and self.daemon_running:
+            why.append("the daemon starts it at its next pass")
+        elif not why:
+            why.append("it starts once the daemon runs")
+        return why
+
+    # --- a task instance ------------------------------------------------------------------
+    def _task(self, run: dict[str, Any], ti: dict[str, Any], tis: dict[str, dict[str, Any]]) -> str:
+        state = TaskState(ti["state"])
+        tries = f"try {ti['try_number']} of {ti['max_tries']}"
+        if state is TaskState.NONE:
+            return self._none(run, ti, tis)
+        if state is TaskState.SCHEDULED:
+            return "ready, " + self._slots(ti)
+        if state is TaskState.QUEUED:
+            return f"starting ({tries})"
+        if state is TaskState.RUNNING:
+            return (
+                f"running since {self.when_text(ti['start_at'])} ({tries}, pid {ti['pid']} "
+                f"on {ti['host']})"
+            )
+        if state is TaskState.UP_FOR_RETRY:
+            return (
+                f"try {ti['try_number']} failed ({ti['reason'] or 'no reason'}); retry at "
+                f"{self.when_text(ti['next_try_at'])} (try {ti['try_number'] + 1} of "
+                f"{ti['max_tries']})"
+            )
+        if state is TaskState.UP_FOR_RESCHEDULE:
+            return f"waiting to check again at {self.when_text(ti['next_try_at'])}"
+        reason = f": {ti['reason']}" if ti["reason"] else ""
+        return f"finished {state.value}{reason}"
+
+    def _none(self, run: dict[str, Any], ti: dict[str, Any], tis: dict[str, dict[str, Any]]) -> str:
+        task = self.flow.tasks.get(ti["task_id"])
+        if task is None:
+            return "no longer in the flow file"
+        if run["state"] == RunState.QUEUED:
+            return "waiting for its run to start"
+        ups = {u: TaskState(tis[u]["state"]) if u in tis else TaskState.NONE for u in task.upstream}
+        waiting = [f"{u} ({s.value})" for u, s in ups.items() if not s.is_finished]
+        if waiting:
+            return "waiting on upstream task(s) " + ", ".join(waiting)
+        decision = deps.decide(task.trigger_rule, list(ups.values()))
+        return f"its upstream tasks are done ({task.trigger_rule}: {decision.value}); the daemon acts at its next pass"
+
+    def _slots(self, ti: dict[str, Any]) -> str:
+        pool = ti["pool"]
+        slots = self.settings.pool_slots(pool)
+        if slots is None:
+            return f"but pool '{pool}' is not configured in cronflow.toml"
+        busy = self.store.tis_in_states(ACTIVE_TASK_STATES)
+        in_pool = Counter(t["pool"] for t in busy)[pool]
+        if in_pool >= slots:
+            return f"waiting: pool '{pool}' is full ({in_pool} of {slots} slots in use)"
+        if len(busy) >= self.settings.parallelism:
+            return f"waiting: all {self.settings.parallelism} parallelism slots are in use"
+        return "starting at the daemon's next pass"
+
+    # --- helpers --------------------------------------------------------------------------
+    def _paused(self) -> bool:
+        return any(
+            r["flow_id"] == self.flow.flow_id and r["paused"] for r in self.store.flow_states()
+        )
+
+    def when(self, moment: datetime | None) -> str:
+        """A moment in the flow's timezone: the time alone today, else date and time."""
+        if moment is None:
+            return "-"
+        local = moment.astimezone(self.flow.tz)
+        if local.date() == self.now.astimezone(self.flow.tz).date():
+            return local.strftime("%H:%M:%S %Z")
+        return local.strftime("%Y-%m-%d %H:%M %Z")
+
+    def day(self, stamp: str) -> str:
+        """A logical date in the flow's timezone, always with its day."""
+        return datetime.fromisoformat(stamp).astimezone(self.flow.tz).strftime("%Y-%m-%d %H:%M %Z")
+
+    def when_text(self, stamp: str | None) -> str:
+        return self.when(from_iso(stamp))

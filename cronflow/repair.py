@@ -1,0 +1,249 @@
+"""Repairing history by hand: replay (clear) task instances, mark them, backfill missing runs.
+
+Every function checks all of its input first (flow, tasks, dates, states) and raises a
+CronflowError naming what is wrong, so nothing is written on bad input. Each change is one store
+transaction; the caller then pokes the daemon, which does the actual running.
+
+Marking a whole run: `success` turns every task instance that did not succeed (failed, waiting,
+running...) into success, skipped ones stay skipped; `failed` turns the unfinished ones into
+failed and keeps those that already finished. The run then takes the state given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from cronflow import control
+from cronflow.catalog import FlowSpec
+from cronflow.errors import InvalidInputError, NotFoundError
+from cronflow.states import (
+    FINISHED_TASK_STATES,
+    MARKABLE_TASK_STATES,
+    RunState,
+    RunType,
+    TaskState,
+)
+from cronflow.store import RunExistsError, Store
+from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.timetable import data_interval
+
+MAX_BACKFILL_RUNS = 10_000
+TINY = timedelta(microseconds=1)
+FAILED_STATES = (TaskState.FAILED, TaskState.UPSTREAM_FAILED)
+
+
+# --- choosing runs and tasks -------------------------------------------------------------------
+def range_bounds(flow: FlowSpec, start_text: str, end_text: str) -> tuple[datetime, datetime]:
+    """[start, end) from two --date values: a date covers its whole local day, a date-time is
+    one instant; both ends are included."""
+    start_value = parse_date_or_datetime(start_text, flow.tz)
+    end_value = parse_date_or_datetime(end_text, flow.tz)
+    if isinstance(start_value, datetime):
+        start = to_utc(start_value)
+    else:
+        start = start_of_day(start_value, flow.tz)
+    if isinstance(end_value, datetime):
+        end = to_utc(end_value) + TINY
+    else:
+        end = start_of_day(end_value + timedelta(days=1), flow.tz)
+    if end <= start:
+        raise InvalidInputError(f"the range {start_text} .. {end_text} is empty: the end is first")
+    return start, end
+
+
+def runs_in_range(
+    store: Store, flow: FlowSpec, start_text: str, end_text: str | None
+) -> list[dict[str, Any]]:
+    """Every run of --date (all runs of that day), or of --date .. --to."""
+    if end_text is None:
+        return control.find_runs(store, flow, start_text)
+    runs = store.runs_between(flow.flow_id, *range_bounds(flow, start_text, end_text))
+    if not runs:
+        raise NotFoundError(f"flow '{flow.flow_id}' has no run from {start_text} to {end_text}")
+    return runs
+
+
+def related_tasks(
+    flow: FlowSpec, task_ids: Iterable[str], downstream: bool, upstream: bool
+) -> list[str]:
+    """The named tasks (all if none), plus every task downstream and/or upstream of them."""
+    chosen = {flow.task(t).task_id for t in task_ids} or set(flow.tasks)
+    ups = {t.task_id: set(t.upstream) for t in flow.tasks.values()}
+    downs: dict[str, set[str]] = {t: set() for t in flow.tasks}
+    for task_id, parents in ups.items():
+        for parent in parents:
+            downs[parent].add(task_id)
+    if downstream:
+        chosen |= _reachable(downs, chosen)
+    if upstream:
+        chosen |= _reachable(ups, chosen)
+    return [t for t in flow.tasks if t in chosen]
+
+
+def _reachable(edges: dict[str, set[str]], start: set[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        for nxt in edges[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+# --- replay ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplayPlan:
+    """The task instances a replay clears, run by run, as they are now."""
+
+    flow: FlowSpec
+    runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]
+    only_failed: bool
+
+    @property
+    def count(self) -> int:
+        return sum(len(tis) for _, tis in self.runs)
+
+
+def plan_replay(
+    store: Store,
+    flow: FlowSpec,
+    date_text: str,
+    to_text: str | None = None,
+    task_ids: Iterable[str] = (),
+    downstream: bool = False,
+    upstream: bool = False,
+    only_failed: bool = False,
+) -> ReplayPlan:
+    """What `cronflow replay` would clear; nothing is written."""
+    tasks = set(related_tasks(flow, task_ids, downstream, upstream))
+    runs = runs_in_range(store, flow, date_text, to_text)
+    by_run: dict[int, list[dict[str, Any]]] = {r["run_id"]: [] for r in runs}
+    for ti in store.tis_of_runs(list(by_run)):
+        if ti["task_id"] in tasks and (not only_failed or ti["state"] in FAILED_STATES):
+            by_run[ti["run_id"]].append(ti)
+    order = {t: i for i, t in enumerate(flow.tasks)}
+    chosen = [
+        (run, sorted(by_run[run["run_id"]], key=lambda ti: order[ti["task_id"]]))
+        for run in sorted(runs, key=lambda r: r["logical_date"])
+        if by_run[run["run_id"]]
+    ]
+    return ReplayPlan(flow, chosen, only_failed)
+
+
+def replay(store: Store, plan: ReplayPlan, now: datetime) -> int:
+    """Clear the planned task instances in one transaction; returns how many were cleared."""
+    selection = {
+        run["run_id"]: {ti["task_id"]: plan.flow.tasks[ti["task_id"]].retries for ti in tis}
+        for run, tis in plan.runs
+    }
+    return store.clear_tis(selection, now, FAILED_STATES if plan.only_failed else ())
+
+
+# --- mark --------------------------------------------------------------------------------------
+RUN_MARK_STATES = (TaskState.SUCCESS, TaskState.FAILED)
+
+
+def parse_mark_state(text: str, whole_run: bool) -> TaskState:
+    allowed = RUN_MARK_STATES if whole_run else tuple(sorted(MARKABLE_TASK_STATES))
+    try:
+        state = TaskState(text)
+    except ValueError:
+        state = None
+    if state not in allowed:
+        what = "a run" if whole_run else "a task"
+        names = ", ".join(s.value for s in allowed)
+        raise InvalidInputError(f"bad state '{text}' for {what}: use {names}")
+    return state
+
+
+@dataclass(frozen=True)
+class MarkResult:
+    run: dict[str, Any]
+    task_ids: list[str]
+    changed: int
+
+
+def mark(
+    store: Store,
+    flow: FlowSpec,
+    task_id: str | None,
+    date_text: str,
+    state_text: str,
+    downstream: bool,
+    now: datetime,
+) -> MarkResult:
+    """`cronflow mark`: one task (and its downstream tasks) or a whole run, in one transaction."""
+    state = parse_mark_state(state_text, whole_run=task_id is None)
+    if task_id is None and downstream:
+        raise InvalidInputError("--downstream needs a task: FLOW.TASK")
+    tasks = related_tasks(flow, [task_id] if task_id else [], downstream, upstream=False)
+    run = control.find_one_run(store, flow, date_text)
+    if task_id is not None:
+        changed = store.mark_tis(run["run_id"], tasks, state, now)
+    elif state is TaskState.SUCCESS:
+        keep = (TaskState.SUCCESS, TaskState.SKIPPED)
+        changed = store.mark_tis(
+            run["run_id"], tasks, state, now, except_states=keep, run_state=RunState(state.value)
+        )
+    else:
+        changed = store.mark_tis(
+            run["run_id"],
+            tasks,
+            state,
+            now,
+            except_states=FINISHED_TASK_STATES,
+            run_state=RunState(state.value),
+        )
+    return MarkResult(store.run(run["run_id"]), tasks, changed)
+
+
+# --- backfill ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackfillResult:
+    created: list[tuple[int, datetime]]
+    existing: int
+    future: bool
+
+
+def backfill(
+    store: Store, flow: FlowSpec, from_text: str, to_text: str, now: datetime
+) -> BackfillResult:
+    """Create a backfill run for every fire time in [from, to] (and not after now) that has no
+    run yet; the daemon starts them, oldest first, within max_active_runs."""
+    if flow.schedule is None:
+        raise InvalidInputError(
+            f"flow '{flow.flow_id}' has no schedule, so no fire times to backfill; "
+            "use `cronflow trigger --date`"
+        )
+    start, end = range_bounds(flow, from_text, to_text)
+    future = end > now + TINY
+    end = min(end, now + TINY)
+    fires = list(islice(flow.schedule.fires(start - TINY, end - TINY), MAX_BACKFILL_RUNS + 1))
+    if len(fires) > MAX_BACKFILL_RUNS:
+        raise InvalidInputError(
+            f"{from_text} .. {to_text} holds more than {MAX_BACKFILL_RUNS} fire times of "
+            f"'{flow.flow_id}'; backfill a shorter range at a time"
+        )
+    taken = {r["logical_date"] for r in store.runs_between(flow.flow_id, start, end)}
+    created, existing = [], 0
+    for fire in fires:
+        if iso(fire) in taken:
+            existing += 1
+            continue
+        try:
+            run_id = store.create_run(
+                flow.flow_id,
+                fire,
+                RunType.BACKFILL,
+                data_interval(flow.schedule, fire),
+                flow.raw["tasks"],
+            )
+        except RunExistsError:  # the daemon created it meanwhile
+            existing += 1
+            continue
+        created.append((run_id, fire))
+    return BackfillResult(created, existing, future)

@@ -1,0 +1,286 @@
+"""`cronflow list`, `show`, `pause`/`unpause`, `why` and `top` on a real home, without the daemon
+(the daemon's side is in test_cli_daemon.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from clikit import DAILY, MANUAL, TWICE, error, ok, rows, set_tis, store
+
+from cronflow.states import RunState
+from cronflow.timeparse import iso
+
+LIST_KEYS = {"flow_id", "schedule_text", "paused", "run_id", "logical_date", "state"}
+LIST_KEYS |= {"next_fire_at", "recent_states"}
+
+WAITER = """
+from cronflow import Flow, FlowDependency, Shell
+with Flow("waiter", schedule="0 5 * * *", timezone="Europe/Paris", start_date="2024-03-01",
+          wait_for=[FlowDependency("daily", offset_days=-1)]):
+    Shell("t", "true", pool="station")
+"""
+
+
+@pytest.fixture
+def daily(home, write_flow):
+    write_flow("daily", DAILY)
+    ok(home, "backfill", "daily", "--from", "2024-03-01", "--to", "2024-03-03")
+    return home
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- list ----------------------------------------------------------------------------------------
+def test_list_shows_last_run_next_run_and_recent_state_counts(daily, write_flow):
+    write_flow("broken", "from cronflow import Flow\nFlow('broken', schedule='61 * * * *')\n")
+    write_flow("manual", MANUAL)
+    set_tis(daily, 1, a="success", b="success", c="success", d="success")
+    set_tis(daily, 2, a="success", b="failed", c="upstream_failed", d="success")
+    found = rows(daily, "list")
+    assert found[0]["flow_id"] is None and "broken.py" in found[0]["path"]
+    assert "61" in found[0]["error"]
+    flows = {r["flow_id"]: r for r in found[1:]}
+    assert all(set(r) >= LIST_KEYS for r in flows.values())
+    row = flows["daily"]
+    assert row["schedule_text"] == "daily at 02:30 Europe/Paris"
+    assert (row["run_id"], row["state"]) == (3, "queued")
+    assert row["logical_date"] == "2024-03-03T01:30:00+00:00"
+    assert row["recent_states"] == {"success": 1, "failed": 1, "queued": 1}
+    assert row["next_fire_at"] > iso(_now())
+    assert flows["manual"]["schedule_text"] == "manual only"
+    assert flows["manual"]["next_fire_at"] is None
+    lines = ok(daily, "list").stdout.splitlines()
+    assert lines[0].split()[:3] == ["flow", "schedule", "paused"]
+    assert lines[1].split()[0] == "BROKEN"
+    daily_line = next(line for line in lines if line.startswith(" daily"))
+    assert "daily at 02:30 Europe/Paris" in daily_line
+    assert "2024-03-03 02:30" in daily_line
+    assert daily_line.rstrip().endswith("1 ok, 1 failed, 1 queued")
+
+
+def test_list_does_not_wrap_when_piped(daily):
+    env = {**os.environ, "CRONFLOW_HOME": str(daily), "NO_COLOR": "1"}
+    env.pop("COLUMNS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "cronflow", "list"], capture_output=True, text=True, env=env
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout  # header + one flow, each on a single line
+
+
+def test_states_are_coloured_on_a_terminal_and_plain_with_no_color(daily):
+    set_tis(daily, 1, a="success", b="success", c="success", d="success")
+    env = {**os.environ, "CRONFLOW_HOME": str(daily), "FORCE_COLOR": "1", "COLUMNS": "200"}
+    env.pop("NO_COLOR", None)
+    command = [sys.executable, "-m", "cronflow", "runs", "daily"]
+    coloured = subprocess.run(command, capture_output=True, text=True, env=env).stdout
+    assert "\x1b[32msuccess" in coloured  # green
+    plain = subprocess.run(
+        command, capture_output=True, text=True, env={**env, "NO_COLOR": "1"}
+    ).stdout
+    assert "\x1b[" not in plain and "success" in plain
+
+
+# --- show ----------------------------------------------------------------------------------------
+def test_show_gives_doc_tree_links_next_fires_and_the_runs_grid(daily, write_flow):
+    write_flow("waiter", WAITER)
+    set_tis(daily, 2, a="success", b="failed", c="upstream_failed", d="success")
+    detail = rows(daily, "show", "daily", "--runs", "2")
+    assert detail["doc"] == "A daily flow."
+    tasks = {t["task_id"]: t for t in detail["tasks"]}
+    assert tasks["a"]["downstream"] == ["b", "d"] and tasks["c"]["upstream"] == ["b"]
+    assert detail["waited_by"] == [{"flow_id": "waiter", "offset_days": -1}]
+    fires = detail["next_fire_at"]
+    assert len(fires) == 5 and fires == sorted(fires) and fires[0] > iso(_now())
+    assert [r["run_id"] for r in detail["runs"]] == [2, 3]  # the last two, oldest first
+    assert detail["runs"][0]["task_states"] == {
+        "a": "success",
+        "b": "failed",
+        "c": "upstream_failed",
+        "d": "success",
+    }
+    assert rows(daily, "show", "waiter")["wait_for"] == [{"flow_id": "daily", "offset_days": -1}]
+    text = ok(daily, "show", "daily", "--runs", "2").stdout
+    assert "A daily flow." in text
+    assert "waited for by: waiter (the day before)" in text
+    assert "└── a (shell, 2 retries)" in text
+    grid = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
+    assert grid["run"] == ["FAIL", "queue"]
+    assert grid["b"] == ["FAIL", "·"] and grid["c"] == ["upfail", "·"]
+
+
+def test_show_a_diamond_draws_a_shared_task_once(home, write_flow):
+    write_flow(
+        "diamond",
+        """
+        from cronflow import Flow, Shell
+        with Flow("diamond"):
+            top, left, right, bottom = (Shell(n, "true") for n in ("top", "left", "right", "bottom"))
+            top >> [left, right]
+            [left, right] >> bottom
+        """,
+    )
+    text = ok(home, "show", "diamond").stdout
+    assert text.count("bottom (shell)") == 1 and "bottom (see above)" in text
+    assert "next runs: none scheduled" in text and "no runs yet" in text
+
+
+def test_show_bad_input(daily):
+    assert error(daily, "show", "nope") == "unknown flow 'nope' (known: daily)"
+    assert error(daily, "show", "daily", "--runs", "0") == "--runs must be at least 1, got 0"
+
+
+# --- pause ---------------------------------------------------------------------------------------
+def test_pause_and_unpause(daily):
+    assert ok(daily, "pause", "daily").stdout.strip() == "flow daily paused"
+    assert rows(daily, "list")[0]["paused"] is True
+    assert "paused" in ok(daily, "show", "daily").stdout.splitlines()[0]
+    assert ok(daily, "unpause", "daily").stdout.strip() == "flow daily unpaused"
+    assert rows(daily, "list")[0]["paused"] is False
+    assert error(daily, "pause", "nope") == "unknown flow 'nope' (known: daily)"
+    assert error(daily, "unpause", "nope") == "unknown flow 'nope' (known: daily)"
+
+
+# --- why -----------------------------------------------------------------------------------------
+def why(home, *args: str) -> list[str]:
+    return [line.removeprefix("- ") for line in ok(home, "why", *args).stdout.splitlines()]
+
+
+def test_why_names_the_missing_daemon_and_the_pause(daily):
+    ok(daily, "pause", "daily")
+    reasons = why(daily, "daily", "--date", "2024-03-01")
+    assert reasons[0] == (
+        f"the daemon is not running on {daily}: nothing runs until `cronflow daemon` "
+        "(or its systemd service) starts"
+    )
+    assert reasons[1] == "flow 'daily' is paused: no run starts until `cronflow unpause daily`"
+    assert reasons[2] == "the run of 2024-03-01 02:30 CET is queued: it starts once the daemon runs"
+    assert reasons[3:] == [f"{t}: waiting for its run to start" for t in "abcd"]
+
+
+def test_why_there_is_no_run(home, write_flow):
+    write_flow("daily", DAILY)
+    write_flow("weekly", DAILY.replace('"daily"', '"weekly"').replace("30 2 * * *", "0 9 * * 1"))
+    write_flow("manual", MANUAL)
+    assert why(home, "daily")[1].startswith("flow 'daily' has no run yet; the next fire time is ")
+    assert why(home, "daily", "--date", "2024-02-01")[1] == (
+        "2024-02-01 is before the flow's start date 2024-03-01 00:00 CET"
+    )
+    tomorrow = str((_now() + timedelta(days=2)).date())
+    assert why(home, "daily", "--date", tomorrow)[1].startswith(
+        f"the run of {tomorrow} is not due yet: it fires at {tomorrow} 02:30"
+    )
+    assert why(home, "weekly", "--date", "2024-03-05")[1] == (
+        "the schedule (at 09:00 on Mon Europe/Paris) does not fire on 2024-03-05"
+    )
+    assert why(home, "daily", "--date", "2024-03-05")[1] == (
+        "no run of 2024-03-05 was created (catchup is off: only the latest missed run is made); "
+        "`cronflow backfill daily --from 2024-03-05 --to 2024-03-05` creates it"
+    )
+    assert why(home, "manual")[1] == "flow 'manual' has no schedule: it runs only when triggered"
+
+
+def test_why_a_queued_run_waits_for_max_active_runs_and_other_flows(daily, write_flow):
+    store(daily).set_run_state(1, RunState.RUNNING, _now())
+    assert why(daily, "daily", "--date", "2024-03-02")[1] == (
+        "the run of 2024-03-02 02:30 CET is queued: "
+        "max_active_runs (1) reached by the run(s) of 2024-03-01 02:30 CET"
+    )
+    write_flow("waiter", WAITER)
+    ok(daily, "backfill", "waiter", "--from", "2024-03-02", "--to", "2024-03-03")
+    assert why(daily, "waiter", "--date", "2024-03-02")[1] == (
+        "the run of 2024-03-02 05:00 CET is queued: "
+        "waiting for flow 'daily''s run of 2024-03-01 to succeed"
+    )
+    set_tis(daily, 2, a="success", b="success", c="success", d="success")
+    assert "waiting for flow" not in why(daily, "waiter", "--date", "2024-03-03")[1]
+
+
+def test_why_a_running_run_explains_each_waiting_task(daily, write_flow):
+    db = store(daily)
+    db.set_run_state(1, RunState.RUNNING, _now())
+    db.update_ti(1, "a", state="running", try_number=1, pid=4242, host="srv", start_at=iso(_now()))
+    reasons = why(daily, "daily", "--date", "2024-03-01")
+    assert reasons[1] == "the run of 2024-03-01 02:30 CET is running"
+    assert (
+        reasons[2].startswith("a: running since ") and "(try 1 of 3, pid 4242 on srv)" in reasons[2]
+    )
+    assert reasons[3] == "b: waiting on upstream task(s) a (running)"
+    assert reasons[4] == "c: waiting on upstream task(s) b (none)"
+    retry_at = (_now() + timedelta(days=3)).replace(microsecond=0)
+    db.update_ti(1, "a", state="up_for_retry", reason="exit code 1", next_try_at=iso(retry_at))
+    paris = retry_at.astimezone(ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M %Z")
+    assert why(daily, "daily", "--date", "2024-03-01", "--task", "a")[1:] == [
+        "the run of 2024-03-01 02:30 CET is running",
+        f"a: try 1 failed (exit code 1); retry at {paris} (try 2 of 3)",
+    ]
+
+
+def test_why_a_ready_task_waits_for_its_pool(daily, write_flow):
+    write_flow("waiter", WAITER)
+    ok(daily, "backfill", "waiter", "--from", "2024-03-02", "--to", "2024-03-03")
+    db = store(daily)
+    for run in db.runs_of_flow("waiter"):
+        db.set_run_state(run["run_id"], RunState.RUNNING, _now())
+    first, second = sorted(r["run_id"] for r in db.runs_of_flow("waiter"))
+    db.update_ti(first, "t", state="running", try_number=1, start_at=iso(_now()))
+    db.update_ti(second, "t", state="scheduled")
+    assert why(daily, "waiter", "--date", "2024-03-03")[-1] == (
+        "t: ready, waiting: pool 'station' is full (1 of 1 slots in use)"
+    )
+    db.update_ti(first, "t", state="success")
+    assert why(daily, "waiter", "--date", "2024-03-03")[-1] == (
+        "t: ready, starting at the daemon's next pass"
+    )
+
+
+def test_why_a_finished_run_names_its_failures(daily):
+    set_tis(daily, 2, a="success", b="failed", c="upstream_failed", d="success")
+    store(daily).update_ti(2, "b", reason="exit code 3")
+    reasons = why(daily, "daily", "--date", "2024-03-02")
+    assert reasons[1].startswith("the run of 2024-03-02 02:30 CET finished failed at ")
+    assert reasons[2:] == ["b: finished failed: exit code 3"]
+
+
+def test_why_bad_input(daily, write_flow):
+    write_flow("twice", TWICE)
+    ok(daily, "backfill", "twice", "--from", "2024-03-01", "--to", "2024-03-01")
+    assert error(daily, "why", "nope") == "unknown flow 'nope' (known: daily, twice)"
+    assert error(daily, "why", "daily", "--task", "zz") == (
+        "flow 'daily' has no task 'zz' (known: a, b, c, d)"
+    )
+    assert error(daily, "why", "daily", "--date", "March 1st").startswith("bad date 'March 1st'")
+    assert error(daily, "why", "twice", "--date", "2024-03-01").startswith(
+        "2 runs of flow 'twice' match 2024-03-01"
+    )
+
+
+# --- top -----------------------------------------------------------------------------------------
+def test_top_once_shows_active_tasks_and_recent_failures(daily):
+    db = store(daily)
+    db.update_ti(1, "a", state="running", try_number=1, pid=4242, start_at=iso(_now()))
+    db.update_ti(1, "b", state="queued", try_number=1)
+    set_tis(daily, 2, a="success", b=("failed", 3), c="upstream_failed", d="success")
+    db.update_ti(2, "b", reason="exit code 9")
+    text = ok(daily, "top", "--once").stdout
+    assert "daemon not running  1 running, 1 waiting" in text
+    active = [line.split() for line in text.splitlines() if line.startswith(" daily")]
+    assert active[0][:6] == ["daily", "a", "2024-03-01", "02:30", "running", "1/3"]
+    assert active[1][:6] == ["daily", "b", "2024-03-01", "02:30", "queued", "1/3"]
+    assert active[2][:4] == ["daily", "b", "2024-03-02", "02:30"]
+    assert text.rstrip().endswith("exit code 9")
+    frame = rows(daily, "top")
+    keys = {"flow_id", "task_id", "run_id", "logical_date", "state", "try_number"}
+    assert [(r["task_id"], r["state"]) for r in frame["active"]] == [
+        ("a", "running"),
+        ("b", "queued"),
+    ]
+    assert all(keys <= set(r) for r in frame["active"] + frame["failures"])
+    assert [(r["run_id"], r["reason"]) for r in frame["failures"]] == [(2, "exit code 9")]

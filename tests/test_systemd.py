@@ -1,0 +1,237 @@
+"""The service under a real systemd: a Debian container booted with systemd-nspawn.
+
+cronflow is installed as a user would (a venv of Debian's python3 in /opt/cronflow, from wheels
+built from this checkout, no network inside), `cronflow install-service` writes and starts the
+hardened system unit, and the tests check what systemd itself reports. The tests of this module
+share one container and run in order on one xdist worker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nspawn import Container, cached_root
+
+pytestmark = [pytest.mark.systemd, pytest.mark.xdist_group("systemd")]
+
+REPO = Path(__file__).resolve().parent.parent
+HOME = "/var/lib/cronflow"
+FLOWS = f"{HOME}/flows"
+SECRET = "hunter2-not-for-logs"
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", str(REPO), "-w", str(wheels)],
+        check=True, capture_output=True,
+    )
+    container = Container(cached_root(), {wheels: "/wheels"})
+    try:
+        container.run("python3", "-m", "venv", "/opt/cronflow")
+        container.run("/opt/cronflow/bin/pip", "install", "-q", "--no-index", "--find-links", "/wheels", "cronflow")
+        yield container
+    finally:
+        container.stop()
+
+
+def wait_until(predicate, timeout: float = 90, what: str = ""):
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def cronflow(box: Container, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return box.run("/opt/cronflow/bin/cronflow", *args, user=user, check=check,
+                   env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def write_flow(box: Container, name: str, source: str) -> None:
+    """Write a flow file into the service's flows directory, owned by the service user."""
+    path = f"{FLOWS}/{name}.py"
+    box.run("sh", "-c", f"mkdir -p {FLOWS} && cat > {path} && chown -R cronflow:cronflow {FLOWS}", input=source)
+
+
+def tasks(box: Container, flow: str) -> dict[str, dict]:
+    out = cronflow(box, "tasks", flow, "--json").stdout
+    return {row["task"]: row for row in json.loads(out)}
+
+
+def main_pid(box: Container) -> int:
+    return int(box.show("cronflow.service", "MainPID")["MainPID"])
+
+
+def journal(box: Container) -> list[dict]:
+    out = box.run("journalctl", "-u", "cronflow.service", "-o", "json", "--no-pager").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_install_service_starts_a_notify_unit_only_once_ready(box):
+    result = cronflow(box, "install-service")
+    assert "installed /etc/systemd/system/cronflow.service" in result.stdout
+    props = box.show("cronflow.service", "ActiveState", "SubState", "Type", "User", "MainPID",
+                     "ActiveEnterTimestampMonotonic", "NotifyAccess", "WatchdogUSec")
+    assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
+    assert props["User"] == "cronflow"
+    assert props["WatchdogUSec"] == "30s"
+    started = [e for e in journal(box) if "event=daemon_started" in e.get("MESSAGE", "")]
+    assert started, "the daemon logged no start"
+    # READY=1 is sent right after this line: systemd can only have called the unit active later.
+    assert int(started[-1]["__MONOTONIC_TIMESTAMP"]) <= int(props["ActiveEnterTimestampMonotonic"])
+    pid = int(props["MainPID"])
+    status = box.run("cat", f"/proc/{pid}/status").stdout
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    owner = box.run("stat", "-c", "%U %a", HOME).stdout.split()
+    assert owner == ["cronflow", "700"]
+
+
+def test_hardening_is_in_effect(box):
+    props = box.show("cronflow.service", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
+                     "PrivateDevices", "ProtectKernelTunables", "RestrictSUIDSGID", "CapabilityBoundingSet",
+                     "UMask")
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["PrivateTmp"] == "yes"
+    assert props["RestrictSUIDSGID"] == "yes"
+    assert props["CapabilityBoundingSet"] == ""
+    assert props["UMask"] == "0077"
+
+
+SHELL_AND_PYTHON = f'''
+from cronflow import Flow, Python, Shell
+
+def compute(context):
+    return {{"ds": context["ds"], "answer": 42}}
+
+with Flow("work"):
+    Shell("shell", "echo shell ran for {{{{ ds }}}} as $(id -un) > {HOME}/shell.out")
+    Python("python", compute)
+    Shell("outside", "touch /usr/local/cronflow-was-here")
+    Shell("secret", "test {{{{ var.token }}}} = {SECRET}")
+'''
+
+
+def test_flows_run_under_the_hardened_unit(box):
+    cronflow(box, "var", "set", "token", SECRET, "--secret", check=False)
+    write_flow(box, "work", SHELL_AND_PYTHON)
+    result = cronflow(box, "trigger", "work", "--date", "2024-03-01", "--wait", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr  # 'outside' must fail
+    rows = tasks(box, "work")
+    assert rows["shell"]["state"] == "success"
+    assert box.run("cat", f"{HOME}/shell.out").stdout.strip() == "shell ran for 2024-03-01 as cronflow"
+    assert rows["python"]["state"] == "success"
+    assert rows["outside"]["state"] == "failed"
+    log = cronflow(box, "logs", "work.outside", check=False).stdout
+    if not log:
+        log = box.run("sh", "-c", f"cat {HOME}/logs/work/outside/*/try-1.log").stdout
+    assert "Read-only file system" in log
+    assert box.run("test", "-e", "/usr/local/cronflow-was-here", check=False).returncode != 0
+
+
+def test_journal_lines_are_structured_and_carry_no_secret(box):
+    messages = [e.get("MESSAGE", "") for e in journal(box) if e.get("_PID") != "1"]
+    daemon_lines = [m for m in messages if isinstance(m, str) and m.startswith("level=")]
+    assert daemon_lines
+    for line in daemon_lines:
+        assert re.match(r"^level=[A-Z]+ event=[a-z_]+( [a-z_]+=\S+| reason=.*| error=.*)*", line), line
+    assert not any(SECRET in str(m) for m in messages)
+
+
+def test_status_and_logs_work_as_root_and_as_the_service_user(box):
+    for user in (None, "cronflow"):
+        status = cronflow(box, "status", "--json", user=user)
+        info = json.loads(status.stdout)
+        assert info["running"] is True and info["pid"] == main_pid(box)
+        assert info["home"] == HOME
+        listing = cronflow(box, "tasks", "work", "--json", user=user)
+        assert json.loads(listing.stdout)
+
+
+def test_kill_9_is_restarted_and_the_running_flow_is_retried(box):
+    write_flow(box, "long", f'''
+from cronflow import Flow, Shell
+with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
+    Shell("work", "touch {HOME}/long-$CRONFLOW_TRY_NUMBER; [ $CRONFLOW_TRY_NUMBER -gt 1 ] || sleep 600")
+''')
+    cronflow(box, "trigger", "long")
+    wait_until(lambda: box.run("test", "-e", f"{HOME}/long-1", check=False).returncode == 0, what="try 1")
+    old = main_pid(box)
+    killed_at = time.monotonic()
+    box.run("sh", "-c", f"kill -9 {old}")
+    new = wait_until(lambda: (p := main_pid(box)) not in (0, old) and
+                     box.show("cronflow.service", "ActiveState")["ActiveState"] == "active" and p,
+                     what="systemd to restart the daemon")
+    restart_s = time.monotonic() - killed_at
+    assert new != old
+    wait_until(lambda: tasks(box, "long")["work"]["state"] == "success", what="the retry")
+    row = tasks(box, "long")["work"]
+    assert row["try_number"] == 2
+    print(f"\nrestart after kill -9: {restart_s:.1f}s")
+
+
+def test_sigstop_is_caught_by_the_watchdog(box):
+    box.run("mkdir", "-p", "/etc/systemd/system/cronflow.service.d")
+    box.run("sh", "-c", "printf '[Service]\\nWatchdogSec=4s\\n' > /etc/systemd/system/cronflow.service.d/watchdog.conf")
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "cronflow.service")
+    old = main_pid(box)
+    stopped_at = time.monotonic()
+    box.run("sh", "-c", f"kill -STOP {old}")
+    wait_until(lambda: main_pid(box) not in (0, old) and
+               box.show("cronflow.service", "ActiveState")["ActiveState"] == "active",
+               timeout=120, what="the watchdog to restart the daemon")
+    print(f"\nwatchdog restart after SIGSTOP (WatchdogSec=4s): {time.monotonic() - stopped_at:.1f}s")
+    assert "watchdog timeout" in box.run("journalctl", "-u", "cronflow.service", "--no-pager").stdout.lower()
+    box.run("rm", "-r", "/etc/systemd/system/cronflow.service.d")
+    box.run("systemctl", "daemon-reload")
+
+
+def test_systemctl_stop_is_clean_and_within_the_grace_period(box):
+    box.run("systemctl", "restart", "cronflow.service")
+    write_flow(box, "busy", '''
+from cronflow import Flow, Shell
+with Flow("busy"):
+    Shell("work", "sleep 600")
+''')
+    cronflow(box, "trigger", "busy")
+    wait_until(lambda: tasks(box, "busy")["work"]["state"] == "running", what="the task to run")
+    started = time.monotonic()
+    box.run("systemctl", "stop", "cronflow.service", timeout=120)
+    stop_s = time.monotonic() - started
+    props = box.show("cronflow.service", "ActiveState", "Result")
+    assert props == {"ActiveState": "inactive", "Result": "success"}
+    assert stop_s < 30 + 10  # grace_period_s (30) plus the time to stop the task
+    assert tasks(box, "busy")["work"]["state"] == "up_for_retry"
+    print(f"\nsystemctl stop with a running task: {stop_s:.1f}s")
+
+
+def test_user_unit_under_a_lingering_user(box):
+    box.run("useradd", "--create-home", "alice")
+    uid = box.run("id", "-u", "alice").stdout.strip()
+    box.run("loginctl", "enable-linger", "alice")
+    wait_until(lambda: box.run("test", "-S", f"/run/user/{uid}/systemd/private", check=False).returncode == 0,
+               what="alice's user manager")
+    env = {"XDG_RUNTIME_DIR": f"/run/user/{uid}", "HOME": "/home/alice"}
+    result = box.run("/opt/cronflow/bin/cronflow", "install-service", "--user", user="alice", env=env)
+    assert "installed /home/alice/.config/systemd/user/cronflow.service" in result.stdout
+    state = wait_until(
+        lambda: box.run("systemctl", "--user", "is-active", "cronflow.service", user="alice", env=env,
+                        check=False).stdout.strip() == "active",
+        what="the user unit to be active",
+    )
+    assert state
+    status = box.run("/opt/cronflow/bin/cronflow", "status", "--json", user="alice", env=env)
+    assert json.loads(status.stdout)["home"] == "/home/alice/.cronflow"
