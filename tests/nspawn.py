@@ -18,7 +18,13 @@ import uuid
 from pathlib import Path
 
 PACKAGES = [
-    "systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3", "python3-venv", "procps",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "python3",
+    "python3-venv",
+    "procps",
     "openssh-server",
 ]
 CACHE = Path(os.environ.get("CRONFLOW_NSPAWN_CACHE", "/var/cache/cronflow-tests"))
@@ -36,11 +42,22 @@ def cached_root() -> Path:
             partial = CACHE / f"root-{key}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial)],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800,
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(PACKAGES)}",
+                    SUITE,
+                    str(partial),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=1800,
             )
             # sshd would start at boot with keys the test does not control: the test starts its own.
-            (partial / "etc" / "systemd" / "system" / "multi-user.target.wants" / "ssh.service").unlink(missing_ok=True)
+            (
+                partial / "etc" / "systemd" / "system" / "multi-user.target.wants" / "ssh.service"
+            ).unlink(missing_ok=True)
             os.replace(partial, root)
     return root
 
@@ -51,11 +68,23 @@ class Container:
     def __init__(self, root: Path, binds: dict[Path, str]) -> None:
         self.name = f"cf-{uuid.uuid4().hex[:8]}"
         self.console = Path(f"/tmp/{self.name}.console")
-        args = ["systemd-nspawn", "-q", "-D", str(root), "--ephemeral", "--boot",
-                "--console=pipe", "--register=no", "--keep-unit", f"--machine={self.name}"]
+        args = [
+            "systemd-nspawn",
+            "-q",
+            "-D",
+            str(root),
+            "--ephemeral",
+            "--boot",
+            "--console=pipe",
+            "--register=no",
+            "--keep-unit",
+            f"--machine={self.name}",
+        ]
         args += [f"--bind-ro={host}:{inside}" for host, inside in binds.items()]
         with open(self.console, "wb") as out:
-            self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         self.leader = self._wait_for_leader()
         self._wait_until_running()
 
@@ -64,7 +93,9 @@ class Container:
         while time.monotonic() < end:
             if self.process.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited: {self.console.read_text()[-2000:]}")
-            children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+            children = subprocess.run(
+                ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+            )
             pids = children.stdout.split()
             if pids:
                 return int(pids[0])
@@ -81,23 +112,41 @@ class Container:
             time.sleep(0.2)
         raise RuntimeError(f"the container did not finish booting (state {state!r})")
 
-    def run(self, *command: str, check: bool = True, user: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *command: str,
+        check: bool = True,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command in the container with a clean environment (never the host's)."""
-        base = {"PATH": "/opt/cronflow/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "LANG": "C.UTF-8", "HOME": "/root"}
+        base = {
+            "PATH": "/opt/cronflow/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": "/root",
+        }
         base.update(env or {})
         inner = ["env", "-i", *(f"{k}={v}" for k, v in base.items()), *command]
         if user:
             inner = ["runuser", "-u", user, "--", *inner]
-        result = subprocess.run(["nsenter", "-t", str(self.leader), "-a", *inner],
-                                capture_output=True, text=True, timeout=timeout, input=input)
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", *inner],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"{' '.join(command)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
-    def show(self, unit: str, *properties: str, user_env: dict[str, str] | None = None) -> dict[str, str]:
+    def show(
+        self, unit: str, *properties: str, user_env: dict[str, str] | None = None
+    ) -> dict[str, str]:
         prefix = ["systemctl", "--user"] if user_env else ["systemctl"]
         out = self.run(*prefix, "show", unit, *(f"-p{p}" for p in properties), env=user_env).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

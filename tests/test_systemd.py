@@ -31,13 +31,32 @@ SECRET = "hunter2-not-for-logs"
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", str(REPO), "-w", str(wheels)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--disable-pip-version-check",
+            str(REPO),
+            "-w",
+            str(wheels),
+        ],
+        check=True,
+        capture_output=True,
     )
     container = Container(cached_root(), {wheels: "/wheels"})
     try:
         container.run("python3", "-m", "venv", "/opt/cronflow")
-        container.run("/opt/cronflow/bin/pip", "install", "-q", "--no-index", "--find-links", "/wheels", "cronflow")
+        container.run(
+            "/opt/cronflow/bin/pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            "/wheels",
+            "cronflow",
+        )
         yield container
     finally:
         container.stop()
@@ -54,15 +73,27 @@ def wait_until(predicate, timeout: float = 90, what: str = ""):
         time.sleep(0.1)
 
 
-def cronflow(box: Container, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return box.run("/opt/cronflow/bin/cronflow", *args, user=user, check=check,
-                   env={"COLUMNS": "200", "NO_COLOR": "1"})
+def cronflow(
+    box: Container, *args: str, user: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return box.run(
+        "/opt/cronflow/bin/cronflow",
+        *args,
+        user=user,
+        check=check,
+        env={"COLUMNS": "200", "NO_COLOR": "1"},
+    )
 
 
 def write_flow(box: Container, name: str, source: str) -> None:
     """Write a flow file into the service's flows directory, owned by the service user."""
     path = f"{FLOWS}/{name}.py"
-    box.run("sh", "-c", f"mkdir -p {FLOWS} && cat > {path} && chown -R cronflow:cronflow {FLOWS}", input=source)
+    box.run(
+        "sh",
+        "-c",
+        f"mkdir -p {FLOWS} && cat > {path} && chown -R cronflow:cronflow {FLOWS}",
+        input=source,
+    )
 
 
 def tasks(box: Container, flow: str) -> dict[str, dict]:
@@ -82,9 +113,22 @@ def journal(box: Container) -> list[dict]:
 def test_install_service_starts_a_notify_unit_only_once_ready(box):
     result = cronflow(box, "install-service")
     assert "installed /etc/systemd/system/cronflow.service" in result.stdout
-    props = box.show("cronflow.service", "ActiveState", "SubState", "Type", "User", "MainPID",
-                     "ActiveEnterTimestampMonotonic", "NotifyAccess", "WatchdogUSec")
-    assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
+    props = box.show(
+        "cronflow.service",
+        "ActiveState",
+        "SubState",
+        "Type",
+        "User",
+        "MainPID",
+        "ActiveEnterTimestampMonotonic",
+        "NotifyAccess",
+        "WatchdogUSec",
+    )
+    assert (props["ActiveState"], props["SubState"], props["Type"]) == (
+        "active",
+        "running",
+        "notify",
+    )
     assert props["User"] == "cronflow"
     assert props["WatchdogUSec"] == "30s"
     started = [e for e in journal(box) if "event=daemon_started" in e.get("MESSAGE", "")]
@@ -99,9 +143,18 @@ def test_install_service_starts_a_notify_unit_only_once_ready(box):
 
 
 def test_hardening_is_in_effect(box):
-    props = box.show("cronflow.service", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
-                     "PrivateDevices", "ProtectKernelTunables", "RestrictSUIDSGID", "CapabilityBoundingSet",
-                     "UMask")
+    props = box.show(
+        "cronflow.service",
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "RestrictSUIDSGID",
+        "CapabilityBoundingSet",
+        "UMask",
+    )
     assert props["NoNewPrivileges"] == "yes"
     assert props["ProtectSystem"] == "strict"
     assert props["PrivateTmp"] == "yes"
@@ -110,7 +163,7 @@ def test_hardening_is_in_effect(box):
     assert props["UMask"] == "0077"
 
 
-SHELL_AND_PYTHON = f'''
+SHELL_AND_PYTHON = f"""
 from cronflow import Flow, Python, Shell
 
 def compute(context):
@@ -121,7 +174,7 @@ with Flow("work"):
     Python("python", compute)
     Shell("outside", "touch /usr/local/cronflow-was-here")
     Shell("secret", "test {{{{ var.token }}}} = {SECRET}")
-'''
+"""
 
 
 def test_flows_run_under_the_hardened_unit(box):
@@ -131,7 +184,9 @@ def test_flows_run_under_the_hardened_unit(box):
     assert result.returncode == 1, result.stdout + result.stderr  # 'outside' must fail
     rows = tasks(box, "work")
     assert rows["shell"]["state"] == "success"
-    assert box.run("cat", f"{HOME}/shell.out").stdout.strip() == "shell ran for 2024-03-01 as cronflow"
+    assert (
+        box.run("cat", f"{HOME}/shell.out").stdout.strip() == "shell ran for 2024-03-01 as cronflow"
+    )
     assert rows["python"]["state"] == "success"
     assert rows["outside"]["state"] == "failed"
     log = cronflow(box, "logs", "work.outside", check=False).stdout
@@ -146,7 +201,9 @@ def test_journal_lines_are_structured_and_carry_no_secret(box):
     daemon_lines = [m for m in messages if isinstance(m, str) and m.startswith("level=")]
     assert daemon_lines
     for line in daemon_lines:
-        assert re.match(r"^level=[A-Z]+ event=[a-z_]+( [a-z_]+=\S+| reason=.*| error=.*)*", line), line
+        assert re.match(r"^level=[A-Z]+ event=[a-z_]+( [a-z_]+=\S+| reason=.*| error=.*)*", line), (
+            line
+        )
     assert not any(SECRET in str(m) for m in messages)
 
 
@@ -161,19 +218,30 @@ def test_status_and_logs_work_as_root_and_as_the_service_user(box):
 
 
 def test_kill_9_is_restarted_and_the_running_flow_is_retried(box):
-    write_flow(box, "long", f'''
+    write_flow(
+        box,
+        "long",
+        f"""
 from cronflow import Flow, Shell
 with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
     Shell("work", "touch {HOME}/long-$CRONFLOW_TRY_NUMBER; [ $CRONFLOW_TRY_NUMBER -gt 1 ] || sleep 600")
-''')
+""",
+    )
     cronflow(box, "trigger", "long")
-    wait_until(lambda: box.run("test", "-e", f"{HOME}/long-1", check=False).returncode == 0, what="try 1")
+    wait_until(
+        lambda: box.run("test", "-e", f"{HOME}/long-1", check=False).returncode == 0, what="try 1"
+    )
     old = main_pid(box)
     killed_at = time.monotonic()
     box.run("sh", "-c", f"kill -9 {old}")
-    new = wait_until(lambda: (p := main_pid(box)) not in (0, old) and
-                     box.show("cronflow.service", "ActiveState")["ActiveState"] == "active" and p,
-                     what="systemd to restart the daemon")
+    new = wait_until(
+        lambda: (
+            (p := main_pid(box)) not in (0, old)
+            and box.show("cronflow.service", "ActiveState")["ActiveState"] == "active"
+            and p
+        ),
+        what="systemd to restart the daemon",
+    )
     restart_s = time.monotonic() - killed_at
     assert new != old
     wait_until(lambda: tasks(box, "long")["work"]["state"] == "success", what="the retry")
@@ -184,28 +252,46 @@ with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
 
 def test_sigstop_is_caught_by_the_watchdog(box):
     box.run("mkdir", "-p", "/etc/systemd/system/cronflow.service.d")
-    box.run("sh", "-c", "printf '[Service]\\nWatchdogSec=4s\\n' > /etc/systemd/system/cronflow.service.d/watchdog.conf")
+    box.run(
+        "sh",
+        "-c",
+        "printf '[Service]\\nWatchdogSec=4s\\n' > /etc/systemd/system/cronflow.service.d/watchdog.conf",
+    )
     box.run("systemctl", "daemon-reload")
     box.run("systemctl", "restart", "cronflow.service")
     old = main_pid(box)
     stopped_at = time.monotonic()
     box.run("sh", "-c", f"kill -STOP {old}")
-    wait_until(lambda: main_pid(box) not in (0, old) and
-               box.show("cronflow.service", "ActiveState")["ActiveState"] == "active",
-               timeout=120, what="the watchdog to restart the daemon")
-    print(f"\nwatchdog restart after SIGSTOP (WatchdogSec=4s): {time.monotonic() - stopped_at:.1f}s")
-    assert "watchdog timeout" in box.run("journalctl", "-u", "cronflow.service", "--no-pager").stdout.lower()
+    wait_until(
+        lambda: (
+            main_pid(box) not in (0, old)
+            and box.show("cronflow.service", "ActiveState")["ActiveState"] == "active"
+        ),
+        timeout=120,
+        what="the watchdog to restart the daemon",
+    )
+    print(
+        f"\nwatchdog restart after SIGSTOP (WatchdogSec=4s): {time.monotonic() - stopped_at:.1f}s"
+    )
+    assert (
+        "watchdog timeout"
+        in box.run("journalctl", "-u", "cronflow.service", "--no-pager").stdout.lower()
+    )
     box.run("rm", "-r", "/etc/systemd/system/cronflow.service.d")
     box.run("systemctl", "daemon-reload")
 
 
 def test_systemctl_stop_is_clean_and_within_the_grace_period(box):
     box.run("systemctl", "restart", "cronflow.service")
-    write_flow(box, "busy", '''
+    write_flow(
+        box,
+        "busy",
+        """
 from cronflow import Flow, Shell
 with Flow("busy"):
     Shell("work", "sleep 600")
-''')
+""",
+    )
     cronflow(box, "trigger", "busy")
     wait_until(lambda: tasks(box, "busy")["work"]["state"] == "running", what="the task to run")
     started = time.monotonic()
@@ -222,14 +308,30 @@ def test_user_unit_under_a_lingering_user(box):
     box.run("useradd", "--create-home", "alice")
     uid = box.run("id", "-u", "alice").stdout.strip()
     box.run("loginctl", "enable-linger", "alice")
-    wait_until(lambda: box.run("test", "-S", f"/run/user/{uid}/systemd/private", check=False).returncode == 0,
-               what="alice's user manager")
+    wait_until(
+        lambda: (
+            box.run("test", "-S", f"/run/user/{uid}/systemd/private", check=False).returncode == 0
+        ),
+        what="alice's user manager",
+    )
     env = {"XDG_RUNTIME_DIR": f"/run/user/{uid}", "HOME": "/home/alice"}
-    result = box.run("/opt/cronflow/bin/cronflow", "install-service", "--user", user="alice", env=env)
+    result = box.run(
+        "/opt/cronflow/bin/cronflow", "install-service", "--user", user="alice", env=env
+    )
     assert "installed /home/alice/.config/systemd/user/cronflow.service" in result.stdout
     state = wait_until(
-        lambda: box.run("systemctl", "--user", "is-active", "cronflow.service", user="alice", env=env,
-                        check=False).stdout.strip() == "active",
+        lambda: (
+            box.run(
+                "systemctl",
+                "--user",
+                "is-active",
+                "cronflow.service",
+                user="alice",
+                env=env,
+                check=False,
+            ).stdout.strip()
+            == "active"
+        ),
         what="the user unit to be active",
     )
     assert state
