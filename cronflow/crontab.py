@@ -122,7 +122,6 @@ def read_job_line(
     user_exists: Callable[[str], bool] | None = None,
 ) -> CronJob:
     """One job line (not a comment, not a variable), with the variables in effect."""
-    base = {"line_no": line_no, "line": line, "env": dict(env)}
     notes: list[str] = []
     try:
         schedule, rest, never = _read_schedule(line.lstrip(_BLANKS), notes)
@@ -132,17 +131,20 @@ def read_job_line(
         if not never and schedule != REBOOT:
             never = _never_fires(schedule)
     except _Rejected as exc:
-        return CronJob(status=LineStatus.REJECTED, reason=f"cron rejects it: {exc}", **base)
+        reason = f"cron rejects it: {exc}"
+        return CronJob(line_no, line, LineStatus.REJECTED, reason, env=dict(env))
     command, stdin = split_command(rest)
     return CronJob(
+        line_no,
+        line,
         status=LineStatus.NEVER_FIRES if never else LineStatus.OK,
         reason=f"cron accepts it but it never fires: {never}" if never else "",
         schedule=schedule,
         command=command,
         stdin=stdin,
+        env=dict(env),
         user=user,
         notes=tuple(notes),
-        **base,
     )
 
 

@@ -298,8 +298,8 @@ class Flow:
             self.tz = parse_timezone(timezone)
             # "@reboot" is no time schedule: a manual-only flow the daemon runs at each start
             self.run_at_daemon_start = schedule == AT_DAEMON_START
-            timed = schedule and not self.run_at_daemon_start
-            self.schedule = Schedule.parse(schedule, timezone) if timed else None
+            timed = schedule if not self.run_at_daemon_start else None
+            self.schedule = Schedule.parse(timed, timezone) if timed else None
             self.start_at = self._instant(start_date, "start_date")
             self.end_at = self._instant(end_date, "end_date")
         except CronflowError as exc:

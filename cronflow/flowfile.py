@@ -15,6 +15,7 @@ import pwd
 import re
 import shlex
 import textwrap
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -249,7 +250,7 @@ def _validate(text: str, flow_id: str) -> None:
         flow.spec()
 
 
-def _arguments(args: list[tuple[str | None, str, str]], indent: int) -> list[str]:
+def _arguments(args: Sequence[tuple[str | None, str, str]], indent: int) -> list[str]:
     pad = " " * indent
     return [
         f"{pad}{name + '=' if name else ''}{value},{f'  # {comment}' if comment else ''}"

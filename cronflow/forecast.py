@@ -1,10 +1,11 @@
 """Fire times to come (`cronflow next`): from the same Schedule, start and end dates the daemon
-uses, so a user can compare them with cron's before switching crontab off."""
+uses (cronflow.overview.next_fires, as `list` and `show` do), so a user can compare them with
+cron's before switching crontab off."""
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -12,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronflow.catalog import FlowSpec
+from cronflow.overview import next_fires as upcoming
 from cronflow.timeparse import parse_date_or_datetime, start_of_day, to_utc
 
 _TICK = timedelta(microseconds=1)
@@ -45,29 +47,13 @@ def after_instant(text: str | None, tz: ZoneInfo, now: datetime) -> datetime:
     return start_of_day(value, tz) - _TICK
 
 
-def flow_fires(flow: FlowSpec, after: datetime) -> Iterator[datetime]:
-    """The flow's fire times after `after`, within its start and end dates, ascending."""
-    if flow.schedule is None:
-        return
-    cursor = max(after, flow.start_at - _TICK) if flow.start_at else after
-    while (at := flow.schedule.next_after(cursor)) is not None:
-        if flow.end_at is not None and at > flow.end_at:
-            return
-        yield at
-        cursor = at
-
-
 def next_fires(
     flows: Iterable[FlowSpec], after_text: str | None, now: datetime, limit: int
 ) -> list[Fire]:
     """The `limit` soonest fire times of all `flows`, soonest first (ties by flow id)."""
     streams = [
-        _fires_of(flow, after_instant(after_text, flow.tz, now))
+        [Fire(flow.flow_id, at, flow.tz) for at in upcoming(flow, after, limit)]
         for flow in sorted(flows, key=lambda f: f.flow_id)
+        for after in [after_instant(after_text, flow.tz, now)]
     ]
     return list(islice(heapq.merge(*streams, key=lambda fire: fire.at), limit))
-
-
-def _fires_of(flow: FlowSpec, after: datetime) -> Iterator[Fire]:
-    for at in flow_fires(flow, after):
-        yield Fire(flow.flow_id, at, flow.tz)

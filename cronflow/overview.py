@@ -37,7 +37,7 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
             {
                 "flow_id": flow_id,
                 "schedule": flow.raw["schedule"],
-                "schedule_text": flow.schedule.describe() if flow.schedule else "manual only",
+                "schedule_text": schedule_text(flow),
                 "paused": paused.get(flow_id, False),
                 "run_id": last.get("run_id"),
                 "logical_date": last.get("logical_date"),
@@ -48,6 +48,13 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
             }
         )
     return rows
+
+
+def schedule_text(flow: FlowSpec) -> str:
+    """The schedule in words; flows without one run by hand, or at each daemon start (@reboot)."""
+    if flow.schedule:
+        return flow.schedule.describe()
+    return "at each daemon start" if flow.raw.get("run_at_daemon_start") else "manual only"
 
 
 def next_fires(flow: FlowSpec, now: datetime, count: int) -> list[datetime]:
@@ -132,7 +139,7 @@ def flow_detail(
         "path": flow.path,
         "doc": flow.raw.get("doc"),
         "schedule": flow.raw["schedule"],
-        "schedule_text": flow.schedule.describe() if flow.schedule else "manual only",
+        "schedule_text": schedule_text(flow),
         "timezone": flow.raw["timezone"],
         "paused": paused,
         "start_at": flow.raw["start_at"],

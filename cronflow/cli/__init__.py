@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cronflow.cli import (
-    core,  # noqa: F401  (registers its commands)
+    connections,  # noqa: F401  (each registers its commands)
+    core,  # noqa: F401
     crontab,  # noqa: F401
     flows,  # noqa: F401
     logs,  # noqa: F401
@@ -13,6 +14,7 @@ from cronflow.cli import (
     service,  # noqa: F401
     testrun,  # noqa: F401
     top,  # noqa: F401
+    variables,  # noqa: F401
 )
 from cronflow.cli.app import app
 

@@ -25,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's help renderer imports markdown-it and friends, tripling the
+    # start-up time of `cronflow --help` (issue: slow CLIs). Command output still uses rich.
+    rich_markup_mode=None,
 )
 
 STATE_STYLES = {

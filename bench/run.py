@@ -1,0 +1,596 @@
+"""cronflow benchmark: each scenario against the machine's floor, measured in the same run.
+
+    python bench/run.py [--out bench/results.json] [--quick]
+
+Builds its own temp homes, starts the real daemon as a process, and prints one table: figure,
+floor, ratio, target, verdict. `--quick` shortens the scenarios that wait on the wall clock
+(100 flows firing every minute: one minute instead of three; idle daemon: 20 s instead of 60 s).
+Not part of the test suite: figures depend on the machine, so nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+PY = sys.executable
+CORES = os.cpu_count() or 2
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def make_home(root: Path, name: str, config: str = "") -> Path:
+    home = root / name
+    (home / "flows").mkdir(parents=True)
+    (home / "cronflow.toml").write_text(config + "\n[retention]\ndelete_runs_after_days = 0\n")
+    return home
+
+
+def write_flow(home: Path, name: str, source: str) -> None:
+    (home / "flows" / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def wait(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+class Daemon:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.out = open(home / "daemon.out", "wb")  # noqa: SIM115
+        env = {**os.environ, "CRONFLOW_HOME": str(home)}
+        self.proc = subprocess.Popen(
+            [PY, "-m", "cronflow", "daemon"], stdout=self.out, stderr=subprocess.STDOUT, env=env
+        )
+        wait(
+            lambda: b"event=daemon_started" in (home / "daemon.out").read_bytes(),
+            300,
+            "daemon start",
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        self.out.close()
+
+
+def db(home: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(home / "cronflow.db", timeout=30)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def trigger(home: Path, flow: str) -> int:
+    from cronflow import catalog, control
+    from cronflow.config import load_settings
+    from cronflow.daemon import poke
+    from cronflow.store import Store
+
+    settings = load_settings(home)
+    store = Store(settings.db_path)
+    run_id = control.trigger(store, catalog.sync(store, settings).get(flow), datetime.now(UTC))
+    poke(home)
+    store.close()
+    return run_id
+
+
+def run_done(home: Path, run_id: int) -> bool:
+    with db(home) as conn:
+        state = conn.execute("SELECT state FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
+    return state in ("success", "failed")
+
+
+def stamps(home: Path, run_id: int) -> list[sqlite3.Row]:
+    with db(home) as conn:
+        return conn.execute(
+            "SELECT task_id, start_at, end_at, duration_s FROM task_instances WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def wall(command: list[str], env: dict[str, str] | None = None, repeat: int = 7) -> float:
+    """Median wall time of a command, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+# --- scenarios -------------------------------------------------------------------------------
+def floor_processes(count: int, parallelism: int, argv: list[str]) -> float:
+    """Tasks per second of a bare loop starting the same processes with the same parallelism."""
+    running: set[int] = set()
+    started = 0
+    begin = time.perf_counter()
+    while started < count or running:
+        while started < count and len(running) < parallelism:
+            running.add(os.posix_spawn(argv[0], argv, os.environ))
+            started += 1
+        pid, _ = os.wait()
+        running.discard(pid)
+    return count / (time.perf_counter() - begin)
+
+
+def throughput(root: Path) -> dict:
+    home = make_home(root, "wide", f"parallelism = {CORES}")
+    write_flow(
+        home,
+        "wide",
+        """
+        from cronflow import Flow, Shell
+        with Flow("wide"):
+            for i in range(1000):
+                Shell(f"t{i}", "true")
+    """,
+    )
+    daemon = Daemon(home)
+    try:
+        run_id = trigger(home, "wide")
+        wait(lambda: run_done(home, run_id), 900, "1000 tasks")
+    finally:
+        daemon.stop()
+    rows = stamps(home, run_id)
+    span = max(ts(r["end_at"]) for r in rows) - min(ts(r["start_at"]) for r in rows)
+    figure = len(rows) / span
+    from cronflow.ops.shell import DEFAULT_SHELL
+
+    floor = floor_processes(1000, CORES, [DEFAULT_SHELL, "-c", "true"])
+    return {
+        "figure": figure,
+        "unit": "tasks/s",
+        "floor": floor,
+        "ratio": figure / floor,
+        "target": ">= 50 % of floor",
+        "ok": figure >= 0.5 * floor,
+    }
+
+
+def handoff(root: Path) -> list[dict]:
+    home = make_home(root, "chain")
+    write_flow(
+        home,
+        "chain",
+        """
+        from cronflow import Flow, Shell
+        with Flow("chain"):
+            previous = None
+            for i in range(50):
+                task = Shell(f"t{i:02d}", "true")
+                if previous:
+                    previous >> task
+                previous = task
+    """,
+    )
+    daemon = Daemon(home)
+    try:
+        run_id = trigger(home, "chain")
+        wait(lambda: run_done(home, run_id), 300, "the chain")
+    finally:
+        daemon.stop()
+    rows = sorted(stamps(home, run_id), key=lambda r: r["task_id"])
+    gaps = [
+        (ts(b["start_at"]) - ts(a["end_at"])) * 1000 for a, b in itertools.pairwise(rows)
+    ]
+    median, p99 = statistics.median(gaps), percentile(gaps, 99)
+    return [
+        {
+            "figure": median,
+            "unit": "ms",
+            "floor": None,
+            "ratio": None,
+            "target": "<= 20 ms",
+            "ok": median <= 20,
+            "name": "chain of 50: median handoff",
+        },
+        {
+            "figure": p99,
+            "unit": "ms",
+            "floor": None,
+            "ratio": None,
+            "target": "<= 100 ms",
+            "ok": p99 <= 100,
+            "name": "chain of 50: p99 handoff",
+        },
+    ]
+
+
+def fire_latency(root: Path, minutes: int) -> dict:
+    home = make_home(root, "minutely", "parallelism = 100")
+    for i in range(100):
+        write_flow(
+            home,
+            f"m{i:03d}",
+            f"""
+            from cronflow import Flow, Shell
+            with Flow("m{i:03d}", schedule="* * * * *"):
+                Shell("t", "true")
+        """,
+        )
+    daemon = Daemon(home)
+    try:
+        now = datetime.now(UTC)
+        last_fire = (now + timedelta(minutes=minutes + 1)).replace(second=0, microsecond=0)
+        time.sleep(max(0.0, (last_fire - datetime.now(UTC)).total_seconds() + 5))
+        wait(
+            lambda: (
+                not db(home)
+                .execute("SELECT count(*) FROM runs WHERE state NOT IN ('success', 'failed')")
+                .fetchone()[0]
+            ),
+            120,
+            "runs",
+        )
+    finally:
+        daemon.stop()
+    with db(home) as conn:
+        rows = conn.execute(
+            """SELECT r.logical_date, t.start_at FROM runs r JOIN task_instances t USING (run_id)
+               WHERE r.run_type = 'scheduled'"""
+        ).fetchall()
+    lags = [ts(r["start_at"]) - ts(r["logical_date"]) for r in rows if r["start_at"]]
+    p99 = percentile(lags, 99)
+    return {
+        "figure": p99,
+        "unit": "s",
+        "floor": None,
+        "ratio": None,
+        "target": "p99 <= 1 s",
+        "ok": p99 <= 1,
+        "detail": f"{len(lags)} fires, median {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms",
+    }
+
+
+def big_store(root: Path) -> tuple[Path, list[dict]]:
+    """500 flows x 200 runs x 10 tasks = 1,000,000 task instances; time the listing commands."""
+    home = make_home(root, "big")
+    for i in range(500):
+        write_flow(
+            home,
+            f"f{i:03d}",
+            f"""
+            from cronflow import Flow, Shell
+            with Flow("f{i:03d}", schedule="{i % 60} 2 * * *", timezone="Europe/Paris"):
+                previous = None
+                for j in range(10):
+                    task = Shell(f"t{{j}}", "true")
+                    if previous:
+                        previous >> task
+                    previous = task
+        """,
+        )
+    from cronflow import catalog
+    from cronflow.config import load_settings
+    from cronflow.store import Store
+
+    settings = load_settings(home)
+    store = Store(settings.db_path)
+    load_start = time.perf_counter()
+    catalog.sync(store, settings)
+    load_all_s = time.perf_counter() - load_start
+    changed = home / "flows" / "f007.py"
+    changed.write_text(changed.read_text() + "\n# changed\n")
+    reload_start = time.perf_counter()
+    catalog.sync(store, settings)
+    reload_one_s = time.perf_counter() - reload_start
+    store.close()
+    seed_history(home / "cronflow.db", flows=500, runs=200, tasks=10)
+    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    floor = wall([PY, "-c", "pass"])
+    results = [
+        {
+            "name": "500 flow files: load all",
+            "figure": load_all_s,
+            "unit": "s",
+            "floor": None,
+            "ratio": None,
+            "target": "report",
+            "ok": None,
+        },
+        {
+            "name": "500 flow files: reload one",
+            "figure": reload_one_s,
+            "unit": "s",
+            "floor": None,
+            "ratio": None,
+            "target": "report",
+            "ok": None,
+        },
+    ]
+    day = (datetime(2024, 1, 1) + timedelta(days=150)).strftime("%Y-%m-%d")
+    for label, args in [
+        ("list", ["list"]),
+        ("runs FLOW", ["runs", "f123"]),
+        ("tasks FLOW --date D", ["tasks", "f123", "--date", day]),
+    ]:
+        seconds = wall([PY, "-m", "cronflow", *args], env=env, repeat=5)
+        results.append(
+            {
+                "name": f"1M task instances: cronflow {label}",
+                "figure": seconds * 1000,
+                "unit": "ms",
+                "floor": floor * 1000,
+                "ratio": seconds / floor,
+                "target": "<= 300 ms",
+                "ok": seconds <= 0.3,
+            }
+        )
+    return home, results
+
+
+def seed_history(path: Path, flows: int, runs: int, tasks: int) -> None:
+    conn = sqlite3.connect(path)
+    base = datetime(2024, 1, 1, 1, 0, tzinfo=UTC)
+    conn.execute("BEGIN")
+    run_id = 0
+    for f in range(flows):
+        flow = f"f{f:03d}"
+        run_rows, ti_rows = [], []
+        for r in range(runs):
+            run_id += 1
+            logical = (base + timedelta(days=r)).isoformat()
+            end = (base + timedelta(days=r, minutes=5)).isoformat()
+            state = "failed" if r % 17 == 0 else "success"
+            run_rows.append(
+                (
+                    run_id,
+                    flow,
+                    logical,
+                    "scheduled",
+                    state,
+                    "{}",
+                    logical,
+                    logical,
+                    logical,
+                    logical,
+                    end,
+                )
+            )
+            for t in range(tasks):
+                ti_rows.append(
+                    (
+                        run_id,
+                        f"t{t}",
+                        flow,
+                        logical,
+                        state if t == tasks - 1 else "success",
+                        1,
+                        1,
+                        "default",
+                        1,
+                        logical,
+                        logical,
+                        end,
+                        1.5,
+                        4242,
+                        "bench",
+                    )
+                )
+        conn.executemany(
+            """INSERT INTO runs (run_id, flow_id, logical_date, run_type, state, conf, data_interval_start,
+               data_interval_end, created_at, started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)""",
+            run_rows,
+        )
+        conn.executemany(
+            """INSERT INTO task_instances (run_id, task_id, flow_id, logical_date, state, try_number,
+               max_tries, pool, priority, queued_at, start_at, end_at, duration_s, pid, host)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+            ti_rows,
+        )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def help_time() -> dict:
+    floor = wall([PY, "-c", "pass"], repeat=11)
+    figure = wall([PY, "-m", "cronflow", "--help"], repeat=11)
+    return {
+        "figure": figure * 1000,
+        "unit": "ms",
+        "floor": floor * 1000,
+        "ratio": figure / floor,
+        "target": "<= 150 ms",
+        "ok": figure <= 0.15,
+    }
+
+
+def idle_daemon(root: Path, seconds: float) -> list[dict]:
+    home = make_home(root, "idle")
+    for i in range(500):
+        write_flow(
+            home,
+            f"i{i:03d}",
+            f"""
+            from cronflow import Flow, Shell
+            with Flow("i{i:03d}", schedule="{i % 60} 3 * * *"):
+                Shell("t", "true")
+        """,
+        )
+    daemon = Daemon(home)
+    try:
+        time.sleep(10)  # let start-up work (imports, housekeeping) finish
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        before, start = cpu(), time.monotonic()
+        time.sleep(seconds)
+        cpu_pct = 100 * (cpu() - before) / (time.monotonic() - start)
+        rss_kb = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS")
+            )
+        )
+    finally:
+        daemon.stop()
+    return [
+        {
+            "name": "idle daemon, 500 flows: RSS",
+            "figure": rss_kb / 1024,
+            "unit": "MB",
+            "floor": None,
+            "ratio": None,
+            "target": "<= 100 MB",
+            "ok": rss_kb / 1024 <= 100,
+        },
+        {
+            "name": f"idle daemon, 500 flows: CPU over {seconds:g} s",
+            "figure": cpu_pct,
+            "unit": "%",
+            "floor": None,
+            "ratio": None,
+            "target": "<= 1 %",
+            "ok": cpu_pct <= 1,
+        },
+    ]
+
+
+def python_overhead(root: Path) -> dict:
+    home = make_home(root, "py", f"parallelism = {CORES}")
+    write_flow(
+        home,
+        "py",
+        """
+        import time
+        from cronflow import Flow, Python
+
+        def work():
+            start = time.perf_counter()
+            time.sleep(0.05)
+            return time.perf_counter() - start
+
+        with Flow("py"):
+            for i in range(20):
+                Python(f"p{i:02d}", work)
+    """,
+    )
+    daemon = Daemon(home)
+    try:
+        run_id = trigger(home, "py")
+        wait(lambda: run_done(home, run_id), 300, "20 python tasks")
+    finally:
+        daemon.stop()
+    with db(home) as conn:
+        own = {
+            r["task_id"]: json.loads(r["value"])
+            for r in conn.execute("SELECT task_id, value FROM xcom WHERE run_id = ?", [run_id])
+        }
+    overheads = [(r["duration_s"] - own[r["task_id"]]) * 1000 for r in stamps(home, run_id)]
+    floor = wall([PY, "-c", "pass"]) * 1000
+    figure = statistics.median(overheads)
+    return {
+        "figure": figure,
+        "unit": "ms",
+        "floor": floor,
+        "ratio": figure / floor,
+        "target": "report",
+        "ok": None,
+    }
+
+
+# --- main ------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.json")
+    parser.add_argument("--quick", action="store_true", help="shorter wall-clock scenarios")
+    parser.add_argument("--only", nargs="*", help="run only these scenarios (by key)")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cronflow-bench-"))
+    scenarios: dict[str, Callable[[], object]] = {
+        "help": lambda: [{"name": "cronflow --help", **help_time()}],
+        "throughput": lambda: [
+            {"name": f"1,000 true tasks, parallelism {CORES}", **throughput(root)}
+        ],
+        "handoff": lambda: handoff(root),
+        "store": lambda: big_store(root)[1],
+        "python": lambda: [{"name": "20 Python tasks: per-task overhead", **python_overhead(root)}],
+        "idle": lambda: idle_daemon(root, 20 if args.quick else 60),
+        "fire": lambda: [
+            {
+                "name": "100 flows every minute: fire to first task start",
+                **fire_latency(root, 1 if args.quick else 3),
+            }
+        ],
+    }
+    results = []
+    for key, scenario in scenarios.items():
+        if args.only and key not in args.only:
+            continue
+        print(f"running {key} ...", file=sys.stderr, flush=True)
+        results += scenario()
+    print_table(results)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": {"cores": CORES, "python": sys.version.split()[0]},
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten to {args.out}")
+
+
+def print_table(results: list[dict]) -> None:
+    def fmt(value: object, unit: str = "") -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.1f} {unit}".strip() if isinstance(value, float) else str(value)
+
+    header = ("scenario", "figure", "floor", "ratio", "target", "verdict")
+    rows = [
+        (
+            r["name"],
+            fmt(r["figure"], r["unit"]),
+            fmt(r["floor"], r["unit"]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+            r["target"],
+            {True: "ok", False: "MISSED", None: "report"}[r["ok"]],
+        )
+        for r in results
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)))
+        if row is header:
+            print("  ".join("-" * w for w in widths))
+
+
+if __name__ == "__main__":
+    main()
