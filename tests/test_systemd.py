@@ -27,7 +27,9 @@ FLOWS = f"{HOME}/flows"
 SECRET = "hunter2-not-for-logs"
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may interleave other modules' tests on this worker, and a module-scoped
+# container would then be torn down and booted again between the steps of this module.
+@pytest.fixture(scope="session")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
