@@ -45,6 +45,7 @@ EVENT_FOR_STATE = {
     TaskState.UP_FOR_RETRY: "on_retry",
     TaskState.SUCCESS: "on_success",
 }
+STATE_FOR_EVENT = {event: state for state, event in EVENT_FOR_STATE.items()}
 TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 64 * 1024
@@ -70,7 +71,8 @@ class CallbackRunner:
         self.timeout_s = timeout_s
         self._children: list[_Child] = []
 
-    def start(self, ti: Mapping[str, Any], event: str) -> None:
+    def start(self, ti: Mapping[str, Any], event: str, reason: str | None) -> None:
+        """Start the callbacks of the try `ti` describes, which just ended with `reason`."""
         what = (
             f"flow={ti['flow_id']} task={ti['task_id']} run={ti['run_id']} "
             f"try={ti['try_number']} callback={event}"
@@ -81,6 +83,9 @@ class CallbackRunner:
             "CRONFLOW_RUN_ID": str(ti["run_id"]),
             "CRONFLOW_TASK_ID": ti["task_id"],
             "CRONFLOW_TRY_NUMBER": str(ti["try_number"]),
+            # what the callback reports is the try that ended, even if a retry has begun since
+            "CRONFLOW_REASON": reason or "",
+            "CRONFLOW_LOG_PATH": ti["log_path"] or "",
         }
         try:
             out = (
@@ -134,16 +139,19 @@ class CallbackRunner:
 
 
 # --- the child process -------------------------------------------------------------------------
-def run_callbacks(home: Path, run_id: int, task_id: str, event: str) -> int:
-    """Send the failure mail and call the task's callback; 1 if either failed."""
+def run_callbacks(home: Path, ended: Mapping[str, Any], event: str) -> int:
+    """Send the failure mail and call the task's callback; 1 if either failed. `ended` is the
+    try that ended (run_id, task_id, try_number, reason, log_path)."""
     from cronflow.config import load_settings
     from cronflow.store import Store
 
     settings = load_settings(home)
     store = Store(settings.db_path)
-    ti = store.ti(run_id, task_id)
-    if ti is None:
+    run_id, task_id = ended["run_id"], ended["task_id"]
+    row_now = store.ti(run_id, task_id)
+    if row_now is None:
         raise NotFoundError(f"run {run_id} has no task instance '{task_id}'")
+    ti = {**row_now, **ended, "state": STATE_FOR_EVENT[event].value}
     run = store.run(run_id)
     row = store.flow(run["flow_id"])
     flow = FlowSpec.from_spec(json.loads(row["spec"]), row["path"])
@@ -279,7 +287,14 @@ def main(argv: list[str]) -> int:
         logging.root.handlers[:] = [handler]
         logging.root.setLevel(logging.INFO)
         try:
-            return run_callbacks(home, int(env["CRONFLOW_RUN_ID"]), env["CRONFLOW_TASK_ID"], event)
+            ended = {
+                "run_id": int(env["CRONFLOW_RUN_ID"]),
+                "task_id": env["CRONFLOW_TASK_ID"],
+                "try_number": int(env["CRONFLOW_TRY_NUMBER"]),
+                "reason": env.get("CRONFLOW_REASON") or None,
+                "log_path": env.get("CRONFLOW_LOG_PATH") or None,
+            }
+            return run_callbacks(home, ended, event)
         except CronflowError as exc:
             log.error("%s: %s", event, exc)
             return 1

@@ -44,6 +44,15 @@ delete_runs_after_days = 365
 # Named pools limit how many tasks of a kind run at once (e.g. connections to one station).
 [pools]
 default = 128
+
+# The mail server for failure alerts (email_on_failure) and Email tasks without a conn_id.
+# [smtp]
+# host = "mail.example.com"
+# port = 587                               # 587 with STARTTLS (default), 465 with ssl = true
+# starttls = true
+# user = "cronflow"
+# password_env = "CRONFLOW_SMTP_PASSWORD"  # or password = "..." (keep this file owner-only)
+# from = "cronflow@example.com"
 """
 
 
@@ -241,7 +250,9 @@ def _smtp(path: Path, data: dict[str, object]) -> SmtpSettings | None:
             f"{path}: smtp.password and smtp.password_env exclude each other; prefer password_env"
         )
     security = "ssl" if data.get("ssl") else "starttls" if data.get("starttls", True) else "none"
-    port = data.get("port") or {"ssl": 465, "starttls": 587, "none": 25}[security]
+    port = data.get("port")
+    if port is None:
+        port = {"ssl": 465, "starttls": 587, "none": 25}[security]
     if not 0 < port < 65536:  # type: ignore[operator]
         raise ConfigError(f"{path}: smtp.port must be between 1 and 65535, got {port!r}")
     return SmtpSettings(

@@ -161,7 +161,8 @@ class Daemon:
         try:
             sock.bind(wakeup_address(self.settings.home))
         except OSError as exc:
-            raise DaemonError(f"cannot bind the daemon's wake-up socket: {exc}") from None
+            # Only costs latency: CLI changes are then seen at the next idle wake (2 s).
+            log.warning("event=wakeup_socket_unavailable error=%r", str(exc))
         sock.setblocking(False)
         selector = selectors.DefaultSelector()
         selector.register(wake_r, selectors.EVENT_READ)

@@ -13,7 +13,6 @@ import inspect
 import os
 import pwd
 import re
-import shlex
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,21 +23,11 @@ from typing import Any
 from cronflow.crontab import CRON_PATH, CRON_SHELL, REBOOT, CronJob, LineStatus, read_crontab
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.flow import Flow, collecting_flows
+from cronflow.jobnames import flow_name, unique_name
 from cronflow.timetable import parse_timezone
 
 _LINE = 100  # the generated file follows the project's line length
 MAX_ACTIVE_RUNS = 16  # cron starts a job even while its previous run goes on: allow overlaps
-_NAME_MAX = 40
-_SCRIPT_SUFFIXES = (".sh", ".bash", ".py", ".pl", ".rb", ".php", ".js")
-_WRAPPERS = {"nice", "ionice", "nohup", "sudo", "exec", "time", "chronic", "setsid", "env"}
-_WRAPPERS_WITH_ARG = {"timeout", "flock", "run-one"}
-_GUARDS = {"cd", "test", "[", "[[", "true", ":", "sleep", "export", "set", "source", ".", "echo"}
-_INTERPRETERS = {"sh", "bash", "dash", "zsh", "python", "python3", "perl", "ruby", "php", "node"}
-_INTERPRETERS |= {"run-parts", "xargs"}
-_GENERIC = {"manage", "main", "run", "cli", "app", "script", "task", "job", "cron", "artisan"}
-_GENERIC |= {"rake", "make", "docker", "git", "npm", "console", "curl", "wget"}
-_OPERATORS = {";", "&&", "||", "|", "&", "(", ")", "{", "}", "!"}
-_REDIRECT = re.compile(r"^\d*[<>]+&?$")
 
 
 class ImportStatus(StrEnum):
@@ -170,6 +159,9 @@ class Notes:
         return [*self.line, *self.shared]
 
 
+_Argument = tuple[str | None, str, str]  # (keyword or None, Python value, comment)
+
+
 def flow_source(job: CronJob, flow_id: str, zone: str, *, source: str, notes: Notes) -> str:
     """The text of a flow file for one job line, checked by building the flow from it."""
     parse_timezone(zone)
@@ -178,37 +170,11 @@ def flow_source(job: CronJob, flow_id: str, zone: str, *, source: str, notes: No
         notes.line.append(
             f"cron ran it as user {job.user!r}; cronflow runs it as the daemon's user"
         )
-    cron_tz = job.env.get("CRON_TZ")
-    if cron_tz:
-        notes.shared.append(
-            f"CRON_TZ={cron_tz}: scheduled in that zone, as cronie does "
-            "(Debian's cron ignores CRON_TZ and uses the system's zone)"
-        )
-    reboot = job.schedule == REBOOT
-    flow_args = [
-        ("schedule", _literal(job.schedule), "once at each daemon start" if reboot else ""),
-        ("timezone", _literal(zone), "CRON_TZ" if cron_tz else ""),
-        ("catchup", "False", "cron never runs a missed time later"),
-        ("max_active_runs", str(MAX_ACTIVE_RUNS), "cron starts a job even while it still runs"),
-        ("tags", '["crontab"]', ""),
-        ("doc", _literal(f"Imported from crontab line {job.line_no} of {source}."), ""),
-    ]
-    emails = _emails(job.env.get("MAILTO"), notes.shared)
-    if emails:
-        flow_args.append(("email_on_failure", _list_literal(emails), "MAILTO"))
-    env = {k: _template_literal(v) for k, v in _task_env(job.env, notes.line).items()}
-    shell = job.env.get("SHELL") or CRON_SHELL
-    shell_args = [
-        (None, _literal(flow_id), ""),
-        (None, _literal(_template_literal(job.command)), ""),
-        ("shell", _literal(shell), "SHELL" if job.env.get("SHELL") else "cron's default shell"),
-        ("env", _dict_literal(env, indent=8), "what cron gives the job"),
-    ]
-    if job.stdin is not None:
-        shell_args.append(("stdin", _literal(job.stdin), "the text after '%' in the command"))
+    flow_args = _flow_arguments(job, zone, source, notes)
+    shell_args = _shell_arguments(job, flow_id, notes)
     timing = (
         ["Runs once each time the cronflow daemon starts (cron ran @reboot jobs at boot)."]
-        if reboot
+        if job.schedule == REBOOT
         else [
             "Timing as cron's: the same minutes, day-of-month/day-of-week rule and DST handling;",
             "nothing missed while the daemon was down is run later.",
@@ -242,6 +208,42 @@ def flow_source(job: CronJob, flow_id: str, zone: str, *, source: str, notes: No
     return text
 
 
+def _flow_arguments(job: CronJob, zone: str, source: str, notes: Notes) -> list[_Argument]:
+    cron_tz = job.env.get("CRON_TZ")
+    if cron_tz:
+        notes.shared.append(
+            f"CRON_TZ={cron_tz}: scheduled in that zone, as cronie does "
+            "(Debian's cron ignores CRON_TZ and uses the system's zone)"
+        )
+    at_start = "once at each daemon start" if job.schedule == REBOOT else ""
+    args: list[_Argument] = [
+        ("schedule", _literal(job.schedule), at_start),
+        ("timezone", _literal(zone), "CRON_TZ" if cron_tz else ""),
+        ("catchup", "False", "cron never runs a missed time later"),
+        ("max_active_runs", str(MAX_ACTIVE_RUNS), "cron starts a job even while it still runs"),
+        ("tags", '["crontab"]', ""),
+        ("doc", _literal(f"Imported from crontab line {job.line_no} of {source}."), ""),
+    ]
+    emails = _emails(job.env.get("MAILTO"), notes.shared)
+    if emails:
+        args.append(("email_on_failure", _list_literal(emails), "MAILTO"))
+    return args
+
+
+def _shell_arguments(job: CronJob, task_id: str, notes: Notes) -> list[_Argument]:
+    env = {k: _template_literal(v) for k, v in _task_env(job.env, notes.line).items()}
+    shell = job.env.get("SHELL") or CRON_SHELL
+    args: list[_Argument] = [
+        (None, _literal(task_id), ""),
+        (None, _literal(_template_literal(job.command)), ""),
+        ("shell", _literal(shell), "SHELL" if job.env.get("SHELL") else "cron's default shell"),
+        ("env", _dict_literal(env, indent=8), "what cron gives the job"),
+    ]
+    if job.stdin is not None:
+        args.append(("stdin", _literal(job.stdin), "the text after '%' in the command"))
+    return args
+
+
 def _validate(text: str, flow_id: str) -> None:
     """Build the flow from the generated text, so a file that would not load is never written."""
     with collecting_flows() as flows:
@@ -250,7 +252,7 @@ def _validate(text: str, flow_id: str) -> None:
         flow.spec()
 
 
-def _arguments(args: Sequence[tuple[str | None, str, str]], indent: int) -> list[str]:
+def _arguments(args: Sequence[_Argument], indent: int) -> list[str]:
     pad = " " * indent
     return [
         f"{pad}{name + '=' if name else ''}{value},{f'  # {comment}' if comment else ''}"
@@ -335,100 +337,6 @@ def _comment_safe(text: str) -> str:
 
 def _docstring_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-
-
-# --- names --------------------------------------------------------------------------------------
-
-
-def flow_name(command: str) -> str:
-    """A flow id from a command: its program or script, e.g. 'backup_db' for
-    `cd /srv && ./backup-db.sh --full >> /var/log/b.log`; '' if nothing fits."""
-    words = _words(command)
-    fallback = ""
-    for segment in _segments(words):
-        program, args = _program(segment)
-        if not program:
-            continue
-        base = _base(program)
-        if base in _GUARDS:
-            fallback = fallback or base
-            continue
-        if base in _INTERPRETERS:
-            script = next((a for a in args if not a.startswith("-")), "")
-            base, args = (_base(script), args[args.index(script) + 1 :]) if script else (base, [])
-        if base in _GENERIC:
-            extra = next((a for a in args if not a.startswith("-") and "/" not in a), "")
-            base = f"{base}_{extra}" if extra else base
-        return _sanitize(base)
-    return _sanitize(fallback)
-
-
-def unique_name(name: str, taken: set[str]) -> str:
-    """`name`, or name_2, name_3... if an earlier line of the same import took it."""
-    candidate, n = name, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    taken.add(candidate)
-    return candidate
-
-
-def _words(command: str) -> list[str]:
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    try:
-        return list(lexer)
-    except ValueError:  # an unbalanced quote: plain words will do for a name
-        return command.split()
-
-
-def _segments(words: list[str]) -> list[list[str]]:
-    segments: list[list[str]] = [[]]
-    skip_next = False
-    for word in words:
-        if skip_next:
-            skip_next = False
-        elif word in _OPERATORS:
-            segments.append([])
-        elif _REDIRECT.match(word):
-            skip_next = not word.endswith("&")  # the file name after > or <
-        else:
-            segments[-1].append(word)
-    return [s for s in segments if s]
-
-
-def _program(segment: list[str]) -> tuple[str, list[str]]:
-    """The program a command segment runs, past variable assignments and wrappers."""
-    i = 0
-    while i < len(segment):
-        word = segment[i]
-        if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word) or word.startswith("-"):
-            i += 1
-        elif _base(word) in _WRAPPERS:
-            i += 1
-            while i < len(segment) and (segment[i].startswith("-") or segment[i].isdigit()):
-                i += 1
-        elif _base(word) in _WRAPPERS_WITH_ARG:
-            i += 1
-            while i < len(segment) and segment[i].startswith("-"):
-                i += 1
-            i += 1  # the duration or lock file
-        else:
-            return word, segment[i + 1 :]
-    return "", []
-
-
-def _base(path: str) -> str:
-    base = os.path.basename(path.rstrip("/")) or path
-    for suffix in _SCRIPT_SUFFIXES:
-        if base.endswith(suffix) and len(base) > len(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
-def _sanitize(text: str) -> str:
-    name = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return name[:_NAME_MAX].rstrip("_")
 
 
 # --- the system ---------------------------------------------------------------------------------

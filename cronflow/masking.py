@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import signal
 import subprocess
@@ -93,51 +92,42 @@ class SecretValues:
 
 
 class Masker:
-    """Replaces secrets by *** in text, or in a byte stream fed chunk by chunk."""
+    """Replaces secrets by *** in text, or in a byte stream fed chunk by chunk. Where secrets
+    overlap in the output, the whole overlapping stretch is masked, so no part of either shows."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         needles = {s.encode() for s in secrets if len(s) >= MIN_SECRET_LENGTH}
         self._needles = sorted(needles, key=len, reverse=True)
-        self._pattern = (
-            re.compile(b"|".join(re.escape(n) for n in self._needles)) if self._needles else None
-        )
-        self._text_pattern = (
-            re.compile("|".join(re.escape(n.decode()) for n in self._needles))
-            if self._needles
-            else None
-        )
         self._pending = b""
 
     def __bool__(self) -> bool:
-        return self._pattern is not None
+        return bool(self._needles)
 
     def mask(self, text: str) -> str:
-        return self._text_pattern.sub("***", text) if self._text_pattern else text
+        if not self._needles:
+            return text
+        data = text.encode(errors="surrogateescape")
+        return _replace(data, _spans(data, self._needles), len(data)).decode(
+            errors="surrogateescape"
+        )
 
     def feed(self, data: bytes) -> bytes:
         """The masked bytes that are safe to write now; the rest waits for the next chunk."""
-        if self._pattern is None:
+        if not self._needles:
             return data
         buffer = self._pending + data
-        matches = list(self._pattern.finditer(buffer))
+        spans = _spans(buffer, self._needles)
         split = len(buffer) - self._partial_suffix(buffer)
-        for match in matches:
-            if match.start() < split < match.end():
-                split = match.end()
-        out, last = bytearray(), 0
-        for match in matches:
-            if match.end() > split:
-                break
-            out += buffer[last : match.start()] + MASK
-            last = match.end()
-        out += buffer[last:split]
+        for start, end in spans:
+            if start < split < end:
+                split = end
         self._pending = buffer[split:]
-        return bytes(out)
+        return _replace(buffer, spans, split)
 
     def flush(self) -> bytes:
         """What is still held back, masked (at the end of the stream)."""
         rest, self._pending = self._pending, b""
-        return self._pattern.sub(MASK, rest) if self._pattern else rest
+        return _replace(rest, _spans(rest, self._needles), len(rest))
 
     def _partial_suffix(self, buffer: bytes) -> int:
         """Length of the longest end of `buffer` that is the start of a secret."""
@@ -148,6 +138,35 @@ class Masker:
                     longest = size
                     break
         return longest
+
+
+def _spans(data: bytes, needles: list[bytes]) -> list[tuple[int, int]]:
+    """Every stretch of `data` covered by a secret, overlapping ones merged, in order."""
+    found = []
+    for needle in needles:
+        at = data.find(needle)
+        while at >= 0:
+            found.append((at, at + len(needle)))
+            at = data.find(needle, at + 1)
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(found):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _replace(data: bytes, spans: list[tuple[int, int]], upto: int) -> bytes:
+    """data[:upto] with each span (all of which end by `upto` or start after it) as ***."""
+    out, last = bytearray(), 0
+    for start, end in spans:
+        if end > upto:
+            break
+        out += data[last:start] + MASK
+        last = end
+    out += data[last:upto]
+    return bytes(out)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -236,12 +255,9 @@ def filter_command(argv: list[str], secrets: list[str]) -> int:
     # signal too, and this filter keeps copying its last words until it has exited.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    exited = threading.Event()
-    watcher = threading.Thread(target=lambda: (child.wait(), exited.set()), daemon=True)
-    watcher.start()
     copier = threading.Thread(target=pump, args=(read_end, 1, masker, None), daemon=True)
     copier.start()
-    exited.wait()
+    child.wait()
     copier.join(DRAIN_AFTER_EXIT_S)
     if copier.is_alive():  # a background grandchild holds the pipe: stop copying
         with contextlib.suppress(OSError):
@@ -260,15 +276,20 @@ def _exit_like(code: int) -> None:
 def main(argv: list[str]) -> None:
     """`python -m cronflow.masking -- COMMAND...` (CRONFLOW_HOME in the environment)."""
     from cronflow.config import load_settings
+    from cronflow.errors import CronflowError
     from cronflow.store import Store
 
     command = argv[1:] if argv[:1] == ["--"] else argv
-    settings = load_settings(Path(os.environ["CRONFLOW_HOME"]))
-    store = Store(settings.db_path)
     try:
-        secrets = secret_values(store, settings)
-    finally:
-        store.close()
+        settings = load_settings(Path(os.environ["CRONFLOW_HOME"]))
+        store = Store(settings.db_path)
+        try:
+            secrets = secret_values(store, settings)
+        finally:
+            store.close()
+    except CronflowError as exc:  # never run the command unmasked
+        print(f"cronflow: cannot read the secrets to mask, the command was not run: {exc}")
+        sys.exit(1)
     _exit_like(filter_command(command, secrets))
 
 

@@ -409,7 +409,7 @@ class Scheduler:
                 run["run_id"],
                 reason,
             )
-            self._run_callbacks(ti, TaskState.FAILED)
+            self._run_callbacks(ti, TaskState.FAILED, reason)
 
     def _stop_changed_attempts(self, tis_by_run: dict[int, list[dict[str, Any]]]) -> None:
         """Kill attempts whose task instance was changed outside the daemon (mark, replay)."""
@@ -506,7 +506,7 @@ class Scheduler:
                 fields["state"].value,
                 reason,
             )
-            self._run_callbacks(ti, fields["state"])
+            self._run_callbacks(ti, fields["state"], reason)
 
     def _end_as_asked(
         self, ti: dict[str, Any], now: datetime, finished: Finished, task: TaskSpec
@@ -557,12 +557,12 @@ class Scheduler:
         flow = self.catalog.flows.get(ti["flow_id"])
         return flow.tasks.get(ti["task_id"]) if flow else None
 
-    def _run_callbacks(self, ti: dict[str, Any], state: TaskState) -> None:
+    def _run_callbacks(self, ti: dict[str, Any], state: TaskState, reason: str | None) -> None:
         """Start the task's callbacks / failure mail for this state, if it has any."""
         event = EVENT_FOR_STATE.get(state)
         task = self._task_spec(ti)
         if event is not None and task is not None and wanted(task, event):
-            self.callbacks.start(ti, event)
+            self.callbacks.start(ti, event, reason)
 
     def _note(self, log_path: str | None, now: datetime, text: str) -> None:
         """A line in a task log; a log that cannot be written (disk full) never stops the daemon."""
@@ -631,17 +631,24 @@ class Scheduler:
         """Flows with schedule="@reboot" (crontab's @reboot): one manual run each time the
         daemon starts, unless the flow is paused or outside its start/end dates."""
         paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
-        logical_at, created = now.replace(microsecond=0), 0
+        created = 0
         for flow in self.catalog.flows.values():
             if not flow.raw.get("run_at_daemon_start") or flow.flow_id in paused:
                 continue
             if (flow.start_at and now < flow.start_at) or (flow.end_at and now > flow.end_at):
                 continue
-            try:
-                run_id = self.store.create_run(
-                    flow.flow_id, logical_at, RunType.MANUAL, (logical_at,) * 2, flow.raw["tasks"]
-                )
-            except RunExistsError:  # two starts within one second: that run is the one
+            logical_at = now.replace(microsecond=0)
+            for _ in range(60):  # a quick restart finds its second taken: the next free one
+                try:
+                    tasks = flow.raw["tasks"]
+                    interval = (logical_at, logical_at)
+                    run_id = self.store.create_run(
+                        flow.flow_id, logical_at, RunType.MANUAL, interval, tasks
+                    )
+                    break
+                except RunExistsError:
+                    logical_at += timedelta(seconds=1)
+            else:
                 continue
             created += 1
             log.info(

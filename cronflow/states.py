@@ -8,7 +8,13 @@ Task instance (TI) life cycle, as the daemon drives it:
     running ──exit≠0 / timeout / orphaned, tries left──▶ up_for_retry ──retry time──▶ scheduled
     running ──exit≠0 / timeout / orphaned, no tries left──▶ failed
     running ──sensor not yet satisfied (reschedule mode)──▶ up_for_reschedule ──poke time──▶ scheduled
+        (worker exit 75: next_try_at = now + poke_interval; the try is not counted, so the next
+        poke appends to the same try's log; the sensor's timeout counts from first_poke_at)
+    running ──the task asked to be skipped (sensor soft_fail, SkipTask; worker exit 99)──▶ skipped
+        (exit codes 75 and 99 mean this only for worker-run kinds: a shell's own exit 75 fails)
     running ──daemon shutdown──▶ up_for_retry (the try is given back)
+    success | failed | up_for_retry ──▶ the task's callbacks and failure mail run in a child
+        process (cronflow.callbacks); the state does not wait for them
     any ──`cronflow mark`──▶ success | failed | skipped;  any ──`cronflow replay`──▶ none
 
 Run life cycle: queued ──max_active_runs and inter-flow waits allow──▶ running ──all TIs

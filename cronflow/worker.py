@@ -71,9 +71,10 @@ def _outcome(home: Path, run_id: int, task_id: str, try_number: int) -> int:
 
 def _record_reason(home: Path, run_id: int, task_id: str, try_number: int, reason: str) -> None:
     """The reason `cronflow tasks` shows for a skip or a reschedule (masked like the log)."""
-    store = Store(load_settings(home).db_path)
+    settings = load_settings(home)
+    store = Store(settings.db_path)
     try:
-        masker = Masker(secret_values(store))
+        masker = Masker(secret_values(store, settings))
         store.update_ti(
             run_id,
             task_id,

@@ -16,6 +16,9 @@ import pytest
 
 from cronflow.config import Settings, load_settings
 
+# Real servers on 127.0.0.1 (sshd, SMTP, FTP, HTTP) as fixtures, for the operator tests.
+pytest_plugins = ["servers"]
+
 DEADLINE_S = 60.0
 
 

@@ -79,6 +79,7 @@ class Container:
             "--register=no",
             "--keep-unit",
             f"--machine={self.name}",
+            "--private-network",  # its own loopback, and abstract sockets no other test sees
         ]
         args += [f"--bind-ro={host}:{inside}" for host, inside in binds.items()]
         with open(self.console, "wb") as out:

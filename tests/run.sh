@@ -11,6 +11,7 @@ DEBIAN_NEEDS=(
   "systemd-analyze:systemd"
   "debootstrap:debootstrap"
   "systemd-nspawn:systemd-container"
+  "/usr/sbin/sshd:openssh-server"  # the SSH/SFTP operator tests start their own sshd
 )
 missing=()
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
@@ -31,5 +32,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
-# --dist loadgroup keeps the tests that share one systemd container on one worker.
-.venv/bin/python -m pytest -n "${CRONFLOW_TEST_WORKERS:-auto}" --dist loadgroup "$@"
+# --dist loadfile keeps the tests that share one systemd container on one worker.
+.venv/bin/python -m pytest -n "${CRONFLOW_TEST_WORKERS:-auto}" --dist loadfile "$@"

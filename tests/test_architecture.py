@@ -10,7 +10,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cronflow"
 
-PURE = {"errors", "config", "timeparse", "timetable", "deps", "flow", "templates", "states"}
+PURE = {
+    "errors",
+    "config",
+    "timeparse",
+    "timetable",
+    "deps",
+    "flow",
+    "templates",
+    "states",
+    "crontab",
+}
 IO_AND_UP = {
     "store",
     "daemon",

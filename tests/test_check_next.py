@@ -245,3 +245,11 @@ def test_check_of_nothing(tmp_path: Path, home: Path, target: str, message: str,
     result = invoke(home, "check", str(tmp_path / target))
     assert result.exit_code == code
     assert message in result.output
+
+
+def test_list_says_when_a_flow_without_schedule_runs(home: Path) -> None:
+    write(home / "flows", "at_start", AT_START)
+    write(home / "flows", "manual", MANUAL)
+    rows = {r["flow_id"]: r for r in json.loads(invoke(home, "list", "--json").stdout)}
+    assert rows["at_start"]["schedule_text"] == "at each daemon start"
+    assert rows["manual"]["schedule_text"] == "manual only"

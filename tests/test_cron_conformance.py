@@ -282,3 +282,37 @@ def test_the_reference_reads_the_man_page_examples() -> None:
     autumn = [t for t in paris if t.date() == date(2024, 10, 27)]
     assert spring == [datetime(2024, 3, 31, 1, tzinfo=UTC)]  # right after the jump
     assert autumn == [datetime(2024, 10, 27, 0, 30, tzinfo=UTC)]  # once, the first time
+
+
+IMPORTED = """\
+CRON_TZ=Europe/Paris
+30 2 * * * nightly.sh
+0 0 1,15 * 5 report.sh
+5-10-12 1 * * sun cleanup.sh
+CRON_TZ=America/Santiago
+@daily rotate.sh
+0 0 1 * fri-sun bill.sh
+CRON_TZ=Australia/Lord_Howe
+*/30 1-3 * * 1-5 poll.sh
+"""
+
+
+def test_imported_flow_files_keep_crons_timing(tmp_path) -> None:
+    """End to end: the flow files written by the import, loaded as the daemon loads them."""
+    from cronflow.catalog import FlowSpec
+    from cronflow.flowfile import import_crontab
+    from cronflow.loader import load_files
+
+    report = import_crontab(IMPORTED, tmp_path, timezone="UTC")
+    paths = [tmp_path / f"{row.flow}.py" for row in report.rows]
+    loaded = load_files(paths, timeout_s=30)
+    for row, path in zip(report.rows, paths, strict=True):
+        [spec] = loaded[path].specs
+        flow = FlowSpec.from_spec(spec, str(path))
+        expected = cron_fires(parse_entry(row.line), row.timezone, AFTER, UNTIL)
+        assert list(flow.schedule.fires(AFTER, UNTIL)) == expected, row.line
+    assert [row.timezone for row in report.rows] == [
+        *["Europe/Paris"] * 3,
+        *["America/Santiago"] * 2,
+        "Australia/Lord_Howe",
+    ]

@@ -8,15 +8,19 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import cli, wait_for
+from conftest import cli, utc, wait_for
 from typer.testing import CliRunner
 
+from cronflow import catalog
 from cronflow.cli import app
 from cronflow.crontab import LineStatus, parse_env_line, read_crontab, split_command
 from cronflow.executor import Attempt, LocalExecutor
 from cronflow.flow import Flow
-from cronflow.flowfile import ImportStatus, flow_name, import_crontab, unique_name
+from cronflow.flowfile import ImportStatus, import_crontab
+from cronflow.jobnames import flow_name, unique_name
 from cronflow.loader import describe_file
+from cronflow.scheduler import Scheduler
+from cronflow.store import Store
 from cronflow.templates import render
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "200", "CRONFLOW_HOME": None}
@@ -374,3 +378,29 @@ def test_reboot_lines_run_at_each_daemon_start_with_their_input(home: Path, daem
     daemon()
     wait_for(lambda: out.read_text() == "hello\nworld\n" * 2, what="a run at the second start")
     assert stat.S_ISREG(os.stat(out).st_mode)
+
+
+AT_START = """
+from cronflow import Flow, Shell
+with Flow("{name}", schedule="@reboot"):
+    Shell("a", "true")
+"""
+
+
+def test_each_daemon_start_gets_its_own_run_even_within_one_second(settings, write_flow):
+    write_flow("at_start", AT_START.format(name="at_start"))
+    write_flow("paused", AT_START.format(name="paused"))
+    store = Store(settings.db_path)
+    scheduler = Scheduler(store, settings, LocalExecutor(1))
+    scheduler.catalog = catalog.sync(store, settings)
+    store.set_paused("paused", True)
+    start = utc(2024, 3, 1, 12, 0, 0)
+    assert scheduler.run_startup_flows(start) == 1
+    assert scheduler.run_startup_flows(start.replace(microsecond=500)) == 1
+    runs = store.recent_runs("at_start", 5)
+    assert sorted(r["logical_date"] for r in runs) == [
+        "2024-03-01T12:00:00+00:00",
+        "2024-03-01T12:00:01+00:00",  # a restart within the same second: the next free one
+    ]
+    assert {r["run_type"] for r in runs} == {"manual"}
+    assert store.recent_runs("paused", 5) == []

@@ -3,7 +3,7 @@
 cronflow is installed as a user would (a venv of Debian's python3 in /opt/cronflow, from wheels
 built from this checkout, no network inside), `cronflow install-service` writes and starts the
 hardened system unit, and the tests check what systemd itself reports. The tests of this module
-share one container and run in order on one xdist worker.
+share one container and run in order on one xdist worker (--dist loadfile).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from nspawn import Container, cached_root
 
-pytestmark = [pytest.mark.systemd, pytest.mark.xdist_group("systemd")]
+# tests/run.sh uses --dist loadfile: one worker runs this module's tests, in order.
+pytestmark = pytest.mark.systemd
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = "/var/lib/cronflow"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cronflow.cli.app import _options, app, console, handles_errors, print_json
+
+if TYPE_CHECKING:
+    from cronflow.flowfile import ImportReport
 
 STATUS_STYLES = {
     "converted": "green",
@@ -98,11 +101,11 @@ def _flows_dir() -> Path:
     return load_settings(home_path(_options["home"])).flows_dir
 
 
-def _render(report: object, out_dir: Path, dry_run: bool) -> None:
+def _render(report: ImportReport, out_dir: Path, dry_run: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    rows = report.rows  # type: ignore[attr-defined]
+    rows = report.rows
     table = Table(box=None, header_style="bold")
     for column in ("line", "flow", "status", "crontab line", "reason"):
         table.add_column(column, overflow="fold")
@@ -117,7 +120,7 @@ def _render(report: object, out_dir: Path, dry_run: bool) -> None:
         )
     out = console()
     out.print(table)
-    for note in report.notes:  # type: ignore[attr-defined]
+    for note in report.notes:
         out.print(f"note: {escape(note)}")
     converted = sum(row.status.value == "converted" for row in rows)
     where = "nothing written (dry run)" if dry_run else f"written to {out_dir}"

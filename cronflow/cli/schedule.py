@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from cronflow.cli.app import (
     settings_from_options,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    from cronflow.config import Settings
 
 
 @app.command("next")
@@ -110,14 +113,14 @@ def check(
         raise typer.Exit(1)
 
 
-def _known_connections(settings: object) -> set[str] | None:
+def _known_connections(settings: Settings) -> set[str] | None:
     """Connection ids of the home's database and of CRONFLOW_CONN_* variables; None when there
     is neither (e.g. in CI): then they cannot be known and are not checked."""
     from cronflow import connections
     from cronflow.store import Store
 
     known = set(connections.env_connections())
-    db_path = settings.db_path  # type: ignore[attr-defined]
+    db_path = settings.db_path
     if db_path.exists():
         store = Store(db_path)
         try:

@@ -19,6 +19,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -115,9 +116,11 @@ class MailServer:
         except smtplib.SMTPNotSupportedError as exc:
             raise MailError(f"mail server {self.describe()}: {exc}") from None
         except smtplib.SMTPAuthenticationError as exc:
+            said = exc.smtp_error
+            text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
             raise MailError(
                 f"mail server {self.describe()} refused the login of {self.user}: "
-                f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+                f"{exc.smtp_code} {text}"
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise MailError(f"cannot reach mail server {self.describe()}: {exc}") from None
@@ -133,7 +136,9 @@ def build_message(
     cc: Sequence[str] = (),
     html: bool = False,
 ) -> EmailMessage:
-    message = EmailMessage()
+    # long lines rather than folded headers: some generators fold a long subject right after
+    # "Subject:", which clients then show with a leading space
+    message = EmailMessage(policy=policy.default.clone(max_line_length=998))
     message["From"] = sender
     message["To"] = ", ".join(to)
     if cc:

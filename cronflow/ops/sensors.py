@@ -103,11 +103,8 @@ class Sensor(Task):
                 raise SensorTimeoutError(message)
             next_at = min(now + timedelta(seconds=self.poke_interval_s), deadline)
             if self.mode == "reschedule":
-                raise Reschedule(
-                    f"not yet: {self.status or 'not satisfied'}; next poke in "
-                    f"{self.poke_interval_s:g}s",
-                    next_at,
-                )
+                # the daemon adds when the next poke is (now + poke_interval, on its clock)
+                raise Reschedule(f"not yet: {self.status or 'not satisfied'}", next_at)
             log.info(
                 "not yet: %s; next poke in %.0fs", self.status, (next_at - now).total_seconds()
             )
