@@ -192,11 +192,55 @@ def test_flows_run_under_the_hardened_unit(box):
     )
     assert rows["python"]["state"] == "success"
     assert rows["outside"]["state"] == "failed"
-    log = cronflow(box, "logs", "work.outside", check=False).stdout
-    if not log:
-        log = box.run("sh", "-c", f"cat {HOME}/logs/work/outside/*/try-1.log").stdout
+    log = cronflow(box, "logs", "work.outside", "--date", "2024-03-01").stdout
     assert "Read-only file system" in log
     assert box.run("test", "-e", "/usr/local/cronflow-was-here", check=False).returncode != 0
+
+
+SFTP_FLOW = f'''
+from cronflow import Flow, SFTPGet
+with Flow("fetch"):
+    SFTPGet("download", conn_id="station", remote="/home/station/data/{{{{ ds }}}}.csv", local_dir="{HOME}/in")
+'''
+
+
+def test_sftp_download_from_an_sshd_in_the_container(box):
+    box.run("useradd", "--create-home", "station")
+    box.run("usermod", "-p", "*", "station")  # sshd refuses keys for a locked account
+    box.run(
+        "sh",
+        "-c",
+        "mkdir -p /home/station/data /home/station/.ssh && "
+        "echo 'station,temp' > /home/station/data/2024-03-01.csv",
+    )
+    box.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{HOME}/station_key")
+    box.run(
+        "sh",
+        "-c",
+        f"cp {HOME}/station_key.pub /home/station/.ssh/authorized_keys && "
+        "chown -R station:station /home/station && chmod 700 /home/station/.ssh && "
+        f"chown cronflow:cronflow {HOME}/station_key {HOME}/station_key.pub",
+    )
+    box.run("systemctl", "start", "ssh.service")
+    wait_until(
+        lambda: box.run("ssh-keyscan", "-t", "ed25519", "127.0.0.1", check=False).stdout.strip(),
+        what="sshd to answer",
+    )
+    box.run(
+        "sh",
+        "-c",
+        f"ssh-keyscan -t ed25519 127.0.0.1 > {HOME}/known_hosts 2>/dev/null && "
+        f"chown cronflow:cronflow {HOME}/known_hosts",
+    )
+    uri = f"sftp://station@127.0.0.1:22?key_file={HOME}/station_key&known_hosts={HOME}/known_hosts"
+    cronflow(box, "conn", "add", "station", uri)
+    write_flow(box, "fetch", SFTP_FLOW)
+    result = cronflow(box, "trigger", "fetch", "--date", "2024-03-01", "--wait", check=False)
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + cronflow(box, "logs", "fetch.download").stdout
+    )
+    assert box.run("cat", f"{HOME}/in/2024-03-01.csv").stdout == "station,temp\n"
+    assert box.run("stat", "-c", "%U", f"{HOME}/in/2024-03-01.csv").stdout.strip() == "cronflow"
 
 
 def test_journal_lines_are_structured_and_carry_no_secret(box):
@@ -218,6 +262,8 @@ def test_status_and_logs_work_as_root_and_as_the_service_user(box):
         assert info["home"] == HOME
         listing = cronflow(box, "tasks", "work", "--json", user=user)
         assert json.loads(listing.stdout)
+        log = cronflow(box, "logs", "work.shell", "--date", "2024-03-01", user=user).stdout
+        assert "try 1 ended" in log and "success" in log
 
 
 def test_kill_9_is_restarted_and_the_running_flow_is_retried(box):
