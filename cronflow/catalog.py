@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -94,9 +95,27 @@ class FlowSpec:
             raise NotFoundError(f"flow '{self.flow_id}' has no task '{task_id}' (known: {known})")
         return self.tasks[task_id]
 
-    @property
+    @cached_property
     def graph(self) -> dict[str, tuple[list[str], str]]:
         return {t.task_id: (t.upstream, t.trigger_rule) for t in self.tasks.values()}
+
+    @cached_property
+    def order(self) -> list[str]:
+        """Task ids, each after its upstreams (computed once per loaded spec)."""
+        return deps.topological_order({t: ups for t, (ups, _) in self.graph.items()})
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        return {task_id: i for i, task_id in enumerate(self.order)}
+
+    @cached_property
+    def downstream(self) -> dict[str, list[str]]:
+        """Task id -> the tasks that depend on it directly."""
+        result: dict[str, list[str]] = {t: [] for t in self.tasks}
+        for task in self.tasks.values():
+            for up in task.upstream:
+                result[up].append(task.task_id)
+        return result
 
 
 @dataclass

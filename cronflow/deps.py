@@ -7,6 +7,7 @@ The daemon asks two questions of a run:
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from enum import Enum
@@ -120,16 +121,22 @@ def decide(rule: TriggerRule | str, upstream_states: list[TaskState]) -> Decisio
 
 
 def resolve_run(
-    tasks: Mapping[str, tuple[list[str], str]], states: Mapping[str, TaskState]
+    tasks: Mapping[str, tuple[list[str], str]],
+    states: Mapping[str, TaskState],
+    order: Iterable[str] | None = None,
 ) -> dict[str, Decision]:
     """Decisions for every task still in state `none`, propagated through the graph at once.
 
     `tasks` maps task id -> (upstream ids, trigger rule). A task decided SKIP or UPSTREAM_FAILED
     counts as such for its downstreams in the same pass, so a failure reaches the leaves at once.
+    `order` (a topological order of `tasks`, or of just the tasks to look at) saves
+    recomputing it.
     """
-    current = dict(states)
+    current: ChainMap[str, TaskState] = ChainMap({}, states)  # no copy: runs can be large
     decisions: dict[str, Decision] = {}
-    for task_id in topological_order({t: ups for t, (ups, _) in tasks.items()}):
+    if order is None:
+        order = topological_order({t: ups for t, (ups, _) in tasks.items()})
+    for task_id in order:
         if current.get(task_id, TaskState.NONE) != TaskState.NONE:
             continue
         ups, rule = tasks[task_id]

@@ -1,18 +1,23 @@
 """The scheduler: one `tick(now)` decides and acts on everything that is due at `now`.
 
-A tick reaps ended attempts, creates due scheduled runs, starts queued runs, resolves task
-dependencies and dispatches ready tasks, then returns when it next has something to do. The
-store is the only source of truth (the CLI changes it too); the scheduler keeps in memory only
-the attempts it is running. Time comes in as an argument, so tests drive it with a fake clock.
+A tick reaps ended attempts, lets the planner create and start runs, resolves the task
+dependencies of the runs that changed and dispatches ready tasks, then returns when it next has
+something to do. Time comes in as an argument, so tests drive it with a fake clock.
+
+The store is the source of truth and the CLI changes it too. To keep a tick's cost proportional
+to what changed (not to the size of the running runs), the scheduler caches the task instances
+of running runs and writes through that cache; the store's change stamp tells it when anything
+else committed a change, and then the cache is read again.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import signal
 import socket
 import time
-from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,15 +32,24 @@ from cronflow.executor import Attempt, Finished, LocalExecutor, kill_orphans
 from cronflow.logs import attempt_log_path, write_note
 from cronflow.ops import launch_for
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED
-from cronflow.states import RunState, RunType, TaskState
-from cronflow.store import RunExistsError, Store
-from cronflow.timeparse import from_iso, iso, start_of_day
+from cronflow.planner import RunPlanner
+from cronflow.states import FINISHED_TASK_STATES, RunState, TaskState
+from cronflow.store import Store
+from cronflow.timeparse import from_iso, iso
 
 log = logging.getLogger("cronflow.scheduler")
 
 IDLE_WAKE_S = 2.0  # wake at least this often: flow file changes, CLI changes without a poke
-MAX_RUNS_PER_TICK = 100  # a long catch-up is spread over ticks so the daemon stays responsive
-TINY = timedelta(microseconds=1)
+TI = dict[str, Any]
+
+_WAITING = (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE)
+_FINISHED = FINISHED_TASK_STATES
+
+_DECIDED = {
+    deps.Decision.RUN: TaskState.SCHEDULED,
+    deps.Decision.SKIP: TaskState.SKIPPED,
+    deps.Decision.UPSTREAM_FAILED: TaskState.UPSTREAM_FAILED,
+}
 
 
 class Clock(Protocol):
@@ -55,12 +69,29 @@ class Scheduler:
         self.settings = settings
         self.executor = executor
         self.clock = clock or SystemClock()
-        self.catalog = Catalog({}, {})
+        self.planner = RunPlanner(store)
         self.stopping = False
         self.host = socket.gethostname()
-        self._interrupted: set[tuple[int, str]] = set()
-        self._next_fire: dict[tuple[str, str | None], Any] = {}
         self.callbacks = CallbackRunner(settings.home)
+        self._interrupted: set[tuple[int, str]] = set()
+        self._runs: dict[int, dict[str, Any]] = {}  # running runs
+        self._tis: dict[int, dict[str, TI]] = {}  # their task instances, written through
+        self._version: tuple[int, int] | None = None
+        self._dirty: dict[int, set[str] | None] = {}  # runs to resolve: changed tasks, or all
+        self._timers: dict[tuple[int, str], datetime] = {}  # retries and pokes not yet due
+        self._ready: list[tuple[Any, ...]] = []  # heap of scheduled TIs, best first
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.planner.catalog
+
+    @catalog.setter
+    def catalog(self, value: Catalog) -> None:
+        old = self.planner.catalog.flows
+        self.planner.catalog = value
+        if value.flows.keys() != old.keys() or any(value.flows[f] is not old[f] for f in old):
+            for run_id in self._runs:  # a changed flow may have new tasks or rules
+                self._dirty[run_id] = None
 
     def marker(self, run_id: int, task_id: str, try_number: int) -> str:
         """The CRONFLOW_ATTEMPT value of one attempt; all of a home's share its prefix."""
@@ -70,214 +101,156 @@ class Scheduler:
     def marker_prefix(self) -> str:
         return f"{self.settings.home}|"
 
+    def unmet_waits(self, flow: FlowSpec, run: dict[str, Any]) -> list[tuple[str, str]]:
+        return self.planner.unmet_waits(flow, run)
+
+    def run_startup_flows(self, now: datetime) -> int:
+        return self.planner.run_startup_flows(now)
+
     # --- the tick -------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> datetime:
         """Do everything due at `now`; return the instant of the next thing to do."""
         now = now or self.clock.now()
-        self.reap(now)
+        self.reap()
         self.callbacks.reap()
         self.executor.enforce()
         wakes = [now + timedelta(seconds=IDLE_WAKE_S)]
         if not self.stopping:
-            wakes += self._create_scheduled_runs(now)
-            self._start_runs(now)
-        wakes += self._resolve_and_dispatch(now)
+            wakes += self.planner.create_scheduled_runs(now)
+            self.planner.start_runs(now)
+        self._refresh()
+        self._stop_changed_attempts()
+        self._resolve(now)
+        if not self.stopping:
+            self._dispatch()
+        wakes += self._timers.values()
         deadline = self.executor.next_deadline()
         if deadline is not None:
             wakes.append(now + timedelta(seconds=max(0.0, deadline - time.monotonic())))
         return min(wakes)
 
-    # --- scheduled runs -------------------------------------------------------------------
-    def _create_scheduled_runs(self, now: datetime) -> list[datetime]:
-        active = defaultdict(int)
-        for run in self.store.runs_in_states([RunState.QUEUED, RunState.RUNNING]):
-            active[run["flow_id"]] += 1
-        wakes = []
-        for row in self.store.flow_states():
-            flow = self.catalog.flows.get(row["flow_id"])
-            if flow is None or flow.schedule is None or row["paused"]:
-                continue
-            wake = self._schedule_flow(
-                flow, from_iso(row["last_scheduled_at"]), active[flow.flow_id], now
-            )
-            if wake is not None:
-                wakes.append(wake)
-        return wakes
-
-    def _schedule_flow(
-        self, flow: FlowSpec, cursor: datetime | None, active: int, now: datetime
-    ) -> datetime | None:
-        """Create the flow's due runs; return its next fire time, or None while it is blocked."""
-        schedule = flow.schedule
-        assert schedule is not None
-        if cursor is None:
-            if flow.start_at is None:  # first sight of a flow without start_date: from now on
-                self.store.set_last_scheduled(flow.flow_id, now)
-                return self._cached_next(flow, now)
-            cursor = flow.start_at - TINY
-        for _ in range(MAX_RUNS_PER_TICK):
-            fire = self._cached_next(flow, cursor)
-            if fire is None or (flow.end_at and fire > flow.end_at):
-                return None
-            if fire > now:
-                return fire
-            if active >= flow.max_active_runs:
-                return None  # a run ending wakes the daemon anyway
-            if not flow.catchup:
-                fire = self._latest_due(flow, fire, now)
-            self._create_scheduled_run(flow, fire)
-            cursor, active = fire, active + 1
-        return now
-
-    def _latest_due(self, flow: FlowSpec, first_due: datetime, now: datetime) -> datetime:
-        """Catchup off: only the newest due fire time runs; the skipped ones are logged."""
-        schedule = flow.schedule
-        assert schedule is not None
-        limit = min(now, flow.end_at) if flow.end_at else now
-        latest = schedule.prev_before(limit + TINY) or first_due
-        if latest > first_due:
-            missed = sum(
-                1
-                for _ in zip(
-                    schedule.fires(first_due - TINY, latest - TINY), range(10_000), strict=False
-                )
-            )
-            log.warning(
-                "event=missed_fires flow=%s count=%s%s first=%s policy=latest_only",
-                flow.flow_id,
-                missed,
-                "+" if missed >= 10_000 else "",
-                iso(first_due),
-            )
-        return latest
-
-    def _create_scheduled_run(self, flow: FlowSpec, fire: datetime) -> None:
-        assert flow.schedule is not None
-        interval = (flow.schedule.prev_before(fire) or fire, fire)
-        try:
-            run_id = self.store.create_run(
-                flow.flow_id,
-                fire,
-                RunType.SCHEDULED,
-                interval,
-                flow.raw["tasks"],
-                advance_cursor=True,
-            )
-        except RunExistsError:  # a manual run already took that date: the slot is handled
-            self.store.set_last_scheduled(flow.flow_id, fire)
+    # --- the cache of running runs' task instances ----------------------------------------
+    def _refresh(self) -> None:
+        """Know the running runs; read task instances only for runs new to the cache, or for
+        all when anything else changed the store."""
+        self._runs = {r["run_id"]: r for r in self.store.runs_in_states([RunState.RUNNING])}
+        version = self.store.change_stamp()
+        if version != self._version:
+            self._version = version
+            self._tis.clear()
+            self._timers.clear()
+            self._ready.clear()
+        for gone in set(self._tis) - set(self._runs):
+            del self._tis[gone]
+        missing = [run_id for run_id in self._runs if run_id not in self._tis]
+        if not missing:
             return
-        log.info(
-            "event=run_created flow=%s run=%s logical_date=%s type=scheduled",
-            flow.flow_id,
-            run_id,
-            iso(fire),
+        for run_id in missing:
+            self._tis[run_id] = {}
+            self._dirty[run_id] = None
+        for ti in self.store.tis_of_runs(missing):
+            self._tis[ti["run_id"]][ti["task_id"]] = ti
+            self._track(ti)
+
+    def _track(self, ti: TI) -> None:
+        """Keep the ready heap and the timers in step with a TI's state."""
+        key = (ti["run_id"], ti["task_id"])
+        if ti["state"] == TaskState.SCHEDULED:
+            self._push_ready(ti)
+        if ti["state"] in _WAITING:
+            self._timers[key] = from_iso(ti["next_try_at"]) or self.clock.now()
+        else:
+            self._timers.pop(key, None)
+
+    def _write(
+        self,
+        ti: TI,
+        expect: TaskState | tuple[TaskState, ...],
+        expect_try: int | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Change a TI in the store (compare-and-set) and, if that worked, in the cache."""
+        changed = self.store.update_ti(
+            ti["run_id"], ti["task_id"], expect_state=expect, expect_try=expect_try, **fields
         )
+        if not changed:
+            return False
+        if self._version is not None:  # our own write: the cache stays valid
+            self._version = self.store.change_stamp()
+        values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
+        cached = self._tis.get(ti["run_id"], {}).get(ti["task_id"])
+        for row in (ti, cached):
+            if row is not None:
+                row.update(values)
+        if cached is not None:
+            self._track(cached)
+            self._mark(ti["run_id"], ti["task_id"])
+        return True
 
-    def _cached_next(self, flow: FlowSpec, after: datetime) -> datetime | None:
-        key = (flow.flow_id + flow.raw["schedule"] + flow.raw["timezone"], iso(after))
-        if key not in self._next_fire:
-            if len(self._next_fire) > 10_000:
-                self._next_fire.clear()
-            assert flow.schedule is not None
-            self._next_fire[key] = flow.schedule.next_after(after)
-        return self._next_fire[key]
+    def _mark(self, run_id: int, task_id: str | None) -> None:
+        """Note that a run needs resolving: for one changed task, or entirely (None)."""
+        if task_id is None or self._dirty.get(run_id, ()) is None:
+            self._dirty[run_id] = None
+        else:
+            self._dirty.setdefault(run_id, set()).add(task_id)  # type: ignore[union-attr]
 
-    # --- starting runs --------------------------------------------------------------------
-    def _start_runs(self, now: datetime) -> None:
-        running = defaultdict(int)
-        for run in self.store.runs_in_states([RunState.RUNNING]):
-            running[run["flow_id"]] += 1
-        paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
-        for run in self.store.runs_in_states([RunState.QUEUED]):
-            flow = self.catalog.flows.get(run["flow_id"])
-            if flow is None or flow.flow_id in paused:
-                continue
-            if running[flow.flow_id] >= flow.max_active_runs or not self.waits_satisfied(flow, run):
-                continue
-            self.store.add_missing_tis(run, flow.raw["tasks"])
-            self.store.set_run_state(run["run_id"], RunState.RUNNING, now)
-            running[flow.flow_id] += 1
-            log.info(
-                "event=run_started flow=%s run=%s logical_date=%s",
-                flow.flow_id,
-                run["run_id"],
-                run["logical_date"],
-            )
+    def _ti(self, run_id: int, task_id: str) -> TI | None:
+        return self._tis.get(run_id, {}).get(task_id) or self.store.ti(run_id, task_id)
 
-    def unmet_waits(self, flow: FlowSpec, run: dict[str, Any]) -> list[tuple[str, str]]:
-        """(flow id, local day) of every inter-flow wait of this run that does not hold yet."""
-        logical_at = from_iso(run["logical_date"])
-        assert logical_at is not None
-        day = logical_at.astimezone(flow.tz).date()
-        unmet = []
-        for upstream_id, offset in flow.wait_for:
-            target = deps.upstream_day(day, offset)
-            upstream = self.catalog.flows.get(upstream_id)
-            states = []
-            if upstream is not None:
-                start = start_of_day(target, upstream.tz)
-                end = start_of_day(target + timedelta(days=1), upstream.tz)
-                states = [r["state"] for r in self.store.runs_between(upstream_id, start, end)]
-            if not deps.flow_wait_satisfied(states):
-                unmet.append((upstream_id, target.isoformat()))
-        return unmet
+    def _push_ready(self, ti: TI) -> None:
+        run = self._runs.get(ti["run_id"])
+        logical = run["logical_date"] if run else ti["logical_date"]
+        heapq.heappush(self._ready, (-ti["priority"], logical, ti["run_id"], ti["task_id"]))
 
-    def waits_satisfied(self, flow: FlowSpec, run: dict[str, Any]) -> bool:
-        return not flow.wait_for or not self.unmet_waits(flow, run)
-
-    # --- task instances -------------------------------------------------------------------
-    def _resolve_and_dispatch(self, now: datetime) -> list[datetime]:
-        runs = {r["run_id"]: r for r in self.store.runs_in_states([RunState.RUNNING])}
-        tis_by_run: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for ti in self.store.tis_of_runs(list(runs)):
-            tis_by_run[ti["run_id"]].append(ti)
-        self._stop_changed_attempts(tis_by_run)
-        ready, wakes = [], []
-        for run_id, run in runs.items():
-            flow = self.catalog.flows.get(run["flow_id"])
-            if flow is None:
-                continue
-            tis = {ti["task_id"]: ti for ti in tis_by_run[run_id] if ti["task_id"] in flow.tasks}
-            if len(tis) < len(flow.tasks):
-                self.store.add_missing_tis(run, flow.raw["tasks"])
-                tis = {
-                    t["task_id"]: t
-                    for t in self.store.tis_of_runs([run_id])
-                    if t["task_id"] in flow.tasks
-                }
-            wakes += self._resolve_run(flow, run, tis, now)
-            ready += [(flow, run, ti) for ti in tis.values() if ti["state"] == TaskState.SCHEDULED]
-        if not self.stopping:
-            self._dispatch(ready, now)
-        return wakes
+    # --- dependencies -----------------------------------------------------------------------
+    def _resolve(self, now: datetime) -> None:
+        """Due retries and pokes become scheduled; then each run that changed is resolved,
+        looking only at the tasks downstream of what changed, until nothing changes."""
+        if not self.stopping:  # a stopping daemon leaves them for the next start
+            for (run_id, task_id), at in list(self._timers.items()):
+                ti = self._tis.get(run_id, {}).get(task_id)
+                if at <= now and ti is not None and ti["state"] in _WAITING:
+                    self._write(ti, TaskState(ti["state"]), state=TaskState.SCHEDULED)
+        while self._dirty:
+            batch, self._dirty = self._dirty, {}
+            for run_id, changed in batch.items():
+                run = self._runs.get(run_id)
+                flow = self.catalog.flows.get(run["flow_id"]) if run else None
+                if run is not None and flow is not None:
+                    self._resolve_run(flow, run, changed, now)
 
     def _resolve_run(
-        self, flow: FlowSpec, run: dict[str, Any], tis: dict[str, dict[str, Any]], now: datetime
-    ) -> list[datetime]:
-        wakes = []
-        for ti in tis.values():
-            if ti["state"] in (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE):
-                due = from_iso(ti["next_try_at"]) or now
-                if due > now:
-                    wakes.append(due)
-                elif not self.stopping and self._set(ti, ti["state"], state=TaskState.SCHEDULED):
-                    ti["state"] = TaskState.SCHEDULED
-        states = {t: TaskState(ti["state"]) for t, ti in tis.items()}
-        for task_id, decision in deps.resolve_run(flow.graph, states).items():
-            new = {
-                deps.Decision.RUN: TaskState.SCHEDULED,
-                deps.Decision.SKIP: TaskState.SKIPPED,
-                deps.Decision.UPSTREAM_FAILED: TaskState.UPSTREAM_FAILED,
-            }.get(decision)
-            if new is None:
-                continue
-            # a fresh start (first time, or after a replay): a sensor's wait starts again
-            ended = {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
-            if self._set(tis[task_id], TaskState.NONE, state=new, **ended):
-                tis[task_id]["state"] = states[task_id] = new
-        outcome = deps.run_outcome(states.values())
+        self, flow: FlowSpec, run: dict[str, Any], changed: set[str] | None, now: datetime
+    ) -> None:
+        tis = self._tis[run["run_id"]]
+        if changed is None:
+            if any(task_id not in tis for task_id in flow.tasks):  # tasks added to the file
+                self.store.add_missing_tis(run, flow.raw["tasks"])
+                for ti in self.store.tis_of_runs([run["run_id"]]):
+                    tis.setdefault(ti["task_id"], ti)
+            candidates = flow.order
+        else:
+            near = set(changed)
+            for task_id in changed:
+                near.update(flow.downstream.get(task_id, ()))
+            candidates = sorted((t for t in near if t in flow.position), key=flow.position.get)
+        states = _States(tis)
+        for task_id, decision in deps.resolve_run(flow.graph, states, candidates).items():
+            new = _DECIDED.get(decision)
+            if new is not None:
+                # a fresh start (first time, or after a replay): a sensor's wait starts again
+                ended = (
+                    {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
+                )
+                self._write(tis[task_id], TaskState.NONE, state=new, **ended)
+        if changed is not None and not any(
+            tis[t]["state"] in _FINISHED for t in changed if t in tis
+        ):
+            return  # nothing finished: the run cannot have ended
+        outcome = deps.run_outcome(TaskState(tis[t]["state"]) for t in flow.tasks if t in tis)
         if outcome is not None:
             self.store.set_run_state(run["run_id"], outcome, now)
+            del self._runs[run["run_id"]]
             log.info(
                 "event=run_finished flow=%s run=%s logical_date=%s state=%s",
                 flow.flow_id,
@@ -285,107 +258,75 @@ class Scheduler:
                 run["logical_date"],
                 outcome.value,
             )
-        return wakes
 
-    def _set(self, ti: dict[str, Any], expect: TaskState | str, **fields: Any) -> bool:
-        return self.store.update_ti(
-            ti["run_id"], ti["task_id"], expect_state=TaskState(expect), **fields
-        )
-
-    def _dispatch(
-        self, ready: list[tuple[FlowSpec, dict[str, Any], dict[str, Any]]], now: datetime
-    ) -> None:
-        ready.sort(
-            key=lambda item: (-item[2]["priority"], item[1]["logical_date"], item[1]["run_id"])
-        )
+    # --- dispatch ---------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start the best scheduled TIs while slots and pools allow."""
         usage = self.executor.pool_usage()
         # A TI replayed while its try ran: the old try is still being stopped; start the next
         # one once it is reaped, so the executor never holds two attempts of one TI.
-        stopping = {attempt.key for attempt in self.executor.running()}
-        for flow, run, ti in ready:
-            if self.executor.free_slots <= 0:
-                return
-            if (ti["run_id"], ti["task_id"]) in stopping:
-                continue
+        busy = {attempt.key for attempt in self.executor.running()}
+        held_back = []
+        while self._ready and self.executor.free_slots > 0:
+            entry = heapq.heappop(self._ready)
+            run_id, task_id = entry[2], entry[3]
+            ti = self._tis.get(run_id, {}).get(task_id)
+            if ti is None or ti["state"] != TaskState.SCHEDULED or run_id not in self._runs:
+                continue  # stale entry: started, changed or gone since it was pushed
             pool = ti["pool"]
             slots = self.settings.pool_slots(pool)
             if slots is None:
-                self._fail_unstartable(
-                    flow, run, ti, now, f"pool '{pool}' is not configured in cronflow.toml"
-                )
+                self._fail_unstartable(ti, f"pool '{pool}' is not configured in cronflow.toml")
                 continue
-            if usage.get(pool, 0) >= slots:
+            if (run_id, task_id) in busy or usage.get(pool, 0) >= slots:
+                held_back.append(entry)
                 continue
-            if self._start_attempt(flow, run, ti, now):
+            if self._start_attempt(ti):
                 usage[pool] = usage.get(pool, 0) + 1
+        for entry in held_back:
+            heapq.heappush(self._ready, entry)
 
-    def _start_attempt(
-        self, flow: FlowSpec, run: dict[str, Any], ti: dict[str, Any], now: datetime
-    ) -> bool:
+    def _start_attempt(self, ti: TI) -> bool:
+        """scheduled -> running in one write, once the process exists. The local executor starts
+        processes synchronously, so it never leaves a TI queued; after a crash between the start
+        and the write, the orphan is killed by its marker and the TI simply starts again."""
+        now = self.clock.now()
+        run = self._runs[ti["run_id"]]
+        flow = self.catalog.flows.get(run["flow_id"])
+        if flow is None or ti["task_id"] not in flow.tasks:
+            return False
         task = flow.tasks[ti["task_id"]]
         try_number = ti["try_number"] + 1
         log_path = attempt_log_path(
             self.settings.logs_dir, flow.flow_id, task.task_id, run["logical_date"], try_number
         )
-        queued = self._set(
-            ti,
-            TaskState.SCHEDULED,
-            state=TaskState.QUEUED,
-            try_number=try_number,
-            queued_at=iso(now),
-            log_path=str(log_path),
-            host=self.host,
-            pid=None,
-            start_at=None,
-            end_at=None,
-            duration_s=None,
-            exit_code=None,
-            reason=None,
-            next_try_at=None,
-        )
-        if not queued:
-            return False
-        ti = {**ti, "try_number": try_number, "log_path": str(log_path), "state": TaskState.QUEUED}
+        started = {
+            "try_number": try_number,
+            "log_path": str(log_path),
+            "host": self.host,
+            "queued_at": iso(now),
+            "start_at": iso(now),
+            "end_at": None,
+            "duration_s": None,
+            "exit_code": None,
+            "reason": None,
+            "next_try_at": None,
+        }
         try:
-            context = task_context(flow, task, run, try_number, self.store)
-            launch = launch_for(task.kind, task.op, context)
-            env = {**task_environment(context, str(self.settings.home)), **launch.env}
-            header = (
-                f"{flow.flow_id}.{task.task_id} for {context['ts']}, try {try_number} of "
-                f"{ti['max_tries']}, on {self.host}"
-            )
-            try:
-                write_note(log_path, now, header)
-            except OSError as exc:
-                raise OSError(
-                    f"cannot write the task log {log_path}: {exc.strerror or exc}"
-                ) from None
-            attempt = Attempt(
-                run["run_id"],
-                task.task_id,
-                try_number,
-                ti["pool"],
-                launch.argv,
-                env,
-                launch.cwd,
-                log_path,
-                task.timeout_s,
-                self.marker(run["run_id"], task.task_id, try_number),
-                stdin=launch.stdin,
-            )
+            attempt = self._attempt(flow, task, run, ti, try_number, log_path, now)
             pid = self.executor.start(attempt)
         except (CronflowError, OSError) as exc:
-            self._end_attempt(ti, now, ok=False, reason=f"cannot start: {exc}", duration_s=0.0)
+            ended, note = self._outcome(
+                ti, try_number, now, ok=False, reason=f"cannot start: {exc}"
+            )
+            if self._write(ti, TaskState.SCHEDULED, **{**started, **ended, "duration_s": 0.0}):
+                self._after_end(ti, ended, note, now, 0.0)
             return False
-        self.store.update_ti(
-            run["run_id"],
-            task.task_id,
-            expect_state=TaskState.QUEUED,
-            expect_try=try_number,
-            state=TaskState.RUNNING,
-            pid=pid,
-            start_at=iso(now),
-        )
+        if not self._write(ti, TaskState.SCHEDULED, **started, state=TaskState.RUNNING, pid=pid):
+            self.executor.kill(
+                (ti["run_id"], ti["task_id"]), "stopped: its state changed as it started"
+            )
+            return False
         log.info(
             "event=task_started flow=%s task=%s run=%s try=%s pid=%s",
             flow.flow_id,
@@ -396,29 +337,59 @@ class Scheduler:
         )
         return True
 
-    def _fail_unstartable(
-        self, flow: FlowSpec, run: dict[str, Any], ti: dict[str, Any], now: datetime, reason: str
-    ) -> None:
-        if self._set(
+    def _attempt(
+        self,
+        flow: FlowSpec,
+        task: TaskSpec,
+        run: dict[str, Any],
+        ti: TI,
+        try_number: int,
+        log_path: Path,
+        now: datetime,
+    ) -> Attempt:
+        context = task_context(flow, task, run, try_number, self.store)
+        launch = launch_for(task.kind, task.op, context)
+        env = {**task_environment(context, str(self.settings.home)), **launch.env}
+        header = (
+            f"{flow.flow_id}.{task.task_id} for {context['ts']}, try {try_number} of "
+            f"{ti['max_tries']}, on {self.host}"
+        )
+        try:
+            write_note(log_path, now, header)
+        except OSError as exc:
+            raise OSError(f"cannot write the task log {log_path}: {exc.strerror or exc}") from None
+        return Attempt(
+            run["run_id"],
+            task.task_id,
+            try_number,
+            ti["pool"],
+            launch.argv,
+            env,
+            launch.cwd,
+            log_path,
+            task.timeout_s,
+            self.marker(run["run_id"], task.task_id, try_number),
+            stdin=launch.stdin,
+        )
+
+    def _fail_unstartable(self, ti: TI, reason: str) -> None:
+        now = self.clock.now()
+        if self._write(
             ti, TaskState.SCHEDULED, state=TaskState.FAILED, end_at=iso(now), reason=reason
         ):
             log.error(
                 "event=task_failed flow=%s task=%s run=%s reason=%r",
-                flow.flow_id,
+                ti["flow_id"],
                 ti["task_id"],
-                run["run_id"],
+                ti["run_id"],
                 reason,
             )
             self._run_callbacks(ti, TaskState.FAILED, reason)
 
-    def _stop_changed_attempts(self, tis_by_run: dict[int, list[dict[str, Any]]]) -> None:
+    def _stop_changed_attempts(self) -> None:
         """Kill attempts whose task instance was changed outside the daemon (mark, replay)."""
         for attempt in self.executor.running():
-            ti = next(
-                (t for t in tis_by_run.get(attempt.run_id, []) if t["task_id"] == attempt.task_id),
-                None,
-            )
-            ti = ti or self.store.ti(attempt.run_id, attempt.task_id)
+            ti = self._ti(attempt.run_id, attempt.task_id)
             if (
                 ti is None
                 or ti["state"] != TaskState.RUNNING
@@ -428,13 +399,13 @@ class Scheduler:
                 self.executor.kill(attempt.key, f"stopped: its state was changed to {state}")
 
     # --- ended attempts -------------------------------------------------------------------
-    def reap(self, now: datetime) -> None:
+    def reap(self, now: datetime | None = None) -> None:
         for finished in self.executor.reap():
-            self._on_finished(finished, now)
+            self._on_finished(finished, now or self.clock.now())
 
     def _on_finished(self, finished: Finished, now: datetime) -> None:
         attempt = finished.attempt
-        ti = self.store.ti(attempt.run_id, attempt.task_id)
+        ti = self._ti(attempt.run_id, attempt.task_id)
         if ti is None or ti["try_number"] != attempt.try_number:
             return
         if attempt.key in self._interrupted:
@@ -457,25 +428,11 @@ class Scheduler:
             exit_code=finished.exit_code,
         )
 
-    def _end_attempt(
-        self,
-        ti: dict[str, Any],
-        now: datetime,
-        *,
-        ok: bool,
-        reason: str | None,
-        duration_s: float | None,
-        exit_code: int | None = None,
-    ) -> None:
-        """Success, up_for_retry or failed, from the attempt's outcome and the tries left."""
-        try_number = ti["try_number"]
-        fields: dict[str, Any] = {
-            "end_at": iso(now),
-            "duration_s": duration_s,
-            "exit_code": exit_code,
-            "reason": reason,
-            "first_poke_at": None,
-        }
+    def _outcome(
+        self, ti: TI, try_number: int, now: datetime, *, ok: bool, reason: str | None
+    ) -> tuple[dict[str, Any], str]:
+        """The fields and the log note of an ended try: success, up_for_retry or failed."""
+        fields: dict[str, Any] = {"end_at": iso(now), "reason": reason, "first_poke_at": None}
         if ok:
             fields["state"], note = TaskState.SUCCESS, "success"
         elif try_number < ti["max_tries"]:
@@ -484,33 +441,49 @@ class Scheduler:
             note = f"{reason}; retry at {iso(retry_at)} (try {try_number + 1} of {ti['max_tries']})"
         else:
             fields["state"], note = TaskState.FAILED, f"failed: {reason}"
-        changed = self.store.update_ti(
-            ti["run_id"],
-            ti["task_id"],
-            expect_state=(TaskState.RUNNING, TaskState.QUEUED),
-            expect_try=try_number,
-            **fields,
-        )
-        if ti["log_path"]:
-            took = f" after {duration_s:.3f}s" if duration_s is not None else ""
-            if not changed:  # marked or replayed meanwhile: the reason says so, no retry follows
-                note = reason or "success"
-            self._note(ti["log_path"], now, f"try {try_number} ended{took}: {note}")
-        if changed:
+        return fields, note
+
+    def _end_attempt(
+        self,
+        ti: TI,
+        now: datetime,
+        *,
+        ok: bool,
+        reason: str | None,
+        duration_s: float | None,
+        exit_code: int | None = None,
+    ) -> None:
+        try_number = ti["try_number"]
+        fields, note = self._outcome(ti, try_number, now, ok=ok, reason=reason)
+        fields.update(duration_s=duration_s, exit_code=exit_code)
+        changed = self._write(ti, (TaskState.RUNNING, TaskState.QUEUED), try_number, **fields)
+        if not changed:  # marked or replayed meanwhile: the reason says so, no retry follows
+            note = reason or "success"
+        self._after_end(ti, fields if changed else None, note, now, duration_s)
+
+    def _after_end(
+        self,
+        ti: TI,
+        fields: dict[str, Any] | None,
+        note: str,
+        now: datetime,
+        duration_s: float | None,
+    ) -> None:
+        took = f" after {duration_s:.3f}s" if duration_s is not None else ""
+        self._note(ti.get("log_path"), now, f"try {ti['try_number']} ended{took}: {note}")
+        if fields is not None:
             log.info(
                 "event=task_ended flow=%s task=%s run=%s try=%s state=%s reason=%r",
                 ti["flow_id"],
                 ti["task_id"],
                 ti["run_id"],
-                try_number,
+                ti["try_number"],
                 fields["state"].value,
-                reason,
+                fields["reason"],
             )
-            self._run_callbacks(ti, fields["state"], reason)
+            self._run_callbacks(ti, fields["state"], fields["reason"])
 
-    def _end_as_asked(
-        self, ti: dict[str, Any], now: datetime, finished: Finished, task: TaskSpec
-    ) -> None:
+    def _end_as_asked(self, ti: TI, now: datetime, finished: Finished, task: TaskSpec) -> None:
         """A worker asked (cronflow.outcomes) for up_for_reschedule: the try is not counted and
         its next poke appends to the same log; or for skipped. The reason is the worker's."""
         try_number = ti["try_number"]
@@ -533,16 +506,13 @@ class Scheduler:
             reason = ti["reason"] or "skipped by the task"
             fields.update(state=TaskState.SKIPPED, reason=reason, first_poke_at=None)
             note = reason
-        changed = self.store.update_ti(
-            ti["run_id"],
-            ti["task_id"],
-            expect_state=TaskState.RUNNING,
-            expect_try=try_number,
-            **fields,
-        )
+        changed = self._write(ti, TaskState.RUNNING, try_number, **fields)
         ended = "poke ended" if finished.exit_code == EXIT_RESCHEDULE else "ended"
-        took = f"{finished.duration_s:.3f}s"
-        self._note(ti["log_path"], now, f"try {try_number} {ended} after {took}: {note}")
+        self._note(
+            ti["log_path"],
+            now,
+            f"try {try_number} {ended} after {finished.duration_s:.3f}s: {note}",
+        )
         if changed:
             log.info(
                 "event=task_ended flow=%s task=%s run=%s try=%s state=%s",
@@ -553,11 +523,11 @@ class Scheduler:
                 fields["state"].value,
             )
 
-    def _task_spec(self, ti: dict[str, Any]) -> TaskSpec | None:
+    def _task_spec(self, ti: TI) -> TaskSpec | None:
         flow = self.catalog.flows.get(ti["flow_id"])
         return flow.tasks.get(ti["task_id"]) if flow else None
 
-    def _run_callbacks(self, ti: dict[str, Any], state: TaskState, reason: str | None) -> None:
+    def _run_callbacks(self, ti: TI, state: TaskState, reason: str | None) -> None:
         """Start the task's callbacks / failure mail for this state, if it has any."""
         event = EVENT_FOR_STATE.get(state)
         task = self._task_spec(ti)
@@ -573,9 +543,8 @@ class Scheduler:
         except OSError as exc:
             log.error("event=log_write_failed path=%s error=%r", log_path, str(exc))
 
-    def _retry_delay(self, ti: dict[str, Any], try_number: int) -> float:
-        flow = self.catalog.flows.get(ti["flow_id"])
-        task = flow.tasks.get(ti["task_id"]) if flow else None
+    def _retry_delay(self, ti: TI, try_number: int) -> float:
+        task = self._task_spec(ti)
         return task.retry_delay_after(try_number) if task else 300.0
 
     # --- shutdown and recovery ------------------------------------------------------------
@@ -585,12 +554,11 @@ class Scheduler:
             self._interrupted.add(attempt.key)
             self.executor.kill(attempt.key, reason)
 
-    def _give_back(self, ti: dict[str, Any], now: datetime, finished: Finished) -> None:
-        self.store.update_ti(
-            ti["run_id"],
-            ti["task_id"],
-            expect_state=TaskState.RUNNING,
-            expect_try=ti["try_number"],
+    def _give_back(self, ti: TI, now: datetime, finished: Finished) -> None:
+        self._write(
+            ti,
+            TaskState.RUNNING,
+            ti["try_number"],
             state=TaskState.UP_FOR_RETRY,
             next_try_at=iso(now),
             max_tries=ti["max_tries"] + 1,
@@ -627,40 +595,24 @@ class Scheduler:
             )
         return len(orphans)
 
-    def run_startup_flows(self, now: datetime) -> int:
-        """Flows with schedule="@reboot" (crontab's @reboot): one manual run each time the
-        daemon starts, unless the flow is paused or outside its start/end dates."""
-        paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
-        created = 0
-        for flow in self.catalog.flows.values():
-            if not flow.raw.get("run_at_daemon_start") or flow.flow_id in paused:
-                continue
-            if (flow.start_at and now < flow.start_at) or (flow.end_at and now > flow.end_at):
-                continue
-            logical_at = now.replace(microsecond=0)
-            for _ in range(60):  # a quick restart finds its second taken: the next free one
-                try:
-                    tasks = flow.raw["tasks"]
-                    interval = (logical_at, logical_at)
-                    run_id = self.store.create_run(
-                        flow.flow_id, logical_at, RunType.MANUAL, interval, tasks
-                    )
-                    break
-                except RunExistsError:
-                    logical_at += timedelta(seconds=1)
-            else:
-                continue
-            created += 1
-            log.info(
-                "event=run_created flow=%s run=%s logical_date=%s type=manual reason=daemon_start",
-                flow.flow_id,
-                run_id,
-                iso(logical_at),
-            )
-        return created
-
 
 def _exit_text(code: int) -> str:
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+class _States(Mapping[str, TaskState]):
+    """The states of a run's cached task instances, as deps.resolve_run reads them (no copy)."""
+
+    def __init__(self, tis: dict[str, TI]) -> None:
+        self._tis = tis
+
+    def __getitem__(self, task_id: str) -> TaskState:
+        return self._tis[task_id]["state"]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tis)
+
+    def __len__(self) -> int:
+        return len(self._tis)

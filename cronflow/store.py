@@ -154,6 +154,13 @@ class Store:
             raise
         conn.execute("COMMIT")
 
+    def change_stamp(self) -> tuple[int, int]:
+        """Moves whenever anything is committed: by another connection (the CLI, a worker:
+        `PRAGMA data_version`) or by this one (`total_changes`). Lets the daemon keep a cache
+        of what it wrote itself and notice any other write."""
+        version = int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
+        return version, self.db.conn.total_changes
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in self.db.conn.execute(sql, params)]
 

@@ -246,10 +246,11 @@ def test_inter_flow_wait_for_same_and_previous_day(make, write_flow, home):
     # Open the gate and re-run the failed upstream day: the downstream run starts and succeeds.
     (home / "open-2024-06-02").touch()
     up = h.runs("upstream")[1]
-    h.store.update_ti(up["run_id"], "gate", state=TaskState.NONE)
+    cli_store = Store(h.settings.db_path)  # the CLI's own connection, as in real life
+    cli_store.update_ti(up["run_id"], "gate", state=TaskState.NONE)
     from cronflow.states import RunState
 
-    h.store.set_run_state(up["run_id"], RunState.QUEUED, h.clock.now())
+    cli_store.set_run_state(up["run_id"], RunState.QUEUED, h.clock.now())
     h.tick()
     h.settle()
     h.tick()

@@ -1,0 +1,201 @@
+"""Runs: when to create them (schedules, catch-up, @reboot) and when to start them
+(max_active_runs, pauses, inter-flow waits). Time comes in as an argument.
+
+The scheduler asks the planner once per tick; task instances are the scheduler's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from cronflow import deps
+from cronflow.catalog import Catalog, FlowSpec
+from cronflow.states import RunState, RunType
+from cronflow.store import RunExistsError, Store
+from cronflow.timeparse import from_iso, iso, start_of_day
+
+log = logging.getLogger("cronflow.scheduler")
+
+MAX_RUNS_PER_TICK = 100  # a long catch-up is spread over ticks so the daemon stays responsive
+TINY = timedelta(microseconds=1)
+
+
+class RunPlanner:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.catalog = Catalog({}, {})
+        self._next_fire: dict[tuple[str, str | None], Any] = {}
+
+    # --- scheduled runs -------------------------------------------------------------------
+    def create_scheduled_runs(self, now: datetime) -> list[datetime]:
+        active = defaultdict(int)
+        for run in self.store.runs_in_states([RunState.QUEUED, RunState.RUNNING]):
+            active[run["flow_id"]] += 1
+        wakes = []
+        for row in self.store.flow_states():
+            flow = self.catalog.flows.get(row["flow_id"])
+            if flow is None or flow.schedule is None or row["paused"]:
+                continue
+            wake = self._schedule_flow(
+                flow, from_iso(row["last_scheduled_at"]), active[flow.flow_id], now
+            )
+            if wake is not None:
+                wakes.append(wake)
+        return wakes
+
+    def _schedule_flow(
+        self, flow: FlowSpec, cursor: datetime | None, active: int, now: datetime
+    ) -> datetime | None:
+        """Create the flow's due runs; return its next fire time, or None while it is blocked."""
+        schedule = flow.schedule
+        assert schedule is not None
+        if cursor is None:
+            if flow.start_at is None:  # first sight of a flow without start_date: from now on
+                self.store.set_last_scheduled(flow.flow_id, now)
+                return self._cached_next(flow, now)
+            cursor = flow.start_at - TINY
+        for _ in range(MAX_RUNS_PER_TICK):
+            fire = self._cached_next(flow, cursor)
+            if fire is None or (flow.end_at and fire > flow.end_at):
+                return None
+            if fire > now:
+                return fire
+            if active >= flow.max_active_runs:
+                return None  # a run ending wakes the daemon anyway
+            if not flow.catchup:
+                fire = self._latest_due(flow, fire, now)
+            self._create_scheduled_run(flow, fire)
+            cursor, active = fire, active + 1
+        return now
+
+    def _latest_due(self, flow: FlowSpec, first_due: datetime, now: datetime) -> datetime:
+        """Catchup off: only the newest due fire time runs; the skipped ones are logged."""
+        schedule = flow.schedule
+        assert schedule is not None
+        limit = min(now, flow.end_at) if flow.end_at else now
+        latest = schedule.prev_before(limit + TINY) or first_due
+        if latest > first_due:
+            missed = sum(
+                1
+                for _ in zip(
+                    schedule.fires(first_due - TINY, latest - TINY), range(10_000), strict=False
+                )
+            )
+            log.warning(
+                "event=missed_fires flow=%s count=%s%s first=%s policy=latest_only",
+                flow.flow_id,
+                missed,
+                "+" if missed >= 10_000 else "",
+                iso(first_due),
+            )
+        return latest
+
+    def _create_scheduled_run(self, flow: FlowSpec, fire: datetime) -> None:
+        assert flow.schedule is not None
+        interval = (flow.schedule.prev_before(fire) or fire, fire)
+        try:
+            run_id = self.store.create_run(
+                flow.flow_id,
+                fire,
+                RunType.SCHEDULED,
+                interval,
+                flow.raw["tasks"],
+                advance_cursor=True,
+            )
+        except RunExistsError:  # a manual run already took that date: the slot is handled
+            self.store.set_last_scheduled(flow.flow_id, fire)
+            return
+        log.info(
+            "event=run_created flow=%s run=%s logical_date=%s type=scheduled",
+            flow.flow_id,
+            run_id,
+            iso(fire),
+        )
+
+    def _cached_next(self, flow: FlowSpec, after: datetime) -> datetime | None:
+        key = (flow.flow_id + flow.raw["schedule"] + flow.raw["timezone"], iso(after))
+        if key not in self._next_fire:
+            if len(self._next_fire) > 10_000:
+                self._next_fire.clear()
+            assert flow.schedule is not None
+            self._next_fire[key] = flow.schedule.next_after(after)
+        return self._next_fire[key]
+
+    # --- starting runs --------------------------------------------------------------------
+    def start_runs(self, now: datetime) -> None:
+        running = defaultdict(int)
+        for run in self.store.runs_in_states([RunState.RUNNING]):
+            running[run["flow_id"]] += 1
+        paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
+        for run in self.store.runs_in_states([RunState.QUEUED]):
+            flow = self.catalog.flows.get(run["flow_id"])
+            if flow is None or flow.flow_id in paused:
+                continue
+            if running[flow.flow_id] >= flow.max_active_runs or not self.waits_satisfied(flow, run):
+                continue
+            self.store.add_missing_tis(run, flow.raw["tasks"])
+            self.store.set_run_state(run["run_id"], RunState.RUNNING, now)
+            running[flow.flow_id] += 1
+            log.info(
+                "event=run_started flow=%s run=%s logical_date=%s",
+                flow.flow_id,
+                run["run_id"],
+                run["logical_date"],
+            )
+
+    def unmet_waits(self, flow: FlowSpec, run: dict[str, Any]) -> list[tuple[str, str]]:
+        """(flow id, local day) of every inter-flow wait of this run that does not hold yet."""
+        logical_at = from_iso(run["logical_date"])
+        assert logical_at is not None
+        day = logical_at.astimezone(flow.tz).date()
+        unmet = []
+        for upstream_id, offset in flow.wait_for:
+            target = deps.upstream_day(day, offset)
+            upstream = self.catalog.flows.get(upstream_id)
+            states = []
+            if upstream is not None:
+                start = start_of_day(target, upstream.tz)
+                end = start_of_day(target + timedelta(days=1), upstream.tz)
+                states = [r["state"] for r in self.store.runs_between(upstream_id, start, end)]
+            if not deps.flow_wait_satisfied(states):
+                unmet.append((upstream_id, target.isoformat()))
+        return unmet
+
+    def waits_satisfied(self, flow: FlowSpec, run: dict[str, Any]) -> bool:
+        return not flow.wait_for or not self.unmet_waits(flow, run)
+
+    # --- @reboot flows ---------------------------------------------------------------------
+    def run_startup_flows(self, now: datetime) -> int:
+        """Flows with schedule="@reboot" (crontab's @reboot): one manual run each time the
+        daemon starts, unless the flow is paused or outside its start/end dates."""
+        paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
+        created = 0
+        for flow in self.catalog.flows.values():
+            if not flow.raw.get("run_at_daemon_start") or flow.flow_id in paused:
+                continue
+            if (flow.start_at and now < flow.start_at) or (flow.end_at and now > flow.end_at):
+                continue
+            logical_at = now.replace(microsecond=0)
+            for _ in range(60):  # a quick restart finds its second taken: the next free one
+                try:
+                    tasks = flow.raw["tasks"]
+                    interval = (logical_at, logical_at)
+                    run_id = self.store.create_run(
+                        flow.flow_id, logical_at, RunType.MANUAL, interval, tasks
+                    )
+                    break
+                except RunExistsError:
+                    logical_at += timedelta(seconds=1)
+            else:
+                continue
+            created += 1
+            log.info(
+                "event=run_created flow=%s run=%s logical_date=%s type=manual reason=daemon_start",
+                flow.flow_id,
+                run_id,
+                iso(logical_at),
+            )
+        return created
