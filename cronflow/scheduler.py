@@ -80,6 +80,7 @@ class Scheduler:
         self._dirty: dict[int, set[str] | None] = {}  # runs to resolve: changed tasks, or all
         self._timers: dict[tuple[int, str], datetime] = {}  # retries and pokes not yet due
         self._ready: list[tuple[Any, ...]] = []  # heap of scheduled TIs, best first
+        self._unfinished: dict[int, int] = {}  # run -> how many of its TIs have not finished
 
     @property
     def catalog(self) -> Catalog:
@@ -142,6 +143,7 @@ class Scheduler:
             self._ready.clear()
         for gone in set(self._tis) - set(self._runs):
             del self._tis[gone]
+            self._unfinished.pop(gone, None)
         missing = [run_id for run_id in self._runs if run_id not in self._tis]
         if not missing:
             return
@@ -151,6 +153,11 @@ class Scheduler:
         for ti in self.store.tis_of_runs(missing):
             self._tis[ti["run_id"]][ti["task_id"]] = ti
             self._track(ti)
+        for run_id in missing:
+            self._count_unfinished(run_id, self._tis[run_id])
+
+    def _count_unfinished(self, run_id: int, tis: Mapping[str, TI]) -> None:
+        self._unfinished[run_id] = sum(ti["state"] not in _FINISHED for ti in tis.values())
 
     def _track(self, ti: TI) -> None:
         """Keep the ready heap and the timers in step with a TI's state."""
@@ -170,19 +177,23 @@ class Scheduler:
         **fields: Any,
     ) -> bool:
         """Change a TI in the store (compare-and-set) and, if that worked, in the cache."""
+        cache_valid = self._version is not None and self.store.change_stamp() == self._version
         changed = self.store.update_ti(
             ti["run_id"], ti["task_id"], expect_state=expect, expect_try=expect_try, **fields
         )
         if not changed:
             return False
-        if self._version is not None:  # our own write: the cache stays valid
+        if cache_valid:  # only our own write came since: the cache stays valid
             self._version = self.store.change_stamp()
         values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
         cached = self._tis.get(ti["run_id"], {}).get(ti["task_id"])
+        was_finished = cached is not None and cached["state"] in _FINISHED
         for row in (ti, cached):
             if row is not None:
                 row.update(values)
         if cached is not None:
+            if was_finished != (cached["state"] in _FINISHED) and ti["run_id"] in self._unfinished:
+                self._unfinished[ti["run_id"]] += 1 if was_finished else -1
             self._track(cached)
             self._mark(ti["run_id"], ti["task_id"])
         return True
@@ -229,6 +240,7 @@ class Scheduler:
                 for ti in self.store.tis_of_runs([run["run_id"]]):
                     tis.setdefault(ti["task_id"], ti)
             candidates = flow.order
+            self._count_unfinished(run["run_id"], {t: tis[t] for t in flow.tasks if t in tis})
         else:
             near = set(changed)
             for task_id in changed:
@@ -243,10 +255,8 @@ class Scheduler:
                     {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
                 )
                 self._write(tis[task_id], TaskState.NONE, state=new, **ended)
-        if changed is not None and not any(
-            tis[t]["state"] in _FINISHED for t in changed if t in tis
-        ):
-            return  # nothing finished: the run cannot have ended
+        if self._unfinished.get(run["run_id"]):
+            return  # a task has yet to finish
         outcome = deps.run_outcome(TaskState(tis[t]["state"]) for t in flow.tasks if t in tis)
         if outcome is not None:
             self.store.set_run_state(run["run_id"], outcome, now)
@@ -492,6 +502,7 @@ class Scheduler:
             "duration_s": finished.duration_s,
             "exit_code": finished.exit_code,
         }
+        ti["reason"] = (self.store.ti(ti["run_id"], ti["task_id"]) or ti)["reason"]  # the worker's
         if finished.exit_code == EXIT_RESCHEDULE:
             poke_at = now + timedelta(seconds=float(task.op.get("poke_interval_s", 60.0)))
             reason = ti["reason"] or "not satisfied yet"

@@ -119,6 +119,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the state database {path}: {exc}") from None
         self.db = Database(conn)
+        self._secrets_epoch = 0
+        self._secrets_cache: tuple[tuple[int, int], list[str]] | None = None
         self._migrate()
 
     def _migrate(self) -> None:
@@ -570,6 +572,7 @@ class Store:
         return {r["name"]: r["value"] for r in self._rows("SELECT name, value FROM variables")}
 
     def set_variable(self, name: str, value: str, is_secret: bool = False) -> None:
+        self._secrets_epoch += 1
         with self._write():
             self.db["variables"].upsert(
                 {
@@ -588,6 +591,7 @@ class Store:
         return self._one("SELECT * FROM variables WHERE name = ?", [name])
 
     def delete_variable(self, name: str) -> bool:
+        self._secrets_epoch += 1
         with self._write():
             cursor = self.db.execute("DELETE FROM variables WHERE name = ?", [name])
         return cursor.rowcount == 1
@@ -608,6 +612,7 @@ class Store:
         password: str | None,
         extra: dict[str, Any],
     ) -> None:
+        self._secrets_epoch += 1
         with self._write():
             self.db["connections"].upsert(
                 {
@@ -624,18 +629,24 @@ class Store:
             )
 
     def delete_connection(self, conn_id: str) -> bool:
+        self._secrets_epoch += 1
         with self._write():
             cursor = self.db.execute("DELETE FROM connections WHERE conn_id = ?", [conn_id])
         return cursor.rowcount == 1
 
     def secret_values(self) -> list[str]:
-        """Values that must never be shown: secret variables and connection passwords."""
-        rows = self._rows(
-            """SELECT value FROM variables WHERE is_secret = 1
-               UNION SELECT password FROM connections WHERE password IS NOT NULL
-               AND password != ''"""
-        )
-        return [r["value"] for r in rows]
+        """Values that must never be shown: secret variables and connection passwords.
+        Cached until another process commits or this one changes a variable or connection:
+        the daemon asks before every attempt."""
+        key = (int(self.db.conn.execute("PRAGMA data_version").fetchone()[0]), self._secrets_epoch)
+        if self._secrets_cache is None or self._secrets_cache[0] != key:
+            rows = self._rows(
+                """SELECT value FROM variables WHERE is_secret = 1
+                   UNION SELECT password FROM connections WHERE password IS NOT NULL
+                   AND password != ''"""
+            )
+            self._secrets_cache = (key, [r["value"] for r in rows])
+        return list(self._secrets_cache[1])
 
     def first_poke_at(self, run_id: int, task_id: str, now: datetime) -> str:
         """A sensor's first poke of its current try: recorded now if it is the first."""
