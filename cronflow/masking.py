@@ -55,17 +55,37 @@ def secret_values(
     store: Store, settings: Settings | None = None, environ: Mapping[str, str] | None = None
 ) -> list[str]:
     """Every value to mask, longest first."""
-    from cronflow.connections import env_secrets
-
-    environ = os.environ if environ is None else environ
     values = set(store.secret_values())
-    values.update(v for k, v in environ.items() if k.startswith(VAR_ENV_PREFIX))
-    values.update(env_secrets(environ))
+    values.update(_environment_secrets(environ))
     if settings is not None and settings.smtp is not None:
         password = settings.smtp.resolved_password(environ)
         if password:
             values.add(password)
     return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+_env_cache: tuple[object, list[str]] | None = None
+
+
+def _environment_secrets(environ: Mapping[str, str] | None) -> list[str]:
+    """Secret values from CRONFLOW_VAR_* and CRONFLOW_CONN_* variables. For this process's
+    own environment they are computed again only when those variables change: the daemon
+    asks before every attempt, and decoding the whole environment each time is not free."""
+    from cronflow.connections import env_secrets
+
+    global _env_cache
+    if environ is None:
+        key = tuple((k, v) for k, v in os.environb.items() if k.startswith(b"CRONFLOW_"))
+        if _env_cache is not None and _env_cache[0] == key:
+            return _env_cache[1]
+        environ = {
+            k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape") for k, v in key
+        }
+        values = _environment_secrets(environ)
+        _env_cache = (key, values)
+        return values
+    found = [v for k, v in environ.items() if k.startswith(VAR_ENV_PREFIX)]
+    return found + env_secrets(environ)
 
 
 class SecretValues:

@@ -28,14 +28,30 @@ class RunPlanner:
         self.store = store
         self.catalog = Catalog({}, {})
         self._next_fire: dict[tuple[str, str | None], Any] = {}
+        self._created = 0  # runs created by the current create_scheduled_runs pass
+
+    def plan(self, now: datetime) -> tuple[list[datetime], list[dict[str, Any]]]:
+        """Create due runs and start the queued runs that may start: the next fire times to
+        wake up for, and the running runs. Reads the flows and the active runs once."""
+        flows = self.store.flow_states()
+        active = self.store.runs_in_states([RunState.QUEUED, RunState.RUNNING])
+        wakes, created = self.create_scheduled_runs(now, flows, active)
+        if created:
+            active = self.store.runs_in_states([RunState.QUEUED, RunState.RUNNING])
+        self.start_runs(now, flows, active)
+        return wakes, [r for r in active if r["state"] == RunState.RUNNING]
 
     # --- scheduled runs -------------------------------------------------------------------
-    def create_scheduled_runs(self, now: datetime) -> list[datetime]:
+    def create_scheduled_runs(
+        self, now: datetime, flows: list[dict[str, Any]], active_runs: list[dict[str, Any]]
+    ) -> tuple[list[datetime], int]:
+        """Due scheduled runs: the next fire times, and how many runs were created."""
         active = defaultdict(int)
-        for run in self.store.runs_in_states([RunState.QUEUED, RunState.RUNNING]):
+        for run in active_runs:
             active[run["flow_id"]] += 1
         wakes = []
-        for row in self.store.flow_states():
+        self._created = 0
+        for row in flows:
             flow = self.catalog.flows.get(row["flow_id"])
             if flow is None or flow.schedule is None or row["paused"]:
                 continue
@@ -44,7 +60,7 @@ class RunPlanner:
             )
             if wake is not None:
                 wakes.append(wake)
-        return wakes
+        return wakes, self._created
 
     def _schedule_flow(
         self, flow: FlowSpec, cursor: datetime | None, active: int, now: datetime
@@ -108,6 +124,7 @@ class RunPlanner:
         except RunExistsError:  # a manual run already took that date: the slot is handled
             self.store.set_last_scheduled(flow.flow_id, fire)
             return
+        self._created += 1
         log.info(
             "event=run_created flow=%s run=%s logical_date=%s type=scheduled",
             flow.flow_id,
@@ -125,12 +142,17 @@ class RunPlanner:
         return self._next_fire[key]
 
     # --- starting runs --------------------------------------------------------------------
-    def start_runs(self, now: datetime) -> None:
+    def start_runs(
+        self, now: datetime, flows: list[dict[str, Any]], active_runs: list[dict[str, Any]]
+    ) -> None:
+        """Queued runs become running (oldest first) as max_active_runs, pauses and inter-flow
+        waits allow; the rows of `active_runs` are updated in place."""
         running = defaultdict(int)
-        for run in self.store.runs_in_states([RunState.RUNNING]):
-            running[run["flow_id"]] += 1
-        paused = {r["flow_id"] for r in self.store.flow_states() if r["paused"]}
-        for run in self.store.runs_in_states([RunState.QUEUED]):
+        for run in active_runs:
+            if run["state"] == RunState.RUNNING:
+                running[run["flow_id"]] += 1
+        paused = {r["flow_id"] for r in flows if r["paused"]}
+        for run in [r for r in active_runs if r["state"] == RunState.QUEUED]:
             flow = self.catalog.flows.get(run["flow_id"])
             if flow is None or flow.flow_id in paused:
                 continue
@@ -138,6 +160,7 @@ class RunPlanner:
                 continue
             self.store.add_missing_tis(run, flow.raw["tasks"])
             self.store.set_run_state(run["run_id"], RunState.RUNNING, now)
+            run["state"] = RunState.RUNNING.value
             running[flow.flow_id] += 1
             log.info(
                 "event=run_started flow=%s run=%s logical_date=%s",

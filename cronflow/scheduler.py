@@ -116,10 +116,12 @@ class Scheduler:
         self.callbacks.reap()
         self.executor.enforce()
         wakes = [now + timedelta(seconds=IDLE_WAKE_S)]
-        if not self.stopping:
-            wakes += self.planner.create_scheduled_runs(now)
-            self.planner.start_runs(now)
-        self._refresh()
+        if self.stopping:
+            running = self.store.runs_in_states([RunState.RUNNING])
+        else:
+            planned, running = self.planner.plan(now)
+            wakes += planned
+        self._refresh(running)
         self._stop_changed_attempts()
         self._resolve(now)
         if not self.stopping:
@@ -131,10 +133,10 @@ class Scheduler:
         return min(wakes)
 
     # --- the cache of running runs' task instances ----------------------------------------
-    def _refresh(self) -> None:
+    def _refresh(self, running: list[dict[str, Any]]) -> None:
         """Know the running runs; read task instances only for runs new to the cache, or for
         all when anything else changed the store."""
-        self._runs = {r["run_id"]: r for r in self.store.runs_in_states([RunState.RUNNING])}
+        self._runs = {r["run_id"]: r for r in running}
         version = self.store.change_stamp()
         if version != self._version:
             self._version = version
@@ -177,14 +179,14 @@ class Scheduler:
         **fields: Any,
     ) -> bool:
         """Change a TI in the store (compare-and-set) and, if that worked, in the cache."""
-        cache_valid = self._version is not None and self.store.change_stamp() == self._version
         changed = self.store.update_ti(
             ti["run_id"], ti["task_id"], expect_state=expect, expect_try=expect_try, **fields
         )
         if not changed:
             return False
-        if cache_valid:  # only our own write came since: the cache stays valid
-            self._version = self.store.change_stamp()
+        stamp = self.store.change_stamp()
+        if self._version is not None and stamp == (self._version[0], self._version[1] + 1):
+            self._version = stamp  # only this write (one row) came since: the cache stays valid
         values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
         cached = self._tis.get(ti["run_id"], {}).get(ti["task_id"])
         was_finished = cached is not None and cached["state"] in _FINISHED
