@@ -184,9 +184,10 @@ class Scheduler:
         )
         if not changed:
             return False
-        stamp = self.store.change_stamp()
-        if self._version is not None and stamp == (self._version[0], self._version[1] + 1):
-            self._version = stamp  # only this write (one row) came since: the cache stays valid
+        if self._version is not None:
+            # Expect exactly this one-row change; any other write, ours or another process's,
+            # makes the next _refresh see a different stamp and read the cache again.
+            self._version = (self._version[0], self._version[1] + 1)
         values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
         cached = self._tis.get(ti["run_id"], {}).get(ti["task_id"])
         was_finished = cached is not None and cached["state"] in _FINISHED
