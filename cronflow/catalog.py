@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -122,7 +123,7 @@ class FlowSpec:
 class Catalog:
     """Flows that loaded, and the errors of those that did not (file path -> message)."""
 
-    flows: dict[str, FlowSpec]
+    flows: Mapping[str, FlowSpec]
     errors: dict[str, str]
 
     def get(self, flow_id: str) -> FlowSpec:
@@ -136,6 +137,7 @@ class Catalog:
 
 
 _parsed: dict[tuple[str, str], FlowSpec] = {}
+_last_build: dict[str, tuple[Any, Catalog]] = {}
 
 
 def sync(store: Store, settings: Settings) -> Catalog:
@@ -148,6 +150,7 @@ def sync(store: Store, settings: Settings) -> Catalog:
             continue
         on_disk[str(path)] = (stat.st_mtime_ns, stat.st_size, SPEC_FORMAT)
     known = store.flow_files()
+    gone_any = bool(set(known) - set(on_disk))
     for gone in set(known) - set(on_disk):
         log.info("event=flow_file_removed path=%s", gone)
         store.remove_flow_file(gone)
@@ -164,7 +167,15 @@ def sync(store: Store, settings: Settings) -> Catalog:
                 ",".join(s["flow_id"] for s in specs) or "-",
                 error or "-",
             )
-    return _build(store)
+    # Cross-file checks need every spec: only when this process changed what is loaded.
+    check_across = bool(changed or gone_any)
+    fingerprint = (store.flow_versions(), tuple(sorted(on_disk.items())))
+    last = _last_build.get(str(store.path))
+    if not check_across and last is not None and last[0] == fingerprint:
+        return last[1]  # the daemon's idle wake-ups: nothing to read again
+    catalog = _build(store, check_across)
+    _last_build[str(store.path)] = (fingerprint, catalog)
+    return catalog
 
 
 def _signature(row: dict[str, Any] | None) -> tuple[int, int, int] | None:
@@ -185,23 +196,47 @@ def _claim_ids(
     return kept, error
 
 
-def _build(store: Store) -> Catalog:
+def _build(store: Store, check_across: bool) -> Catalog:
+    """The catalog from the store. Specs are parsed when a flow is first looked at, so a
+    command about one flow does not parse 500. Errors across files (a wait for an unknown
+    flow, a cycle of waits) are worked out by whoever loaded files, and stored with the flow."""
     errors = {p: r["error"] for p, r in store.flow_files().items() if r["error"]}
-    rows = store.flows()
-    flows: dict[str, FlowSpec] = {}
-    for row in rows:
-        key = (row["flow_id"], row["spec"])
+    rows = {row["flow_id"]: row for row in store.flows()}
+    flows = LazyFlows(rows)
+    if check_across:
+        cross = _cross_flow_errors({f: flows[f] for f in rows})
+        if any(rows[f]["error"] != cross.get(f) for f in rows):
+            store.set_flow_errors({f: cross.get(f) for f in rows})
+        for flow_id in rows:
+            rows[flow_id]["error"] = cross.get(flow_id)
+    for flow_id, row in list(rows.items()):
+        if row["error"]:
+            errors[row["path"]] = row["error"]
+            del rows[flow_id]
+    return Catalog(flows, errors)
+
+
+class LazyFlows(Mapping[str, FlowSpec]):
+    """flow id -> FlowSpec, parsed on first access (and shared by all catalogs of a process)."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self._rows = rows
+
+    def __getitem__(self, flow_id: str) -> FlowSpec:
+        row = self._rows[flow_id]
+        key = (flow_id, row["spec"])
         if key not in _parsed:
             _parsed[key] = FlowSpec.from_spec(json.loads(row["spec"]), row["path"])
-        flows[row["flow_id"]] = _parsed[key]
-    cross = _cross_flow_errors(flows)
-    stored = {row["flow_id"]: row["error"] for row in rows}
-    if any(stored[f] != cross.get(f) for f in flows):
-        store.set_flow_errors({f: cross.get(f) for f in flows})
-    for flow_id, message in cross.items():
-        errors[flows[flow_id].path] = message
-        del flows[flow_id]
-    return Catalog(flows, errors)
+        return _parsed[key]
+
+    def __contains__(self, flow_id: object) -> bool:
+        return flow_id in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 def _cross_flow_errors(flows: dict[str, FlowSpec]) -> dict[str, str]:

@@ -223,6 +223,12 @@ class Store:
     def flows(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM flows ORDER BY flow_id")
 
+    def flow_versions(self) -> tuple[tuple[Any, ...], ...]:
+        """What changes when any flow's spec or error changes (cheap: no spec text)."""
+        rows = self.db.conn.execute("SELECT flow_id, updated_at, error FROM flows ORDER BY flow_id")
+        files = self.db.conn.execute("SELECT path, loaded_at, error FROM flow_files ORDER BY path")
+        return tuple(map(tuple, rows)) + tuple(map(tuple, files))
+
     def flow_states(self) -> list[dict[str, Any]]:
         """What the scheduler reads of every flow at each tick (not the specs)."""
         return self._rows("SELECT flow_id, paused, last_scheduled_at, error FROM flows")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, wait_for
+from conftest import cli, is_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,6 @@ def run_state(home: Path, flow: str) -> str:
     return json.loads(result.stdout)[0]["state"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_replay_of_a_failed_task_runs_it_again_with_a_new_try(home, daemon, write_flow):
     flag = home / "fixed"
     write_flow("flaky", FLAKY.format(flag=flag))
@@ -93,7 +85,7 @@ def test_mark_a_running_task_stops_it_and_the_run_goes_on(home, daemon, write_fl
     result = cli(home, "mark", "gated.wait", "--date", _latest(home, "gated"), "--state", "success")
     assert result.returncode == 0, result.stderr
     wait_for(lambda: run_state(home, "gated") == "success", what="the run to end")
-    wait_for(lambda: not _alive(pid), what="the marked task's process to end")
+    wait_for(lambda: not is_alive(pid), what="the marked task's process to end")
     assert tasks_of(home, "gated")["wait"]["state"] == "success"
     log = next((home / "logs" / "gated" / "wait").rglob("try-1.log")).read_text()
     assert "stopped: its state was changed to success" in log
@@ -109,7 +101,7 @@ def test_replay_of_a_running_task_kills_it_and_starts_a_new_try(home, daemon, wr
     date = _latest(home, "gated")
     assert cli(home, "replay", "gated", "--date", date, "--task", "wait", "-y").returncode == 0
     wait_for(lambda: len(pids.read_text().split()) == 2, what="the second try")
-    wait_for(lambda: not _alive(first), what="the first try to be killed")
+    wait_for(lambda: not is_alive(first), what="the first try to be killed")
     assert tasks_of(home, "gated")["wait"]["try_number"] == 2
     gate.touch()
     wait_for(lambda: run_state(home, "gated") == "success", what="the run to end")

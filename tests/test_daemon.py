@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import cli, wait_for
+from conftest import cli, is_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -104,11 +104,11 @@ def test_kill_9_mid_run_then_restart_recovers_the_orphan(home, daemon, write_flo
     task_pid = int(pidfile.read_text())
     first.signal(signal.SIGKILL)
     first.wait()
-    assert _alive(task_pid)  # the task outlived the daemon: an orphan
+    assert is_alive(task_pid)  # the task outlived the daemon: an orphan
     assert tasks_json(home, "orphan")["long"]["state"] == "running"
     second = daemon()
     wait_for(lambda: tasks_json(home, "orphan")["long"]["state"] == "success", what="the retry")
-    assert not _alive(task_pid)
+    assert not is_alive(task_pid)
     row = tasks_json(home, "orphan")["long"]
     assert row["try_number"] == 2
     log_dir = next((home / "logs" / "orphan" / "long").iterdir())
@@ -120,14 +120,6 @@ def test_kill_9_mid_run_then_restart_recovers_the_orphan(home, daemon, write_flo
     assert "event=orphans_recovered task_instances=1" in second.output()
     runs = cli(home, "tasks", "orphan", "--json")
     assert json.loads(runs.stdout)[0]["state"] == "success"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_second_daemon_on_the_same_home_is_refused(home, daemon):

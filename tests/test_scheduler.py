@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock, utc, wait_for
+from conftest import FakeClock, is_alive, utc, wait_for
 
 from cronflow import catalog
 from cronflow.config import Settings
@@ -361,15 +361,7 @@ def test_timeout_kills_the_whole_process_group(make, write_flow, home):
     ti = h.ti("hang", "hang")
     assert (ti["state"], ti["reason"]) == ("failed", "timed out after 0.5s")
     grandchild = int(pidfile.read_text())
-    wait_for(lambda: not _alive(grandchild), timeout=10, what="the grandchild to be killed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    wait_for(lambda: not is_alive(grandchild), timeout=10, what="the grandchild to be killed")
 
 
 def test_template_error_fails_the_attempt_with_a_clear_reason(make, write_flow):

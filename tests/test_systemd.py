@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from nspawn import Container, cached_root
 
 # tests/run.sh uses --dist loadfile: one worker runs this module's tests, in order.
@@ -63,17 +64,6 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         yield container
     finally:
         container.stop()
-
-
-def wait_until(predicate, timeout: float = 90, what: str = ""):
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def cronflow(
@@ -222,7 +212,7 @@ def test_sftp_download_from_an_sshd_in_the_container(box):
         f"chown cronflow:cronflow {HOME}/station_key {HOME}/station_key.pub",
     )
     box.run("systemctl", "start", "ssh.service")
-    wait_until(
+    wait_for(
         lambda: box.run("ssh-keyscan", "-t", "ed25519", "127.0.0.1", check=False).stdout.strip(),
         what="sshd to answer",
     )
@@ -277,13 +267,13 @@ with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
 """,
     )
     cronflow(box, "trigger", "long")
-    wait_until(
+    wait_for(
         lambda: box.run("test", "-e", f"{HOME}/long-1", check=False).returncode == 0, what="try 1"
     )
     old = main_pid(box)
     killed_at = time.monotonic()
     box.run("sh", "-c", f"kill -9 {old}")
-    new = wait_until(
+    new = wait_for(
         lambda: (
             (p := main_pid(box)) not in (0, old)
             and box.show("cronflow.service", "ActiveState")["ActiveState"] == "active"
@@ -293,7 +283,7 @@ with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
     )
     restart_s = time.monotonic() - killed_at
     assert new != old
-    wait_until(lambda: tasks(box, "long")["work"]["state"] == "success", what="the retry")
+    wait_for(lambda: tasks(box, "long")["work"]["state"] == "success", what="the retry")
     row = tasks(box, "long")["work"]
     assert row["try_number"] == 2
     print(f"\nrestart after kill -9: {restart_s:.1f}s")
@@ -311,7 +301,7 @@ def test_sigstop_is_caught_by_the_watchdog(box):
     old = main_pid(box)
     stopped_at = time.monotonic()
     box.run("sh", "-c", f"kill -STOP {old}")
-    wait_until(
+    wait_for(
         lambda: (
             main_pid(box) not in (0, old)
             and box.show("cronflow.service", "ActiveState")["ActiveState"] == "active"
@@ -342,7 +332,7 @@ with Flow("busy"):
 """,
     )
     cronflow(box, "trigger", "busy")
-    wait_until(lambda: tasks(box, "busy")["work"]["state"] == "running", what="the task to run")
+    wait_for(lambda: tasks(box, "busy")["work"]["state"] == "running", what="the task to run")
     started = time.monotonic()
     box.run("systemctl", "stop", "cronflow.service", timeout=120)
     stop_s = time.monotonic() - started
@@ -357,7 +347,7 @@ def test_user_unit_under_a_lingering_user(box):
     box.run("useradd", "--create-home", "alice")
     uid = box.run("id", "-u", "alice").stdout.strip()
     box.run("loginctl", "enable-linger", "alice")
-    wait_until(
+    wait_for(
         lambda: (
             box.run("test", "-S", f"/run/user/{uid}/systemd/private", check=False).returncode == 0
         ),
@@ -368,7 +358,7 @@ def test_user_unit_under_a_lingering_user(box):
         "/opt/cronflow/bin/cronflow", "install-service", "--user", user="alice", env=env
     )
     assert "installed /home/alice/.config/systemd/user/cronflow.service" in result.stdout
-    state = wait_until(
+    state = wait_for(
         lambda: (
             box.run(
                 "systemctl",

@@ -27,8 +27,14 @@ from typing import Any
 
 from cronflow.connections import Connection
 from cronflow.errors import CronflowError
-from cronflow.flow import Task
-from cronflow.ops.transfer import local_glob, nothing_matched, part_name, split_remote_pattern
+from cronflow.ops.transfer import (
+    Download,
+    Upload,
+    local_glob,
+    nothing_matched,
+    part_name,
+    split_remote_pattern,
+)
 from cronflow.templates import render
 
 log = logging.getLogger("cronflow.ftp")
@@ -88,27 +94,10 @@ def remote_glob(ftp: ftplib.FTP, pattern: str) -> list[str]:
     )
 
 
-class FTPGet(Task):
+class FTPGet(Download):
     """Download remote files (a path or a glob) into a local directory."""
 
     kind = "ftp_get"
-
-    def __init__(
-        self,
-        task_id: str,
-        *,
-        conn_id: str,
-        remote: str,
-        local_dir: str,
-        allow_empty: bool = False,
-        **task_args: Any,
-    ) -> None:
-        super().__init__(task_id, **task_args)
-        self.conn_id, self.remote, self.local_dir = conn_id, remote, local_dir
-        self.allow_empty = allow_empty
-
-    def op_spec(self) -> dict[str, Any]:
-        return {"conn_id": self.conn_id, "remote": self.remote, "local_dir": self.local_dir}
 
     def execute(self, context: Mapping[str, Any]) -> list[str]:
         conn = context["conn"].require(render(self.conn_id, context), FTP_TYPES)
@@ -138,27 +127,10 @@ class FTPGet(Task):
         return written
 
 
-class FTPPut(Task):
+class FTPPut(Upload):
     """Upload local files (a path or a glob) into a remote directory."""
 
     kind = "ftp_put"
-
-    def __init__(
-        self,
-        task_id: str,
-        *,
-        conn_id: str,
-        local: str,
-        remote_dir: str,
-        allow_empty: bool = False,
-        **task_args: Any,
-    ) -> None:
-        super().__init__(task_id, **task_args)
-        self.conn_id, self.local, self.remote_dir = conn_id, local, remote_dir
-        self.allow_empty = allow_empty
-
-    def op_spec(self) -> dict[str, Any]:
-        return {"conn_id": self.conn_id, "local": self.local, "remote_dir": self.remote_dir}
 
     def execute(self, context: Mapping[str, Any]) -> list[str]:
         conn = context["conn"].require(render(self.conn_id, context), FTP_TYPES)

@@ -24,9 +24,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from cronflow.flow import Task
 from cronflow.ops.ssh import SSH_TYPES, open_client
 from cronflow.ops.transfer import (
+    Download,
+    Upload,
     has_wildcard,
     local_glob,
     nothing_matched,
@@ -58,27 +59,10 @@ def remote_glob(sftp: Any, pattern: str) -> list[str]:
     )
 
 
-class SFTPGet(Task):
+class SFTPGet(Download):
     """Download remote files (a path or a glob) into a local directory."""
 
     kind = "sftp_get"
-
-    def __init__(
-        self,
-        task_id: str,
-        *,
-        conn_id: str,
-        remote: str,
-        local_dir: str,
-        allow_empty: bool = False,
-        **task_args: Any,
-    ) -> None:
-        super().__init__(task_id, **task_args)
-        self.conn_id, self.remote, self.local_dir = conn_id, remote, local_dir
-        self.allow_empty = allow_empty
-
-    def op_spec(self) -> dict[str, Any]:
-        return {"conn_id": self.conn_id, "remote": self.remote, "local_dir": self.local_dir}
 
     def execute(self, context: Mapping[str, Any]) -> list[str]:
         conn = context["conn"].require(render(self.conn_id, context), SSH_TYPES)
@@ -102,27 +86,10 @@ class SFTPGet(Task):
         return written
 
 
-class SFTPPut(Task):
+class SFTPPut(Upload):
     """Upload local files (a path or a glob) into a remote directory."""
 
     kind = "sftp_put"
-
-    def __init__(
-        self,
-        task_id: str,
-        *,
-        conn_id: str,
-        local: str,
-        remote_dir: str,
-        allow_empty: bool = False,
-        **task_args: Any,
-    ) -> None:
-        super().__init__(task_id, **task_args)
-        self.conn_id, self.local, self.remote_dir = conn_id, local, remote_dir
-        self.allow_empty = allow_empty
-
-    def op_spec(self) -> dict[str, Any]:
-        return {"conn_id": self.conn_id, "local": self.local, "remote_dir": self.remote_dir}
 
     def execute(self, context: Mapping[str, Any]) -> list[str]:
         conn = context["conn"].require(render(self.conn_id, context), SSH_TYPES)

@@ -6,8 +6,10 @@ import glob
 import logging
 import os
 import posixpath
+from typing import Any
 
 from cronflow.errors import CronflowError, InvalidInputError
+from cronflow.flow import Task
 
 log = logging.getLogger("cronflow.transfer")
 
@@ -49,3 +51,45 @@ def nothing_matched(pattern: str, where: str, allow_empty: bool) -> list[str]:
         log.info("nothing matches %s %s", pattern, where)
         return []
     raise TransferError(f"nothing matches {pattern} {where} (allow_empty=True accepts that)")
+
+
+class Download(Task):
+    """Base of FTPGet and SFTPGet: remote files (a path or a glob) into a local directory."""
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        conn_id: str,
+        remote: str,
+        local_dir: str,
+        allow_empty: bool = False,
+        **task_args: Any,
+    ) -> None:
+        super().__init__(task_id, **task_args)
+        self.conn_id, self.remote, self.local_dir = conn_id, remote, local_dir
+        self.allow_empty = allow_empty
+
+    def op_spec(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "remote": self.remote, "local_dir": self.local_dir}
+
+
+class Upload(Task):
+    """Base of FTPPut and SFTPPut: local files (a path or a glob) into a remote directory."""
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        conn_id: str,
+        local: str,
+        remote_dir: str,
+        allow_empty: bool = False,
+        **task_args: Any,
+    ) -> None:
+        super().__init__(task_id, **task_args)
+        self.conn_id, self.local, self.remote_dir = conn_id, local, remote_dir
+        self.allow_empty = allow_empty
+
+    def op_spec(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "local": self.local, "remote_dir": self.remote_dir}
