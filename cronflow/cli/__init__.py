@@ -1,7 +1,5 @@
 """The `cronflow` command. Each module of this package adds one group of commands to `app`."""
 
-from __future__ import annotations
-
 from cronflow.cli import (
     connections,  # noqa: F401  (each registers its commands)
     core,  # noqa: F401

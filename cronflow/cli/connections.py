@@ -1,8 +1,6 @@
 """`cronflow conn add|list|show|delete|test`: named connections to servers; passwords print as
 ***."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

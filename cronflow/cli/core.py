@@ -1,7 +1,5 @@
 """Core commands: init, daemon, list, trigger, tasks."""
 
-from __future__ import annotations
-
 import json
 import time
 from typing import Annotated, Any

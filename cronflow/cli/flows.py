@@ -1,7 +1,5 @@
 """One flow: show it in depth, pause and unpause it, ask why it is not running."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

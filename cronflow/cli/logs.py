@@ -1,7 +1,5 @@
 """`cronflow logs`: the log of a task's try, or follow it while it runs."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """Maintenance commands: `db clean`, `db backup`, `doctor`."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,5 @@
 """Runs: list them, and repair them by hand (replay, mark, backfill)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

@@ -1,7 +1,5 @@
 """`cronflow install-service`: run the daemon under systemd."""
 
-from __future__ import annotations
-
 import shlex
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`cronflow test`: run a flow or one task now, in the foreground, without the daemon."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

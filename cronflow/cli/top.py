@@ -1,7 +1,5 @@
 """`cronflow top`: a live view of running and waiting tasks and the latest failures."""
 
-from __future__ import annotations
-
 import time
 from typing import Annotated, Any
 

@@ -1,7 +1,5 @@
 """`cronflow var get|set|list|delete`: the variables templates read as {{ var.NAME }}."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 
