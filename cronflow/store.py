@@ -10,26 +10,48 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING, Any
 
 from cronflow.deps import run_outcome
 from cronflow.errors import CronflowError, NotFoundError, StoreError
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.timeparse import iso
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
 BUSY_TIMEOUT_MS = 30_000
 
-migrations = Migrations("cronflow")
+MIGRATION_SET = "cronflow"
+# (name, function) in order. Applied through sqlite-utils' Migrations, which is imported only
+# when one is pending: a command that only reads never pays for importing sqlite-utils.
+MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = []
 
 
-@migrations(name="0001_initial")
+def migration(name: str) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
+    def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+        MIGRATIONS.append((name, fn))
+        return fn
+
+    return register
+
+
+def _migrations() -> Migrations:
+    from sqlite_utils.migrations import Migrations
+
+    migrations = Migrations(MIGRATION_SET)
+    for name, fn in MIGRATIONS:
+        migrations(name=name)(fn)
+    return migrations
+
+
+@migration("0001_initial")
 def _initial(db: Database) -> None:
     db.execute("""
         CREATE TABLE flow_files (
@@ -79,7 +101,7 @@ def _initial(db: Database) -> None:
             started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL)""")
 
 
-@migrations(name="0002_cli_indexes")
+@migration("0002_cli_indexes")
 def _cli_indexes(db: Database) -> None:
     # `cronflow runs FLOW --state S`, newest first, without walking the flow's whole history
     db.execute("CREATE INDEX runs_by_flow_state_date ON runs (flow_id, state, logical_date)")
@@ -87,13 +109,13 @@ def _cli_indexes(db: Database) -> None:
     db.execute("CREATE INDEX tis_by_state_end ON task_instances (state, end_at)")
 
 
-@migrations(name="0003_ops")
+@migration("0003_ops")
 def _ops(db: Database) -> None:
     # A sensor's timeout counts from its first poke, across reschedules of the same try.
     db.execute("ALTER TABLE task_instances ADD COLUMN first_poke_at TEXT")
 
 
-SCHEMA_VERSION = len(migrations._migrations)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class RunExistsError(CronflowError):
@@ -118,14 +140,32 @@ class Store:
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the state database {path}: {exc}") from None
-        self.db = Database(conn)
+        self.conn = conn
         self._secrets_epoch = 0
         self._secrets_cache: tuple[tuple[int, int], list[str]] | None = None
         self._migrate()
 
+    @cached_property
+    def db(self) -> Database:
+        """sqlite-utils over the same connection, for writes and migrations (imported late)."""
+        from sqlite_utils import Database
+
+        return Database(self.conn)
+
+    def _applied_migrations(self) -> set[str]:
+        exists = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
+        ).fetchone()
+        if not exists:
+            return set()
+        rows = self.conn.execute(
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET]
+        )
+        return {row[0] for row in rows}
+
     def _migrate(self) -> None:
-        applied = {m.name for m in migrations.applied(self.db)}
-        unknown = applied - {m.name for m in migrations._migrations}
+        applied = self._applied_migrations()
+        unknown = applied - {name for name, _ in MIGRATIONS}
         if unknown:
             raise StoreError(
                 f"{self.path} was written by a newer cronflow (migration {sorted(unknown)[-1]}); "
@@ -133,16 +173,16 @@ class Store:
             )
         if len(applied) < SCHEMA_VERSION:
             with self._write():
-                migrations.apply(self.db)
+                _migrations().apply(self.db)
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[Database]:
         """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so a read that
         is later upgraded can never fail with 'database is locked'; nested calls use savepoints."""
-        conn = self.db.conn
+        conn = self.conn
         if conn.in_transaction:
             with self.db.atomic():
                 yield self.db
@@ -160,14 +200,14 @@ class Store:
         """Moves whenever anything is committed: by another connection (the CLI, a worker:
         `PRAGMA data_version`) or by this one (`total_changes`). Lets the daemon keep a cache
         of what it wrote itself and notice any other write."""
-        version = int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
-        return version, self.db.conn.total_changes
+        version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        return version, self.conn.total_changes
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.db.conn.execute(sql, params)]
+        return [dict(row) for row in self.conn.execute(sql, params)]
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        row = self.db.conn.execute(sql, params).fetchone()
+        row = self.conn.execute(sql, params).fetchone()
         return dict(row) if row else None
 
     # --- flow files and flows -------------------------------------------------------------
@@ -225,8 +265,8 @@ class Store:
 
     def flow_versions(self) -> tuple[tuple[Any, ...], ...]:
         """What changes when any flow's spec or error changes (cheap: no spec text)."""
-        rows = self.db.conn.execute("SELECT flow_id, updated_at, error FROM flows ORDER BY flow_id")
-        files = self.db.conn.execute("SELECT path, loaded_at, error FROM flow_files ORDER BY path")
+        rows = self.conn.execute("SELECT flow_id, updated_at, error FROM flows ORDER BY flow_id")
+        files = self.conn.execute("SELECT path, loaded_at, error FROM flow_files ORDER BY path")
         return tuple(map(tuple, rows)) + tuple(map(tuple, files))
 
     def flow_states(self) -> list[dict[str, Any]]:
@@ -292,7 +332,7 @@ class Store:
     def _insert_tis(
         self, run_id: int, flow_id: str, logical: str, tasks: Iterable[dict[str, Any]]
     ) -> None:
-        self.db.conn.executemany(
+        self.conn.executemany(
             """INSERT OR IGNORE INTO task_instances (run_id, task_id, flow_id, logical_date, state,
                max_tries, pool, priority) VALUES (?, ?, ?, ?, 'none', ?, ?, ?)""",
             [
@@ -564,13 +604,13 @@ class Store:
         os.close(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
         destination = sqlite3.connect(partial)
         try:
-            self.db.conn.backup(destination)
+            self.conn.backup(destination)
         finally:
             destination.close()
         os.replace(partial, target)
 
     def integrity_problems(self) -> list[str]:
-        rows = self.db.conn.execute("PRAGMA quick_check").fetchall()
+        rows = self.conn.execute("PRAGMA quick_check").fetchall()
         return [row[0] for row in rows if row[0] != "ok"]
 
     # --- variables, xcom ------------------------------------------------------------------
@@ -644,7 +684,7 @@ class Store:
         """Values that must never be shown: secret variables and connection passwords.
         Cached until another process commits or this one changes a variable or connection:
         the daemon asks before every attempt."""
-        key = (int(self.db.conn.execute("PRAGMA data_version").fetchone()[0]), self._secrets_epoch)
+        key = (int(self.conn.execute("PRAGMA data_version").fetchone()[0]), self._secrets_epoch)
         if self._secrets_cache is None or self._secrets_cache[0] != key:
             rows = self._rows(
                 """SELECT value FROM variables WHERE is_secret = 1
