@@ -5,8 +5,6 @@ CronflowError becomes `Error: <message>` on stderr and exit code 2; a failed run
 `trigger --wait` exits 1.
 """
 
-from __future__ import annotations
-
 import functools
 import json
 from collections.abc import Callable
@@ -73,13 +71,13 @@ def main_options(
     _options["home"] = home
 
 
-def settings_from_options() -> Settings:
+def settings_from_options() -> "Settings":
     from cronflow.config import home_path, load_settings
 
     return load_settings(home_path(_options["home"]))
 
 
-def open_home() -> tuple[Settings, Store, Catalog]:
+def open_home() -> tuple["Settings", "Store", "Catalog"]:
     from cronflow import catalog
     from cronflow.store import Store
 
@@ -115,7 +113,7 @@ def print_json(rows: list[dict[str, Any]]) -> None:
     typer.echo(json.dumps(rows, indent=2))
 
 
-def local_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
+def local_text(cat: "Catalog", flow_id: str, stamp: str | None) -> str:
     if not stamp:
         return "-"
     from datetime import datetime
@@ -124,7 +122,7 @@ def local_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %Z")
 
 
-def short_text(cat: Catalog, flow_id: str, stamp: str | None) -> str:
+def short_text(cat: "Catalog", flow_id: str, stamp: str | None) -> str:
     """A compact moment for table cells: 'YYYY-MM-DD HH:MM' (':SS' when not zero) in the flow's
     timezone (UTC for a flow no longer loaded); the zone is in the flow's schedule text."""
     if not stamp:

@@ -1,7 +1,5 @@
 """`cronflow import-crontab`: one flow file per crontab line, with cron's exact timing."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -101,7 +99,7 @@ def _flows_dir() -> Path:
     return load_settings(home_path(_options["home"])).flows_dir
 
 
-def _render(report: ImportReport, out_dir: Path, dry_run: bool) -> None:
+def _render(report: "ImportReport", out_dir: Path, dry_run: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 

@@ -1,7 +1,5 @@
 """`cronflow next` (coming fire times) and `cronflow check` (validate flow files, e.g. in CI)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -113,7 +111,7 @@ def check(
         raise typer.Exit(1)
 
 
-def _known_connections(settings: Settings) -> set[str] | None:
+def _known_connections(settings: "Settings") -> set[str] | None:
     """Connection ids of the home's database and of CRONFLOW_CONN_* variables; None when there
     is neither (e.g. in CI): then they cannot be known and are not checked."""
     from cronflow import connections
