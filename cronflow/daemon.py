@@ -34,7 +34,7 @@ from cronflow.store import Store
 log = logging.getLogger("cronflow.daemon")
 
 HEARTBEAT_S = 5.0
-FILE_CHECK_S = 2.0
+FILE_CHECK_S = 5.0  # flow files changed by hand are seen within this; the CLI pokes at once
 HOUSEKEEPING_S = 3600.0  # retention: compress and delete old logs, remove old history
 FIRST_HOUSEKEEPING_S = 5.0  # soon after start: retention is retroactive
 
@@ -45,7 +45,7 @@ def wakeup_address(home: Path) -> bytes:
 
 
 def poke(home: Path) -> bool:
-    """Tell a running daemon that the store changed (best effort; it re-reads within 2 s anyway)."""
+    """Tell a running daemon that the store changed (best effort; it re-reads within 5 s anyway)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:
             sock.sendto(b"!", wakeup_address(home))
@@ -161,7 +161,7 @@ class Daemon:
         try:
             sock.bind(wakeup_address(self.settings.home))
         except OSError as exc:
-            # Only costs latency: CLI changes are then seen at the next idle wake (2 s).
+            # Only costs latency: CLI changes are then seen at the next idle wake (5 s).
             log.warning("event=wakeup_socket_unavailable error=%r", str(exc))
         sock.setblocking(False)
         selector = selectors.DefaultSelector()

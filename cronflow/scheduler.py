@@ -39,7 +39,7 @@ from cronflow.timeparse import from_iso, iso
 
 log = logging.getLogger("cronflow.scheduler")
 
-IDLE_WAKE_S = 2.0  # wake at least this often: flow file changes, CLI changes without a poke
+IDLE_WAKE_S = 5.0  # wake at least this often: flow file changes, CLI changes without a poke
 TI = dict[str, Any]
 
 _WAITING = (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE)
