@@ -59,7 +59,7 @@ def test_list_shows_last_run_next_run_and_recent_state_counts(daily, write_flow)
     lines = ok(daily, "list").stdout.splitlines()
     assert lines[0].split()[:3] == ["flow", "schedule", "paused"]
     assert lines[1].split()[0] == "BROKEN"
-    daily_line = next(line for line in lines if line.startswith(" daily"))
+    daily_line = next(line for line in lines if line.split()[0] == "daily")
     assert "daily at 02:30 Europe/Paris" in daily_line
     assert "2024-03-03 02:30" in daily_line
     assert daily_line.rstrip().endswith("1 ok, 1 failed, 1 queued")

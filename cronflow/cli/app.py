@@ -7,6 +7,7 @@ CronflowError becomes `Error: <message>` on stderr and exit code 2; a failed run
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -147,3 +148,28 @@ def utc_now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+def print_rows(headers: list[str], rows: list[list[str]], wrap: str | None = None) -> None:
+    """A table: rich on a terminal; when piped, plain aligned columns (the same text without
+    styles), which is also much cheaper for hundreds of rows."""
+    out = console()
+    if out.is_terminal:
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for header in headers:
+            table.add_column(header, overflow="fold", no_wrap=header != wrap)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    from rich.text import Text
+
+    cells = [headers] + [[Text.from_markup(cell).plain for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ from cronflow.cli.app import (
     local_text,
     open_home,
     print_json,
+    print_rows,
     settings_from_options,
     short_text,
     styled_state,
@@ -54,7 +55,6 @@ def list_flows(
 ) -> None:
     """Every flow: schedule, paused, last run and its state, next run, recent run states."""
     from rich.markup import escape
-    from rich.table import Table
 
     from cronflow.overview import RECENT_RUNS, flow_rows
 
@@ -63,25 +63,32 @@ def list_flows(
     if as_json:
         print_json(rows)
         return
-    table = Table(box=None, header_style="bold")
-    table.add_column("flow", no_wrap=True)
-    table.add_column("schedule", overflow="fold")  # the only column that may wrap
-    for column in ("paused", "last run", "state", "next run", f"last {RECENT_RUNS} runs"):
-        table.add_column(column, no_wrap=True)
+    headers = [
+        "flow",
+        "schedule",
+        "paused",
+        "last run",
+        "state",
+        "next run",
+        f"last {RECENT_RUNS} runs",
+    ]
+    table = []
     for row in rows:
         if row["flow_id"] is None:
-            table.add_row("[red]BROKEN[/]", f"[red]{escape(row['error'])}[/]", "", "", "", "", "")
+            table.append(["[red]BROKEN[/]", f"[red]{escape(row['error'])}[/]", "", "", "", "", ""])
             continue
-        table.add_row(
-            row["flow_id"],
-            row["schedule_text"],
-            "yes" if row["paused"] else "no",
-            short_text(cat, row["flow_id"], row["logical_date"]),
-            styled_state(row["state"]),
-            short_text(cat, row["flow_id"], row["next_fire_at"]),
-            _counts_text(row["recent_states"]),
+        table.append(
+            [
+                row["flow_id"],
+                row["schedule_text"],
+                "yes" if row["paused"] else "no",
+                short_text(cat, row["flow_id"], row["logical_date"]),
+                styled_state(row["state"]),
+                short_text(cat, row["flow_id"], row["next_fire_at"]),
+                _counts_text(row["recent_states"]),
+            ]
         )
-    console().print(table)
+    print_rows(headers, table, wrap="schedule")  # the schedule is the only column that may wrap
 
 
 def _counts_text(counts: dict[str, int]) -> str:
