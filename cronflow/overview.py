@@ -62,6 +62,9 @@ def next_fires(flow: FlowSpec, now: datetime, count: int) -> list[datetime]:
     if flow.schedule is None:
         return []
     after = max(now, flow.start_at - TINY) if flow.start_at else now
+    if count == 1:  # `list`, once per flow: next_after is much cheaper than a fires() walk
+        upcoming = flow.schedule.next_after(after)
+        return [upcoming] if upcoming and not (flow.end_at and upcoming > flow.end_at) else []
     limit = flow.end_at or datetime.max.replace(tzinfo=now.tzinfo)
     return list(islice(flow.schedule.fires(after, limit), count))
 

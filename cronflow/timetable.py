@@ -17,6 +17,7 @@ one per UTC year), and each query asks croniter for one wall time per segment, n
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
@@ -110,8 +111,9 @@ class Schedule:
 
     @classmethod
     def parse(cls, expression: str, timezone: str = "UTC") -> Schedule:
-        """Validate `expression` in `timezone`; ScheduleError says what is wrong."""
-        return cls(expression, timezone)
+        """Validate `expression` in `timezone`; ScheduleError says what is wrong. Schedules
+        are immutable, so flows sharing an expression share one (parsing is the costly part)."""
+        return _parsed_schedule(cls, expression, timezone)
 
     def next_after(self, at: datetime) -> datetime | None:
         """The first fire instant strictly after `at` (aware UTC), None if it never fires again."""
@@ -451,3 +453,8 @@ def _weekday_names(weekdays: tuple[int, ...]) -> str:
         days = [_DAYS[day].title() for _, day in run]
         names.append(f"{days[0]}-{days[-1]}" if len(days) >= 3 else ",".join(days))
     return ",".join(names)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_schedule(cls: type[Schedule], expression: str, timezone: str) -> Schedule:
+    return cls(expression, timezone)

@@ -166,7 +166,9 @@ def print_rows(headers: list[str], rows: list[list[str]], wrap: str | None = Non
         return
     from rich.text import Text
 
-    cells = [headers] + [[Text.from_markup(cell).plain for cell in row] for row in rows]
+    cells = [headers] + [
+        [Text.from_markup(cell).plain if "[" in cell else cell for cell in row] for row in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
