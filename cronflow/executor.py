@@ -218,8 +218,13 @@ def _kill_everything(pgid: int, marker: str, sig: signal.Signals) -> None:
 
 def find_marked(marker: str, prefix: bool = False) -> list[int]:
     """Pids of this user's processes whose environment carries the attempt marker."""
+    return list(_marked(marker, prefix))
+
+
+def _marked(marker: str, prefix: bool) -> dict[int, str]:
+    """pid -> the full marker value, for processes whose marker is (or starts with) `marker`."""
     needle = f"{MARKER_VAR}={marker}".encode()
-    pids = []
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -228,16 +233,19 @@ def find_marked(marker: str, prefix: bool = False) -> list[int]:
                 environ = handle.read().split(b"\0")
         except OSError:
             continue
-        if any(v == needle or (prefix and v.startswith(needle)) for v in environ):
-            pids.append(int(entry.name))
-    return pids
+        for value in environ:
+            if value == needle or (prefix and value.startswith(needle)):
+                found[int(entry.name)] = value.decode(errors="replace").split("=", 1)[1]
+                break
+    return found
 
 
-def kill_orphans(marker_prefix: str) -> list[int]:
-    """Kill (SIGKILL, whole groups) every process left by an earlier daemon for this marker."""
-    pids = find_marked(marker_prefix, prefix=True)
-    for pid in pids:
+def kill_orphans(marker_prefix: str) -> dict[int, str]:
+    """Kill (SIGKILL, whole groups) every process left by an earlier daemon for this home;
+    returns pid -> marker, so the caller can tell which attempt each one was."""
+    found = _marked(marker_prefix, prefix=True)
+    for pid in found:
         for kill in (os.killpg, os.kill):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
-    return pids
+    return found

@@ -594,9 +594,17 @@ class Scheduler:
         )
 
     def recover_orphans(self, now: datetime) -> int:
-        """After a crash: kill what the previous daemon left running and settle those tries."""
+        """After a crash: kill what the previous daemon left running and settle those tries,
+        including a try whose process started just before the crash but was not yet recorded
+        (its marker says which try it was)."""
         killed = kill_orphans(self.marker_prefix)
         orphans = self.store.tis_in_states([TaskState.QUEUED, TaskState.RUNNING])
+        seen = {(ti["run_id"], ti["task_id"]) for ti in orphans}
+        for pid, marker in killed.items():
+            ti = self._unrecorded_try(pid, marker, seen, now)
+            if ti is not None:
+                orphans.append(ti)
+                seen.add((ti["run_id"], ti["task_id"]))
         for ti in orphans:
             pid = f" (pid {ti['pid']})" if ti["pid"] else ""
             reason = f"the daemon stopped while this try ran{pid}; the try was killed"
@@ -608,6 +616,34 @@ class Scheduler:
                 len(killed),
             )
         return len(orphans)
+
+    def _unrecorded_try(
+        self, pid: int, marker: str, seen: set[tuple[int, str]], now: datetime
+    ) -> TI | None:
+        """Record a try that was started but not yet written as running, so it ends like any
+        orphan (its log says so, and it counts as a try)."""
+        try:
+            run_text, task_id, try_text = marker.removeprefix(self.marker_prefix).split("|")
+            run_id, try_number = int(run_text), int(try_text)
+        except ValueError:
+            return None
+        ti = self.store.ti(run_id, task_id)
+        if ti is None or (run_id, task_id) in seen or ti["try_number"] >= try_number:
+            return None
+        run = self.store.run(run_id)
+        log_path = attempt_log_path(
+            self.settings.logs_dir, ti["flow_id"], task_id, run["logical_date"], try_number
+        )
+        fields = {
+            "try_number": try_number,
+            "log_path": str(log_path),
+            "pid": pid,
+            "host": self.host,
+            "start_at": iso(now),
+        }
+        if not self._write(ti, TaskState.SCHEDULED, state=TaskState.RUNNING, **fields):
+            return None
+        return ti
 
 
 def _exit_text(code: int) -> str:

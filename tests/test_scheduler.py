@@ -391,3 +391,35 @@ def test_next_wakeup_is_the_next_fire_time(make, write_flow):
     assert h.runs("f") == []
     h.at(utc(2024, 4, 1, 0, 30))
     assert h.logical_dates("f") == ["2024-04-01T00:30:00+00:00"]
+
+
+def test_recovery_settles_a_try_started_but_not_yet_recorded(make, write_flow):
+    """A crash between starting a process and recording it: the restarted daemon finds the
+    process by its marker, kills it, and counts that try like any other orphan."""
+    import os
+    import subprocess
+
+    write_flow(
+        "lost",
+        """
+        from cronflow import Flow, Shell
+        with Flow("lost", defaults={"retry_delay": 0}):
+            Shell("t", "true", retries=1)
+    """,
+    )
+    first = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    run_id = control.trigger(first.store, first.scheduler.catalog.get("lost"), utc(2024, 1, 1))
+    first.store.update_ti(run_id, "t", state=TaskState.SCHEDULED)
+    marker = first.scheduler.marker(run_id, "t", 1)
+    orphan = subprocess.Popen(
+        ["sleep", "600"], env={**os.environ, "CRONFLOW_ATTEMPT": marker}, start_new_session=True
+    )
+    restarted = make(utc(2024, 1, 1))
+    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1)) == 1
+    assert orphan.wait(timeout=30) == -9
+    ti = restarted.store.ti(run_id, "t")
+    assert (ti["state"], ti["try_number"]) == ("up_for_retry", 1)
+    note = Path(ti["log_path"]).read_text()
+    assert f"the daemon stopped while this try ran (pid {orphan.pid}); the try was killed" in note
