@@ -29,7 +29,6 @@ from cronflow.states import (
 )
 from cronflow.store import RunExistsError, Store
 from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
-from cronflow.timetable import data_interval
 
 MAX_BACKFILL_RUNS = 10_000
 TINY = timedelta(microseconds=1)
@@ -235,13 +234,7 @@ def backfill(
             existing += 1
             continue
         try:
-            run_id = store.create_run(
-                flow.flow_id,
-                fire,
-                RunType.BACKFILL,
-                data_interval(flow.schedule, fire),
-                flow.raw["tasks"],
-            )
+            run_id = control.trigger(store, flow, fire, run_type=RunType.BACKFILL)
         except RunExistsError:  # the daemon created it meanwhile
             existing += 1
             continue

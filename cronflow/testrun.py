@@ -19,16 +19,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cronflow import deps
+from cronflow import control, deps
 from cronflow.catalog import FlowSpec
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, LocalExecutor
 from cronflow.logs import attempt_log_path
 from cronflow.ops import launch_for
-from cronflow.states import RunState, RunType, TaskState
+from cronflow.states import RunState, TaskState
 from cronflow.store import Store
-from cronflow.timetable import data_interval
 
 POLL_S = 0.05
 
@@ -62,13 +61,7 @@ def run_test(
         try:
             store.copy_variables_and_connections(scratch)
             scratch.save_flow_file(flow.path, (0, 0, 0), None, [flow.raw])
-            run_id = scratch.create_run(
-                flow.flow_id,
-                logical_at,
-                RunType.MANUAL,
-                data_interval(flow.schedule, logical_at),
-                flow.raw["tasks"],
-            )
+            run_id = control.trigger(scratch, flow, logical_at)
             session = _Session(scratch, flow, scratch.run(run_id), home, on_output)
             states = session.run_all([task_id] if task_id else None, on_result)
         finally:

@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -27,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 SSHD = "/usr/sbin/sshd"
 DEADLINE_S = 30.0
@@ -36,17 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait(predicate, what: str, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- TLS: one self-signed certificate for 127.0.0.1 and localhost --------------------------------
@@ -165,7 +154,7 @@ def start_sshd(directory: Path, host_key: Path | None = None) -> Sshd:
             process = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
             )
-        _wait(functools.partial(_listening, process, log_path), "sshd to listen")
+        wait_for(functools.partial(_listening, process, log_path), what="sshd to listen")
         if process.poll() is None:
             break
     else:
@@ -208,7 +197,7 @@ class Mailbox:
     logins: list[str] = field(default_factory=list)
 
     def wait(self, count: int = 1) -> list[tuple[str, list[str], EmailMessage]]:
-        _wait(lambda: len(self.messages) >= count, f"{count} mail(s)")
+        wait_for(lambda: len(self.messages) >= count, what=f"{count} mail(s)")
         return self.messages
 
 
