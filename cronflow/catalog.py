@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from cronflow import deps
@@ -22,12 +22,15 @@ from cronflow.errors import NotFoundError
 from cronflow.loader import flow_file_paths, load_files
 from cronflow.store import Store
 from cronflow.timeparse import from_iso
-from cronflow.timetable import Schedule, parse_timezone
+
+if TYPE_CHECKING:
+    from cronflow.timetable import Schedule
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever the spec a flow file turns into changes shape: every file is then re-read.
-SPEC_FORMAT = 1
+# Bumped whenever what is stored of a flow file changes shape: every file is then re-read.
+# 2: the flows table holds each flow's timezone and schedule text (for `cronflow list`).
+SPEC_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,11 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class FlowSpec:
-    """A loaded flow definition, parsed once (schedule, timezone, dates)."""
+    """A loaded flow definition, parsed once (timezone, dates; the schedule on first use)."""
 
     flow_id: str
     path: str
     raw: dict[str, Any]
-    schedule: Schedule | None
     tz: ZoneInfo
     start_at: datetime | None
     end_at: datetime | None
@@ -73,15 +75,11 @@ class FlowSpec:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], path: str) -> FlowSpec:
-        tz = parse_timezone(spec["timezone"])
         return cls(
             flow_id=spec["flow_id"],
             path=path,
             raw=spec,
-            schedule=Schedule.parse(spec["schedule"], spec["timezone"])
-            if spec["schedule"]
-            else None,
-            tz=tz,
+            tz=ZoneInfo(spec["timezone"]),  # checked when the file was loaded
             start_at=from_iso(spec["start_at"]),
             end_at=from_iso(spec["end_at"]),
             catchup=spec["catchup"],
@@ -89,6 +87,21 @@ class FlowSpec:
             wait_for=[(w["flow_id"], w["offset_days"]) for w in spec["wait_for"]],
             tasks={t["task_id"]: TaskSpec(**t) for t in spec["tasks"]},
         )
+
+    @cached_property
+    def schedule(self) -> Schedule | None:
+        # Imported here: commands about runs and tasks need no cron parser (CLI start-up time).
+        from cronflow.timetable import Schedule
+
+        expression = self.raw["schedule"]
+        return Schedule.parse(expression, self.raw["timezone"]) if expression else None
+
+    @cached_property
+    def schedule_text(self) -> str:
+        """The schedule in words; flows without one run by hand, or at each daemon start."""
+        if self.schedule:
+            return self.schedule.describe()
+        return "at each daemon start" if self.raw.get("run_at_daemon_start") else "manual only"
 
     def task(self, task_id: str) -> TaskSpec:
         if task_id not in self.tasks:
@@ -125,6 +138,14 @@ class Catalog:
 
     flows: Mapping[str, FlowSpec]
     errors: dict[str, str]
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # the store's flows rows
+
+    def timezone(self, flow_id: str) -> ZoneInfo:
+        """The flow's timezone without parsing its spec; UTC for a flow no longer loaded."""
+        row = self.rows.get(flow_id)
+        if row and row.get("timezone"):
+            return ZoneInfo(row["timezone"])
+        return self.flows[flow_id].tz if flow_id in self.flows else ZoneInfo("UTC")
 
     def get(self, flow_id: str) -> FlowSpec:
         if flow_id not in self.flows:
@@ -160,7 +181,8 @@ def sync(store: Store, settings: Settings) -> Catalog:
         owners = {row["flow_id"]: row["path"] for row in store.flows()}
         for path, result in results.items():
             specs, error = _claim_ids(str(path), result.specs, result.error, owners)
-            store.save_flow_file(str(path), on_disk[str(path)], error, specs)
+            texts = {s["flow_id"]: FlowSpec.from_spec(s, str(path)).schedule_text for s in specs}
+            store.save_flow_file(str(path), on_disk[str(path)], error, specs, texts)
             log.info(
                 "event=flow_file_loaded path=%s flows=%s error=%s",
                 path,
@@ -213,7 +235,7 @@ def _build(store: Store, check_across: bool) -> Catalog:
         if row["error"]:
             errors[row["path"]] = row["error"]
             del rows[flow_id]
-    return Catalog(flows, errors)
+    return Catalog(flows, errors, rows)
 
 
 class LazyFlows(Mapping[str, FlowSpec]):

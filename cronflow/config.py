@@ -7,7 +7,6 @@ has an embedded default, so an empty or missing cronflow.toml is a valid configu
 from __future__ import annotations
 
 import os
-import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,7 +261,7 @@ def _smtp(path: Path, data: dict[str, object]) -> SmtpSettings | None:
         user=data.get("user"),  # type: ignore[arg-type]
         password=data.get("password"),  # type: ignore[arg-type]
         password_env=data.get("password_env"),  # type: ignore[arg-type]
-        sender=str(data.get("from") or f"cronflow@{socket.gethostname()}"),
+        sender=str(data.get("from") or f"cronflow@{os.uname().nodename}"),
         ca_file=data.get("ca_file"),  # type: ignore[arg-type]
         timeout_s=float(data.get("timeout_s") or 30.0),  # type: ignore[arg-type]
     )

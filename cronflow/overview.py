@@ -7,6 +7,7 @@ newest runs of every flow in one query, a flow's runs through its (flow, state, 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -22,39 +23,52 @@ TINY = timedelta(microseconds=1)
 
 
 def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]:
-    """`cronflow list`: broken files first, then every flow with its last run and next fire."""
+    """`cronflow list`: broken files first, then every flow with its last run and next fire.
+    What the loader and the daemon stored with each flow is used as is; a spec is parsed only
+    for a flow whose stored next fire time no longer holds (e.g. while the daemon is down)."""
     latest = store.latest_runs()
-    paused = {r["flow_id"]: bool(r["paused"]) for r in store.flow_states()}
+    states = {r["flow_id"]: r for r in store.flow_states()}  # read now, not from a catalog
     counts = store.recent_state_counts(RECENT_RUNS)
     rows: list[dict[str, Any]] = [
         {"flow_id": None, "path": path, "error": error}
         for path, error in sorted(cat.errors.items())
     ]
-    for flow_id, flow in sorted(cat.flows.items()):
+    for flow_id in sorted(cat.flows):
+        stored = cat.rows.get(flow_id) or {}
+        state = states.get(flow_id) or {}
         last = latest.get(flow_id, {})
-        upcoming = next_fires(flow, now, 1)
         rows.append(
             {
                 "flow_id": flow_id,
-                "schedule": flow.raw["schedule"],
-                "schedule_text": schedule_text(flow),
-                "paused": paused.get(flow_id, False),
+                "schedule": _raw_schedule(cat, flow_id, stored),
+                "schedule_text": stored.get("schedule_text") or cat.flows[flow_id].schedule_text,
+                "paused": bool(state.get("paused")),
                 "run_id": last.get("run_id"),
                 "logical_date": last.get("logical_date"),
                 "state": last.get("state"),
-                "next_fire_at": iso(upcoming[0]) if upcoming else None,
+                "next_fire_at": _next_fire_text(cat, flow_id, state, now),
                 "recent_states": counts.get(flow_id, {}),
-                "path": flow.path,
+                "path": stored.get("path") or cat.flows[flow_id].path,
             }
         )
     return rows
 
 
-def schedule_text(flow: FlowSpec) -> str:
-    """The schedule in words; flows without one run by hand, or at each daemon start (@reboot)."""
-    if flow.schedule:
-        return flow.schedule.describe()
-    return "at each daemon start" if flow.raw.get("run_at_daemon_start") else "manual only"
+def _raw_schedule(cat: Catalog, flow_id: str, stored: dict[str, Any]) -> str | None:
+    if stored.get("timing"):  # [schedule, timezone, start_at, end_at]
+        return json.loads(stored["timing"])[0]
+    return cat.flows[flow_id].raw["schedule"]
+
+
+def _next_fire_text(
+    cat: Catalog, flow_id: str, stored: dict[str, Any], now: datetime
+) -> str | None:
+    """The stored next fire time holds from `next_fire_from` until it passes."""
+    fire, since = from_iso(stored.get("next_fire_at")), from_iso(stored.get("next_fire_from"))
+    if fire and since and since <= now < fire:
+        return iso(fire)
+    upcoming = next_fires(cat.flows[flow_id], now, 1)
+    return iso(upcoming[0]) if upcoming else None
 
 
 def next_fires(flow: FlowSpec, now: datetime, count: int) -> list[datetime]:
@@ -142,7 +156,7 @@ def flow_detail(
         "path": flow.path,
         "doc": flow.raw.get("doc"),
         "schedule": flow.raw["schedule"],
-        "schedule_text": schedule_text(flow),
+        "schedule_text": flow.schedule_text,
         "timezone": flow.raw["timezone"],
         "paused": paused,
         "start_at": flow.raw["start_at"],

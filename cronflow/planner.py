@@ -29,6 +29,7 @@ class RunPlanner:
         self.catalog = Catalog({}, {})
         self._next_fire: dict[tuple[str, str | None], Any] = {}
         self._created = 0  # runs created by the current create_scheduled_runs pass
+        self._recorded: dict[str, tuple[str, datetime]] = {}  # flow id -> (timing, next fire)
 
     def plan(self, now: datetime) -> tuple[list[datetime], list[dict[str, Any]]]:
         """Create due runs and start the queued runs that may start: the next fire times to
@@ -51,6 +52,7 @@ class RunPlanner:
             active[run["flow_id"]] += 1
         wakes = []
         self._created = 0
+        upcoming: dict[str, tuple[datetime, datetime]] = {}
         for row in flows:
             flow = self.catalog.flows.get(row["flow_id"])
             if flow is None or flow.schedule is None or row["paused"]:
@@ -60,7 +62,19 @@ class RunPlanner:
             )
             if wake is not None:
                 wakes.append(wake)
+                if wake > now and self._recorded.get(flow.flow_id) != (_timing(flow), wake):
+                    upcoming[flow.flow_id] = (now, wake)
+        self._record_next_fires(upcoming)
         return wakes, self._created
+
+    def _record_next_fires(self, upcoming: dict[str, tuple[datetime, datetime]]) -> None:
+        """Store each flow's next fire time when it changes, so `cronflow list` need not work
+        it out: nothing fires between now and a wake-up time later than now."""
+        if not upcoming:
+            return
+        self.store.record_next_fires(upcoming)
+        for flow_id, (_, fire) in upcoming.items():
+            self._recorded[flow_id] = (_timing(self.catalog.flows[flow_id]), fire)
 
     def _schedule_flow(
         self, flow: FlowSpec, cursor: datetime | None, active: int, now: datetime
@@ -222,3 +236,8 @@ class RunPlanner:
                 iso(logical_at),
             )
         return created
+
+
+def _timing(flow: FlowSpec) -> str:
+    """What decides when a flow fires; a reloaded file that changes it drops the stored fire."""
+    return "|".join(str(flow.raw[k]) for k in ("schedule", "timezone", "start_at", "end_at"))

@@ -115,6 +115,16 @@ def _ops(db: Database) -> None:
     db.execute("ALTER TABLE task_instances ADD COLUMN first_poke_at TEXT")
 
 
+@migration("0004_flow_listing")
+def _flow_listing(db: Database) -> None:
+    # What `cronflow list` shows of a flow, kept with its row so listing parses no spec: the
+    # loader fills the timezone and schedule text; the daemon records the next fire time and
+    # the moment from which it holds (it stays right until that fire time passes). `timing`
+    # (schedule, zone, dates) tells whether a reloaded file changed when the flow fires.
+    for column in ("timezone", "schedule_text", "timing", "next_fire_at", "next_fire_from"):
+        db.execute(f"ALTER TABLE flows ADD COLUMN {column} TEXT")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -220,10 +230,12 @@ class Store:
         signature: tuple[int, int, int],
         error: str | None,
         specs: list[dict[str, Any]],
+        schedule_texts: Mapping[str, str] | None = None,
     ) -> None:
         """Record one loaded file and replace the flows it defines, keeping their pause state
-        and scheduling cursor."""
+        and scheduling cursor (and their recorded next fire time while their timing holds)."""
         now = iso(_utcnow())
+        texts = schedule_texts or {}
         with self._write():
             self.db["flow_files"].upsert(
                 {
@@ -242,11 +254,29 @@ class Store:
                 f"DELETE FROM flows WHERE path = ? AND flow_id NOT IN ({marks})", [path, *keep]
             )
             for spec in specs:
+                timing = json.dumps(
+                    [spec[k] for k in ("schedule", "timezone", "start_at", "end_at")]
+                )
                 self.db.execute(
-                    """INSERT INTO flows (flow_id, path, spec, updated_at) VALUES (?, ?, ?, ?)
+                    """INSERT INTO flows (flow_id, path, spec, updated_at, timezone, schedule_text,
+                       timing) VALUES (?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT (flow_id) DO UPDATE SET path = excluded.path,
-                       spec = excluded.spec, updated_at = excluded.updated_at""",
-                    [spec["flow_id"], path, json.dumps(spec), now],
+                       spec = excluded.spec, updated_at = excluded.updated_at,
+                       timezone = excluded.timezone, schedule_text = excluded.schedule_text,
+                       next_fire_at = CASE WHEN timing IS excluded.timing
+                           THEN next_fire_at END,
+                       next_fire_from = CASE WHEN timing IS excluded.timing
+                           THEN next_fire_from END,
+                       timing = excluded.timing""",
+                    [
+                        spec["flow_id"],
+                        path,
+                        json.dumps(spec),
+                        now,
+                        spec["timezone"],
+                        texts.get(spec["flow_id"]),
+                        timing,
+                    ],
                 )
 
     def remove_flow_file(self, path: str) -> None:
@@ -269,9 +299,21 @@ class Store:
         files = self.conn.execute("SELECT path, loaded_at, error FROM flow_files ORDER BY path")
         return tuple(map(tuple, rows)) + tuple(map(tuple, files))
 
+    def record_next_fires(self, fires: Mapping[str, tuple[datetime, datetime]]) -> None:
+        """flow id -> (from, fire): the flow's next fire time is `fire` for any moment in
+        [from, fire). Written by the daemon as it schedules, read by `cronflow list`."""
+        with self._write():
+            self.conn.executemany(
+                "UPDATE flows SET next_fire_from = ?, next_fire_at = ? WHERE flow_id = ?",
+                [(iso(start), iso(fire), flow_id) for flow_id, (start, fire) in fires.items()],
+            )
+
     def flow_states(self) -> list[dict[str, Any]]:
         """What the scheduler reads of every flow at each tick (not the specs)."""
-        return self._rows("SELECT flow_id, paused, last_scheduled_at, error FROM flows")
+        return self._rows(
+            """SELECT flow_id, paused, last_scheduled_at, error, next_fire_from, next_fire_at
+               FROM flows"""
+        )
 
     def flow(self, flow_id: str) -> dict[str, Any]:
         row = self._one("SELECT * FROM flows WHERE flow_id = ?", [flow_id])

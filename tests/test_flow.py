@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cronflow import Flow, FlowDependency, Python, Shell, Task
-from cronflow.errors import FlowDefinitionError, TemplateError
+from cronflow.errors import FlowDefinitionError, FlowLoadError, TemplateError
 from cronflow.flow import TASK_DEFAULTS, collecting_flows
 from cronflow.loader import LoadResult, describe_file, flow_file_paths, load_files
 from cronflow.ops import Launch, launch_for
@@ -818,3 +818,11 @@ def test_load_files_does_not_change_the_parent_process(tmp_path: Path) -> None:
     assert sys.path == path_before
     assert not any(m.startswith("cronflow_flowfile_") for m in set(sys.modules) - modules_before)
     assert "CRONFLOW_TEST_SIDE" not in __import__("os").environ
+
+
+def test_an_unreadable_flows_directory_is_an_error_not_an_empty_one(tmp_path: Path) -> None:
+    # Read as "no flow files", it would make the daemon forget every flow and its state.
+    flows = tmp_path / "flows"
+    flows.symlink_to(flows)  # a loop: listing fails even for root, unlike a chmod 0 directory
+    with pytest.raises(FlowLoadError, match="cannot list flow files: Too many levels"):
+        flow_file_paths(flows)

@@ -423,3 +423,44 @@ def test_recovery_settles_a_try_started_but_not_yet_recorded(make, write_flow):
     assert (ti["state"], ti["try_number"]) == ("up_for_retry", 1)
     note = Path(ti["log_path"]).read_text()
     assert f"the daemon stopped while this try ran (pid {orphan.pid}); the try was killed" in note
+
+
+def test_the_planner_records_each_flows_next_fire_for_cronflow_list(make, write_flow):
+    from cronflow.overview import flow_rows
+    from cronflow.timeparse import iso
+
+    empty_flow(write_flow, start="2024-04-01")  # daily at 02:30 Paris = 00:30 UTC in April
+    h = make(utc(2024, 4, 1))
+    h.tick()
+    row = h.store.flow("f")
+    assert row["schedule_text"] == "daily at 02:30 Europe/Paris"  # stored by the loader
+    assert (row["next_fire_from"], row["next_fire_at"]) == (
+        iso(utc(2024, 4, 1)),
+        iso(utc(2024, 4, 1, 0, 30)),
+    )
+    h.at(utc(2024, 4, 1, 0, 30))  # the run is created; the next fire is tomorrow's
+    assert h.store.flow("f")["next_fire_at"] == iso(utc(2024, 4, 2, 0, 30))
+
+    # `list` takes the stored fire while it holds: from the moment it was recorded until it
+    # passes. A stored value that cannot come from the schedule shows which one is used.
+    h.store.record_next_fires({"f": (utc(2024, 4, 1, 1), utc(2024, 4, 1, 1, 7))})
+
+    def listed(now: datetime) -> str:
+        rows = flow_rows(h.store, h.scheduler.catalog, now)
+        return next(r["next_fire_at"] for r in rows if r["flow_id"] == "f")
+
+    assert listed(utc(2024, 4, 1, 1, 5)) == iso(utc(2024, 4, 1, 1, 7))
+    assert listed(utc(2024, 4, 1, 0, 59)) == iso(utc(2024, 4, 2, 0, 30))  # before: worked out
+    assert listed(utc(2024, 4, 1, 1, 7)) == iso(utc(2024, 4, 2, 0, 30))  # passed: worked out
+
+    # A reloaded file keeps the stored fire while its timing holds, and drops it when not.
+    empty_flow(write_flow, start="2024-04-01", mar=3)
+    h.sync()
+    assert h.store.flow("f")["next_fire_at"] == iso(utc(2024, 4, 1, 1, 7))
+    empty_flow(write_flow, start="2024-04-01", cron="45 3 * * *")
+    h.sync()
+    row = h.store.flow("f")
+    assert (row["next_fire_at"], row["schedule_text"]) == (None, "daily at 03:45 Europe/Paris")
+    assert listed(utc(2024, 4, 1, 1, 5)) == iso(utc(2024, 4, 1, 1, 45))
+    h.at(utc(2024, 4, 1, 1, 5))
+    assert h.store.flow("f")["next_fire_at"] == iso(utc(2024, 4, 1, 1, 45))

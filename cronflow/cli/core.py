@@ -8,6 +8,8 @@ import typer
 
 from cronflow.cli.app import (
     STATE_STYLES,
+    Cell,
+    Spans,
     _options,
     app,
     console,
@@ -18,6 +20,7 @@ from cronflow.cli.app import (
     print_rows,
     settings_from_options,
     short_text,
+    state_cell,
     styled_state,
     utc_now,
 )
@@ -54,8 +57,6 @@ def list_flows(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """Every flow: schedule, paused, last run and its state, next run, recent run states."""
-    from rich.markup import escape
-
     from cronflow.overview import RECENT_RUNS, flow_rows
 
     _, store, cat = open_home()
@@ -72,10 +73,10 @@ def list_flows(
         "next run",
         f"last {RECENT_RUNS} runs",
     ]
-    table = []
+    table: list[list[Cell]] = []
     for row in rows:
         if row["flow_id"] is None:
-            table.append(["[red]BROKEN[/]", f"[red]{escape(row['error'])}[/]", "", "", "", "", ""])
+            table.append([[("BROKEN", "red")], [(row["error"], "red")], "", "", "", "", ""])
             continue
         table.append(
             [
@@ -83,20 +84,23 @@ def list_flows(
                 row["schedule_text"],
                 "yes" if row["paused"] else "no",
                 short_text(cat, row["flow_id"], row["logical_date"]),
-                styled_state(row["state"]),
+                state_cell(row["state"]),
                 short_text(cat, row["flow_id"], row["next_fire_at"]),
                 _counts_text(row["recent_states"]),
             ]
         )
-    print_rows(headers, table, wrap="schedule")  # the schedule is the only column that may wrap
+    print_rows(headers, table, wrap=["schedule"])  # the schedule is the only column that may wrap
 
 
-def _counts_text(counts: dict[str, int]) -> str:
+def _counts_text(counts: dict[str, int]) -> Cell:
     order = ("success", "failed", "running", "queued")
     names = {"success": "ok"}
-    return ", ".join(
-        f"[{STATE_STYLES[s]}]{counts[s]} {names.get(s, s)}[/]" for s in order if counts.get(s)
-    )
+    spans: Spans = []
+    for state in (s for s in order if counts.get(s)):
+        if spans:
+            spans.append((", ", ""))
+        spans.append((f"{counts[state]} {names.get(state, state)}", STATE_STYLES[state]))
+    return spans
 
 
 @app.command()
@@ -166,8 +170,6 @@ def tasks(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """The task instances of one run: state, try, start, end, duration, host."""
-    from rich.table import Table
-
     from cronflow import control
 
     _s, store, cat = open_home()
@@ -196,23 +198,25 @@ def tasks(
         print_json(rows)
         return
     local = local_text(cat, flow_id, run["logical_date"])
-    table = Table(
-        title=f"{flow_id} {local} ({styled_state(run['state'])})", box=None, header_style="bold"
+    headers = ["task", "state", "try", "start", "end", "duration", "host", "reason"]
+    print_rows(
+        headers,
+        [
+            [
+                row["task"],
+                state_cell(row["state"]),
+                f"{row['try_number']}/{row['max_tries']}",
+                local_text(cat, flow_id, row["start"]),
+                local_text(cat, flow_id, row["end"]),
+                "-" if row["duration_s"] is None else f"{row['duration_s']:.2f}s",
+                row["host"] or "-",
+                row["reason"] or "",
+            ]
+            for row in rows
+        ],
+        wrap=headers,
+        title=[(f"{flow_id} {local} (", ""), (run["state"], STATE_STYLES[run["state"]]), (")", "")],
     )
-    for column in ("task", "state", "try", "start", "end", "duration", "host", "reason"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["task"],
-            styled_state(row["state"]),
-            f"{row['try_number']}/{row['max_tries']}",
-            local_text(cat, flow_id, row["start"]),
-            local_text(cat, flow_id, row["end"]),
-            "-" if row["duration_s"] is None else f"{row['duration_s']:.2f}s",
-            row["host"] or "-",
-            row["reason"] or "",
-        )
-    console().print(table)
 
 
 @app.command()

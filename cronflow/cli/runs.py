@@ -11,7 +11,9 @@ from cronflow.cli.app import (
     handles_errors,
     open_home,
     print_json,
+    print_rows,
     short_text,
+    state_cell,
     styled_state,
     utc_now,
 )
@@ -37,8 +39,6 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """The runs of a flow, newest first: id, logical date, type, state, start, end, duration."""
-    from rich.table import Table
-
     from cronflow.overview import run_rows
 
     _s, store, cat = open_home()
@@ -47,20 +47,25 @@ def runs(
     if as_json:
         print_json(rows)
         return
-    table = Table(box=None, header_style="bold", title=f"{flow_id} ({flow.raw['timezone']})")
-    for column in ("run", "logical date", "type", "state", "started", "ended", "duration"):
-        table.add_column(column, no_wrap=True)
-    for row in rows:
-        table.add_row(
-            str(row["run_id"]),
-            short_text(cat, flow_id, row["logical_date"]),
-            row["run_type"],
-            styled_state(row["state"]),
-            short_text(cat, flow_id, row["started_at"]),
-            short_text(cat, flow_id, row["ended_at"]),
-            duration_text(row["duration_s"]),
-        )
-    console().print(table if rows else "no runs match")
+    if not rows:
+        typer.echo("no runs match")
+        return
+    print_rows(
+        ["run", "logical date", "type", "state", "started", "ended", "duration"],
+        [
+            [
+                str(row["run_id"]),
+                short_text(cat, flow_id, row["logical_date"]),
+                row["run_type"],
+                state_cell(row["state"]),
+                short_text(cat, flow_id, row["started_at"]),
+                short_text(cat, flow_id, row["ended_at"]),
+                duration_text(row["duration_s"]),
+            ]
+            for row in rows
+        ],
+        title=f"{flow_id} ({flow.raw['timezone']})",
+    )
 
 
 @app.command()
