@@ -88,6 +88,34 @@ def test_states_are_coloured_on_a_terminal_and_plain_with_no_color(daily):
     assert "\x1b[" not in plain and "success" in plain
 
 
+def test_a_terminal_table_folds_only_its_wrapping_column_to_the_width(daily):
+    env = {**os.environ, "CRONFLOW_HOME": str(daily), "NO_COLOR": "1", "TTY_COMPATIBLE": "1"}
+    command = [sys.executable, "-m", "cronflow", "list"]
+    wide = subprocess.run(command, capture_output=True, text=True, env={**env, "COLUMNS": "200"})
+    assert [line.split()[0] for line in wide.stdout.splitlines()] == ["flow", "daily"]
+    assert "daily at 02:30 Europe/Paris" in wide.stdout
+    narrow = subprocess.run(command, capture_output=True, text=True, env={**env, "COLUMNS": "60"})
+    lines = narrow.stdout.splitlines()
+    # the schedule folds at its floor width (12); the other columns stay whole on the first line
+    assert lines[1].split()[:4] == ["daily", "daily", "at", "no"]
+    assert "2024-03-03 02:30" in lines[1]
+    assert [line[:6].strip() + "|" + line[6:].strip() for line in lines[2:]] == [
+        "|02:30",
+        "|Europe/Paris",
+    ]
+
+
+def test_fitting_narrows_the_widest_folding_column_down_to_its_floor():
+    from cronflow.cli.tables import MIN_FOLDED_WIDTH, fit
+
+    # 3 columns of 10, 30 and 20 with gaps of 2: 64 wide
+    assert fit([10, 30, 20], [False, True, True], 64, [1, 1, 1]) == [10, 30, 20]
+    assert fit([10, 30, 20], [False, True, True], 54, [1, 1, 1]) == [10, 20, 20]
+    assert fit([10, 30, 20], [False, True, True], 44, [1, 1, 1]) == [10, 15, 15]
+    floor = max(MIN_FOLDED_WIDTH, 14)
+    assert fit([10, 30, 20], [False, True, True], 10, [1, 14, 1]) == [10, floor, MIN_FOLDED_WIDTH]
+
+
 # --- show ----------------------------------------------------------------------------------------
 def test_show_gives_doc_tree_links_next_fires_and_the_runs_grid(daily, write_flow):
     write_flow("waiter", WAITER)
@@ -284,3 +312,15 @@ def test_top_once_shows_active_tasks_and_recent_failures(daily):
     ]
     assert all(keys <= set(r) for r in frame["active"] + frame["failures"])
     assert [(r["run_id"], r["reason"]) for r in frame["failures"]] == [(2, "exit code 9")]
+
+
+def test_table_styles_are_rendered_as_rich_renders_them():
+    from rich.color import ColorSystem
+    from rich.style import Style
+
+    from cronflow.cli.app import STATE_STYLES
+    from cronflow.cli.tables import SGR
+
+    assert set(STATE_STYLES.values()) - {"default"} <= set(SGR)
+    for name, codes in SGR.items():
+        assert Style.parse(name)._make_ansi_codes(ColorSystem.EIGHT_BIT) == codes, name

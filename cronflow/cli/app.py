@@ -7,8 +7,7 @@ CronflowError becomes `Error: <message>` on stderr and exit code 2; a failed run
 
 import functools
 import json
-import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -16,6 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from cronflow.catalog import Catalog
+    from cronflow.cli.tables import Cell
     from cronflow.config import Settings
     from cronflow.store import Store
 
@@ -149,62 +149,5 @@ def utc_now() -> Any:
     return datetime.now(UTC)
 
 
-Spans = list[tuple[str, str]]  # (text, rich style) pieces of one table cell
-Cell = str | Spans  # plain text (never read as markup), or styled pieces
-
-
-def state_cell(state: str | None) -> Cell:
+def state_cell(state: str | None) -> "Cell":
     return [(state, STATE_STYLES.get(state, "default"))] if state else "-"
-
-
-def print_rows(
-    headers: list[str],
-    rows: list[list[Cell]],
-    wrap: Collection[str] = (),
-    title: Cell | None = None,
-) -> None:
-    """A table (only the `wrap` columns may wrap on a narrow terminal): rich on a terminal; when piped, plain aligned
-    columns, the same text without styles. Piped output does not even import rich, so that
-    listing 500 flows or a long history stays fast."""
-    if _styled_output():
-        from rich.table import Table
-        from rich.text import Text
-
-        def text(cell: Cell) -> Text:
-            return Text(cell) if isinstance(cell, str) else Text.assemble(*cell)
-
-        table = Table(box=None, header_style="bold", title=text(title) if title else None)
-        for header in headers:
-            table.add_column(header, overflow="fold", no_wrap=header not in wrap)
-        for row in rows:
-            table.add_row(*map(text, row))
-        console().print(table)
-        return
-    cells = [headers] + [list(map(_plain, row)) for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [_plain(title)] if title else []
-    lines += [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in cells
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
-
-
-def _plain(cell: Cell) -> str:
-    return cell if isinstance(cell, str) else "".join(text for text, _ in cell)
-
-
-def _styled_output() -> bool:
-    """Whether rich's Console would call stdout a terminal (its TTY_COMPATIBLE and FORCE_COLOR
-    rules, then isatty), decided without importing rich."""
-    import os
-
-    forced = os.environ.get("TTY_COMPATIBLE", "")
-    if forced in ("0", "1"):
-        return forced == "1"
-    if "FORCE_COLOR" in os.environ:
-        return os.environ["FORCE_COLOR"] != ""
-    try:
-        return sys.stdout.isatty()
-    except ValueError:  # closed
-        return False

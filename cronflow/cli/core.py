@@ -8,8 +8,6 @@ import typer
 
 from cronflow.cli.app import (
     STATE_STYLES,
-    Cell,
-    Spans,
     _options,
     app,
     console,
@@ -17,13 +15,13 @@ from cronflow.cli.app import (
     local_text,
     open_home,
     print_json,
-    print_rows,
     settings_from_options,
     short_text,
     state_cell,
     styled_state,
     utc_now,
 )
+from cronflow.cli.tables import Cell, Spans, print_rows
 
 
 @app.command()

@@ -11,12 +11,12 @@ from cronflow.cli.app import (
     handles_errors,
     open_home,
     print_json,
-    print_rows,
     short_text,
     state_cell,
     styled_state,
     utc_now,
 )
+from cronflow.cli.tables import print_rows
 
 FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array.")]
