@@ -122,6 +122,37 @@ def wall(command: list[str], env: dict[str, str] | None = None, repeat: int = 7)
     return statistics.median(times)
 
 
+def wall_on_terminal(command: list[str], env: dict[str, str], repeat: int = 5) -> float:
+    """Median wall time of a command whose output goes to a terminal (a pty, 160 x 50) that is
+    read as fast as it is written, as a terminal would."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    times = []
+    for _ in range(repeat):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command, stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env
+        )
+        os.close(slave)
+        while True:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            try:
+                if ready and not os.read(master, 65536):
+                    break
+            except OSError:  # EIO: the last writer closed the terminal
+                break
+        proc.wait()
+        times.append(time.perf_counter() - start)
+        os.close(master)
+    return statistics.median(times)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -199,9 +230,7 @@ def handoff(root: Path) -> list[dict]:
     finally:
         daemon.stop()
     rows = sorted(stamps(home, run_id), key=lambda r: r["task_id"])
-    gaps = [
-        (ts(b["start_at"]) - ts(a["end_at"])) * 1000 for a, b in itertools.pairwise(rows)
-    ]
+    gaps = [(ts(b["start_at"]) - ts(a["end_at"])) * 1000 for a, b in itertools.pairwise(rows)]
     median, p99 = statistics.median(gaps), percentile(gaps, 99)
     return [
         {
@@ -327,24 +356,41 @@ def big_store(root: Path) -> tuple[Path, list[dict]]:
             "ok": None,
         },
     ]
-    day = (datetime(2024, 1, 1) + timedelta(days=150)).strftime("%Y-%m-%d")
-    for label, args in [
-        ("list", ["list"]),
-        ("runs FLOW", ["runs", "f123"]),
-        ("tasks FLOW --date D", ["tasks", "f123", "--date", day]),
-    ]:
-        seconds = wall([PY, "-m", "cronflow", *args], env=env, repeat=5)
-        results.append(
-            {
-                "name": f"1M task instances: cronflow {label}",
-                "figure": seconds * 1000,
-                "unit": "ms",
-                "floor": floor * 1000,
-                "ratio": seconds / floor,
-                "target": "<= 300 ms",
-                "ok": seconds <= 0.3,
-            }
+    # As installed: the daemon runs (and has recorded each flow's next fire time).
+    daemon = Daemon(home)
+    try:
+        wait(
+            lambda: (
+                db(home)
+                .execute("SELECT count(*) FROM flows WHERE next_fire_at IS NULL")
+                .fetchone()[0]
+                == 0
+            ),
+            120,
+            "the daemon to record every flow's next fire time",
         )
+        day = (datetime(2024, 1, 1) + timedelta(days=150)).strftime("%Y-%m-%d")
+        for label, args, terminal in [
+            ("list", ["list"], False),
+            ("list, on a terminal", ["list"], True),
+            ("runs FLOW", ["runs", "f123"], False),
+            ("tasks FLOW --date D", ["tasks", "f123", "--date", day], False),
+        ]:
+            command = [PY, "-m", "cronflow", *args]
+            seconds = wall_on_terminal(command, env) if terminal else wall(command, env, repeat=5)
+            results.append(
+                {
+                    "name": f"1M task instances: cronflow {label}",
+                    "figure": seconds * 1000,
+                    "unit": "ms",
+                    "floor": floor * 1000,
+                    "ratio": seconds / floor,
+                    "target": "<= 300 ms",
+                    "ok": seconds <= 0.3,
+                }
+            )
+    finally:
+        daemon.stop()
     return home, results
 
 
@@ -524,6 +570,16 @@ def python_overhead(root: Path) -> dict:
 
 
 # --- main ------------------------------------------------------------------------------------
+def compile_package() -> None:
+    """Bytecode for cronflow's modules, as `pip install` writes it. Without it (an editable
+    install with PYTHONDONTWRITEBYTECODE set) every command would compile them again."""
+    import compileall
+
+    import cronflow
+
+    compileall.compile_dir(Path(cronflow.__file__).parent, quiet=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.json")
@@ -531,6 +587,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these scenarios (by key)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cronflow-bench-"))
+    compile_package()
     scenarios: dict[str, Callable[[], object]] = {
         "help": lambda: [{"name": "cronflow --help", **help_time()}],
         "throughput": lambda: [

@@ -10,8 +10,9 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -20,13 +21,15 @@ from cronflow import deps
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
 from cronflow.loader import flow_file_paths, load_files
-from cronflow.store import Store
+from cronflow.store import Store, flow_timing
 from cronflow.timeparse import from_iso
 
 if TYPE_CHECKING:
     from cronflow.timetable import Schedule
 
 log = logging.getLogger(__name__)
+
+TINY = timedelta(microseconds=1)
 
 # Bumped whenever what is stored of a flow file changes shape: every file is then re-read.
 # 2: the flows table holds each flow's timezone and schedule text (for `cronflow list`).
@@ -102,6 +105,22 @@ class FlowSpec:
         if self.schedule:
             return self.schedule.describe()
         return "at each daemon start" if self.raw.get("run_at_daemon_start") else "manual only"
+
+    @cached_property
+    def timing(self) -> str:
+        """What decides when the flow fires (schedule, zone, dates), as the store keeps it."""
+        return flow_timing(self.raw)
+
+    def next_fires(self, now: datetime, count: int) -> list[datetime]:
+        """The next `count` fire times after now, within the start and end dates."""
+        if self.schedule is None:
+            return []
+        after = max(now, self.start_at - TINY) if self.start_at else now
+        if count == 1:  # much cheaper than a fires() walk
+            upcoming = self.schedule.next_after(after)
+            return [upcoming] if upcoming and not (self.end_at and upcoming > self.end_at) else []
+        limit = self.end_at or datetime.max.replace(tzinfo=now.tzinfo)
+        return list(islice(self.schedule.fires(after, limit), count))
 
     def task(self, task_id: str) -> TaskSpec:
         if task_id not in self.tasks:
@@ -259,6 +278,13 @@ class LazyFlows(Mapping[str, FlowSpec]):
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+def recorded_fire_holds(row: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the next fire time the daemon recorded with a flow's row (`next_fire_at`, None:
+    no fire any more) still holds at `now`: from when it was recorded until it passes."""
+    fire, since = from_iso(row["next_fire_at"]), from_iso(row["next_fire_from"])
+    return since is not None and since <= now and (fire is None or now < fire)
 
 
 def _cross_flow_errors(flows: dict[str, FlowSpec]) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Fire times to come (`cronflow next`): from the same Schedule, start and end dates the daemon
-uses (cronflow.overview.next_fires, as `list` and `show` do), so a user can compare them with
+uses (FlowSpec.next_fires, as `list` and `show` do), so a user can compare them with
 cron's before switching crontab off."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronflow.catalog import FlowSpec
-from cronflow.overview import next_fires as upcoming
 from cronflow.timeparse import parse_date_or_datetime, start_of_day, to_utc
 
 _TICK = timedelta(microseconds=1)
@@ -52,7 +51,7 @@ def next_fires(
 ) -> list[Fire]:
     """The `limit` soonest fire times of all `flows`, soonest first (ties by flow id)."""
     streams = [
-        [Fire(flow.flow_id, at, flow.tz) for at in upcoming(flow, after, limit)]
+        [Fire(flow.flow_id, at, flow.tz) for at in flow.next_fires(after, limit)]
         for flow in sorted(flows, key=lambda f: f.flow_id)
         for after in [after_instant(after_text, flow.tz, now)]
     ]

@@ -8,18 +8,16 @@ newest runs of every flow in one query, a flow's runs through its (flow, state, 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
-from itertools import islice
+from datetime import datetime
 from typing import Any
 
-from cronflow.catalog import Catalog, FlowSpec
+from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
 from cronflow.errors import InvalidInputError
 from cronflow.states import RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
 
 RECENT_RUNS = 10  # how many of each flow's newest runs `list` counts by state
-TINY = timedelta(microseconds=1)
 
 
 def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]:
@@ -60,27 +58,12 @@ def _raw_schedule(cat: Catalog, flow_id: str, stored: dict[str, Any]) -> str | N
     return cat.flows[flow_id].raw["schedule"]
 
 
-def _next_fire_text(
-    cat: Catalog, flow_id: str, stored: dict[str, Any], now: datetime
-) -> str | None:
-    """The stored next fire time holds from `next_fire_from` until it passes."""
-    fire, since = from_iso(stored.get("next_fire_at")), from_iso(stored.get("next_fire_from"))
-    if fire and since and since <= now < fire:
-        return iso(fire)
-    upcoming = next_fires(cat.flows[flow_id], now, 1)
+def _next_fire_text(cat: Catalog, flow_id: str, state: dict[str, Any], now: datetime) -> str | None:
+    """What the daemon recorded while it holds; otherwise worked out from the spec."""
+    if recorded_fire_holds(state, now):
+        return state["next_fire_at"]
+    upcoming = cat.flows[flow_id].next_fires(now, 1)
     return iso(upcoming[0]) if upcoming else None
-
-
-def next_fires(flow: FlowSpec, now: datetime, count: int) -> list[datetime]:
-    """The flow's next `count` fire times from now, within its start and end dates."""
-    if flow.schedule is None:
-        return []
-    after = max(now, flow.start_at - TINY) if flow.start_at else now
-    if count == 1:  # `list`, once per flow: next_after is much cheaper than a fires() walk
-        upcoming = flow.schedule.next_after(after)
-        return [upcoming] if upcoming and not (flow.end_at and upcoming > flow.end_at) else []
-    limit = flow.end_at or datetime.max.replace(tzinfo=now.tzinfo)
-    return list(islice(flow.schedule.fires(after, limit), count))
 
 
 def parse_run_states(texts: list[str]) -> list[RunState]:
@@ -183,7 +166,7 @@ def flow_detail(
             for upstream, offset in other.wait_for
             if upstream == flow.flow_id
         ],
-        "next_fire_at": [iso(t) for t in next_fires(flow, now, 5)],
+        "next_fire_at": [iso(t) for t in flow.next_fires(now, 5)],
         "runs": _grid(store, flow, runs),
     }
 

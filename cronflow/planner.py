@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cronflow import deps
-from cronflow.catalog import Catalog, FlowSpec
+from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
 from cronflow.states import RunState, RunType
 from cronflow.store import RunExistsError, Store
 from cronflow.timeparse import from_iso, iso, start_of_day
@@ -29,7 +29,6 @@ class RunPlanner:
         self.catalog = Catalog({}, {})
         self._next_fire: dict[tuple[str, str | None], Any] = {}
         self._created = 0  # runs created by the current create_scheduled_runs pass
-        self._recorded: dict[str, tuple[str, datetime]] = {}  # flow id -> (timing, next fire)
 
     def plan(self, now: datetime) -> tuple[list[datetime], list[dict[str, Any]]]:
         """Create due runs and start the queued runs that may start: the next fire times to
@@ -52,29 +51,24 @@ class RunPlanner:
             active[run["flow_id"]] += 1
         wakes = []
         self._created = 0
-        upcoming: dict[str, tuple[datetime, datetime]] = {}
+        upcoming: dict[str, tuple[str, datetime, datetime | None]] = {}
         for row in flows:
             flow = self.catalog.flows.get(row["flow_id"])
-            if flow is None or flow.schedule is None or row["paused"]:
+            if flow is None or flow.schedule is None:
                 continue
-            wake = self._schedule_flow(
-                flow, from_iso(row["last_scheduled_at"]), active[flow.flow_id], now
-            )
-            if wake is not None:
-                wakes.append(wake)
-                if wake > now and self._recorded.get(flow.flow_id) != (_timing(flow), wake):
-                    upcoming[flow.flow_id] = (now, wake)
-        self._record_next_fires(upcoming)
+            wake = None
+            if not row["paused"]:
+                cursor = from_iso(row["last_scheduled_at"])
+                wake = self._schedule_flow(flow, cursor, active[flow.flow_id], now)
+                if wake is not None:
+                    wakes.append(wake)
+            if not recorded_fire_holds(row, now):
+                # Nothing fires between now and a wake-up time later than now.
+                fire = wake if wake and wake > now else next(iter(flow.next_fires(now, 1)), None)
+                upcoming[flow.flow_id] = (flow.timing, now, fire)
+        if upcoming:  # for `cronflow list`: paused and blocked flows too, once per fire time
+            self.store.record_next_fires(upcoming)
         return wakes, self._created
-
-    def _record_next_fires(self, upcoming: dict[str, tuple[datetime, datetime]]) -> None:
-        """Store each flow's next fire time when it changes, so `cronflow list` need not work
-        it out: nothing fires between now and a wake-up time later than now."""
-        if not upcoming:
-            return
-        self.store.record_next_fires(upcoming)
-        for flow_id, (_, fire) in upcoming.items():
-            self._recorded[flow_id] = (_timing(self.catalog.flows[flow_id]), fire)
 
     def _schedule_flow(
         self, flow: FlowSpec, cursor: datetime | None, active: int, now: datetime
@@ -236,8 +230,3 @@ class RunPlanner:
                 iso(logical_at),
             )
         return created
-
-
-def _timing(flow: FlowSpec) -> str:
-    """What decides when a flow fires; a reloaded file that changes it drops the stored fire."""
-    return "|".join(str(flow.raw[k]) for k in ("schedule", "timezone", "start_at", "end_at"))

@@ -16,7 +16,6 @@ from cronflow.catalog import Catalog, FlowSpec
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
 from cronflow.executor import LocalExecutor
-from cronflow.overview import next_fires
 from cronflow.scheduler import Scheduler
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
@@ -63,7 +62,7 @@ class Explainer:
     # --- no run ---------------------------------------------------------------------------
     def _no_run(self, date_text: str | None) -> list[str]:
         flow = self.flow
-        upcoming = next_fires(flow, self.now, 1)
+        upcoming = flow.next_fires(self.now, 1)
         nxt = f"; the next fire time is {self.when(upcoming[0])}" if upcoming else ""
         if flow.schedule is None:
             return [f"flow '{flow.flow_id}' has no schedule: it runs only when triggered"]

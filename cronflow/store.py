@@ -299,13 +299,18 @@ class Store:
         files = self.conn.execute("SELECT path, loaded_at, error FROM flow_files ORDER BY path")
         return tuple(map(tuple, rows)) + tuple(map(tuple, files))
 
-    def record_next_fires(self, fires: Mapping[str, tuple[datetime, datetime]]) -> None:
-        """flow id -> (from, fire): the flow's next fire time is `fire` for any moment in
-        [from, fire). Written by the daemon as it schedules, read by `cronflow list`."""
+    def record_next_fires(self, fires: Mapping[str, tuple[str, datetime, datetime | None]]) -> None:
+        """flow id -> (timing, from, fire): for any moment in [from, fire) the flow's next fire
+        time is `fire` (None: it never fires again). Written by the daemon as it schedules,
+        read by `cronflow list`; ignored for a flow whose timing has changed since."""
         with self._write():
             self.conn.executemany(
-                "UPDATE flows SET next_fire_from = ?, next_fire_at = ? WHERE flow_id = ?",
-                [(iso(start), iso(fire), flow_id) for flow_id, (start, fire) in fires.items()],
+                """UPDATE flows SET next_fire_from = ?, next_fire_at = ?
+                   WHERE flow_id = ? AND timing = ?""",
+                [
+                    (iso(start), iso(fire), flow_id, timing)
+                    for flow_id, (timing, start, fire) in fires.items()
+                ],
             )
 
     def flow_states(self) -> list[dict[str, Any]]:
@@ -790,6 +795,11 @@ class Store:
 
     def daemon_record(self) -> dict[str, Any] | None:
         return self._one("SELECT * FROM daemon WHERE id = 1")
+
+
+def flow_timing(spec: Mapping[str, Any]) -> str:
+    """What decides when a flow fires: a stored next fire time holds only with the same one."""
+    return json.dumps([spec[k] for k in ("schedule", "timezone", "start_at", "end_at")])
 
 
 def _utcnow() -> datetime:

@@ -443,7 +443,8 @@ def test_the_planner_records_each_flows_next_fire_for_cronflow_list(make, write_
 
     # `list` takes the stored fire while it holds: from the moment it was recorded until it
     # passes. A stored value that cannot come from the schedule shows which one is used.
-    h.store.record_next_fires({"f": (utc(2024, 4, 1, 1), utc(2024, 4, 1, 1, 7))})
+    timing = h.scheduler.catalog.flows["f"].timing
+    h.store.record_next_fires({"f": (timing, utc(2024, 4, 1, 1), utc(2024, 4, 1, 1, 7))})
 
     def listed(now: datetime) -> str:
         rows = flow_rows(h.store, h.scheduler.catalog, now)
@@ -464,3 +465,16 @@ def test_the_planner_records_each_flows_next_fire_for_cronflow_list(make, write_
     assert listed(utc(2024, 4, 1, 1, 5)) == iso(utc(2024, 4, 1, 1, 45))
     h.at(utc(2024, 4, 1, 1, 5))
     assert h.store.flow("f")["next_fire_at"] == iso(utc(2024, 4, 1, 1, 45))
+
+    # A paused flow's next fire time is kept too (list shows it), and one past its end date
+    # is recorded as none, so that `list` need not work either out.
+    h.store.set_paused("f", True)
+    h.at(utc(2024, 4, 1, 1, 46))
+    assert h.store.flow("f")["next_fire_at"] == iso(utc(2024, 4, 2, 1, 45))
+    assert h.runs("f")[-1]["logical_date"] == iso(utc(2024, 4, 1, 0, 30))  # paused: no run
+    empty_flow(write_flow, start="2024-04-01", end="2024-04-02", cron="45 3 * * *")
+    h.sync()
+    h.at(utc(2024, 4, 3))
+    row = h.store.flow("f")
+    assert (row["next_fire_from"], row["next_fire_at"]) == (iso(utc(2024, 4, 3)), None)
+    assert listed(utc(2024, 4, 5)) is None
