@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 from cronflow import deps
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
-from cronflow.loader import flow_file_paths, load_files
+from cronflow.loader import flow_file_names, load_files
 from cronflow.store import Store, flow_timing
 from cronflow.timeparse import from_iso
 
@@ -183,12 +184,12 @@ _last_build: dict[str, tuple[Any, Catalog]] = {}
 def sync(store: Store, settings: Settings) -> Catalog:
     """Import new and changed flow files, forget removed ones, and return the catalog."""
     on_disk = {}
-    for path in flow_file_paths(settings.flows_dir):
+    for path in flow_file_names(settings.flows_dir):
         try:
-            stat = path.stat()
+            stat = os.stat(path)
         except OSError:
             continue
-        on_disk[str(path)] = (stat.st_mtime_ns, stat.st_size, SPEC_FORMAT)
+        on_disk[path] = (stat.st_mtime_ns, stat.st_size, SPEC_FORMAT)
     known = store.flow_files()
     gone_any = bool(set(known) - set(on_disk))
     for gone in set(known) - set(on_disk):

@@ -39,18 +39,22 @@ class LoadResult:
 
 def flow_file_paths(flows_dir: Path) -> list[Path]:
     """Flow files: *.py directly in the flows directory, except _private.py and .hidden.py."""
+    return [Path(name) for name in flow_file_names(flows_dir)]
+
+
+def flow_file_names(flows_dir: Path) -> list[str]:
+    """flow_file_paths as sorted strings: what the catalog stats every few seconds."""
     try:
         entries = list(os.scandir(flows_dir))  # not Path.glob: 4x faster over 500 files
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:  # never "no files": that would forget every flow and its state
         raise FlowLoadError(f"{flows_dir}: cannot list flow files: {exc.strerror}") from None
-    names = sorted(
+    return sorted(
         e.path
         for e in entries
         if e.name.endswith(".py") and not e.name.startswith(("_", ".")) and e.is_file()
     )
-    return [Path(name) for name in names]
 
 
 def import_flows(path: Path) -> list[Flow]:
