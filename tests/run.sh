@@ -32,5 +32,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
+# Bytecode as a regular install has it: the tests start hundreds of `python -m cronflow`
+# processes, which would otherwise compile cronflow again each time under PYTHONDONTWRITEBYTECODE.
+.venv/bin/python -m compileall -q cronflow >/dev/null
 # --dist loadfile keeps the tests that share one systemd container on one worker.
 .venv/bin/python -m pytest -n "${CRONFLOW_TEST_WORKERS:-auto}" --dist loadfile "$@"
