@@ -60,16 +60,19 @@ def _make_private_dirs(directory: Path) -> None:
 
 
 def open_attempt_log(path: Path) -> int:
-    """An append-only descriptor for the task's stdout/stderr, owner-readable only."""
-    _make_private_dirs(path.parent)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """An append-only descriptor for the task's stdout/stderr, owner-readable only; missing
+    directories are created (owner-only) when the first open says so, saving a stat per call."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except FileNotFoundError:
+        _make_private_dirs(path.parent)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def write_note(path: Path, at: datetime, text: str) -> None:
     """A cronflow line in a task log, e.g. the attempt's start, its end, an orphan kill.
     Raises OSError (disk full, bad permissions): the caller decides what that means."""
-    _make_private_dirs(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_attempt_log(path)
     try:
         stamp = to_utc(at).isoformat(timespec="milliseconds")
         os.write(fd, f"[{stamp}] cronflow: {text}\n".encode())
