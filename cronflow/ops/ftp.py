@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import ftplib
 import logging
-import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Any
 
 from cronflow.connections import Connection
 from cronflow.errors import CronflowError
 from cronflow.ops.transfer import (
     Download,
     Upload,
-    local_glob,
-    nothing_matched,
-    part_name,
     split_remote_pattern,
 )
-from cronflow.templates import render
 
 log = logging.getLogger("cronflow.ftp")
 
@@ -94,65 +87,49 @@ def remote_glob(ftp: ftplib.FTP, pattern: str) -> list[str]:
     )
 
 
+class FTPFiles:
+    """An FTP session as the transfer loops use it; a failed transfer is an FTPError."""
+
+    def __init__(self, ftp: ftplib.FTP, conn: Connection) -> None:
+        self.ftp, self.conn = ftp, conn
+
+    def glob(self, pattern: str) -> list[str]:
+        return remote_glob(self.ftp, pattern)
+
+    def download(self, remote: str, local: str) -> None:
+        try:
+            with open(local, "wb") as handle:
+                self.ftp.retrbinary(f"RETR {remote}", handle.write)
+        except ftplib.Error as exc:
+            raise FTPError(f"cannot download {remote} from {self.conn.describe()}: {exc}") from None
+
+    def upload(self, local: str, partial: str, final: str) -> None:
+        try:
+            with open(local, "rb") as handle:
+                self.ftp.storbinary(f"STOR {partial}", handle)
+            _rename(self.ftp, partial, final)
+        except ftplib.Error as exc:
+            raise FTPError(f"cannot upload {local} to {self.conn.describe()}: {exc}") from None
+
+
+@contextmanager
+def ftp_files(conn: Connection) -> Iterator[FTPFiles]:
+    with open_ftp(conn) as ftp:
+        yield FTPFiles(ftp, conn)
+
+
 class FTPGet(Download):
     """Download remote files (a path or a glob) into a local directory."""
 
     kind = "ftp_get"
-
-    def execute(self, context: Mapping[str, Any]) -> list[str]:
-        conn = context["conn"].require(render(self.conn_id, context), FTP_TYPES)
-        pattern = render(self.remote, context)
-        target = Path(render(self.local_dir, context)).expanduser()
-        target.mkdir(parents=True, exist_ok=True)
-        written = []
-        with open_ftp(conn) as ftp:
-            matches = remote_glob(ftp, pattern)
-            if not matches:
-                return nothing_matched(pattern, f"on {conn.describe()}", self.allow_empty)
-            for remote in matches:
-                final = target / posixpath.basename(remote)
-                partial = part_name(str(final))
-                try:
-                    with open(partial, "wb") as handle:
-                        ftp.retrbinary(f"RETR {remote}", handle.write)
-                except ftplib.Error as exc:
-                    raise FTPError(
-                        f"cannot download {remote} from {conn.describe()}: {exc}"
-                    ) from None
-                os.replace(partial, final)
-                log.info(
-                    "got %s:%s -> %s (%s bytes)", conn.host, remote, final, final.stat().st_size
-                )
-                written.append(str(final))
-        return written
+    conn_types, log, session = FTP_TYPES, log, staticmethod(ftp_files)
 
 
 class FTPPut(Upload):
     """Upload local files (a path or a glob) into a remote directory."""
 
     kind = "ftp_put"
-
-    def execute(self, context: Mapping[str, Any]) -> list[str]:
-        conn = context["conn"].require(render(self.conn_id, context), FTP_TYPES)
-        pattern = render(self.local, context)
-        remote_dir = render(self.remote_dir, context)
-        files = local_glob(pattern)
-        if not files:
-            return nothing_matched(pattern, "on this server", self.allow_empty)
-        written = []
-        with open_ftp(conn) as ftp:
-            for local in files:
-                final = posixpath.join(remote_dir, os.path.basename(local))
-                partial = part_name(final)
-                try:
-                    with open(local, "rb") as handle:
-                        ftp.storbinary(f"STOR {partial}", handle)
-                    _rename(ftp, partial, final)
-                except ftplib.Error as exc:
-                    raise FTPError(f"cannot upload {local} to {conn.describe()}: {exc}") from None
-                log.info("put %s -> %s:%s", local, conn.host, final)
-                written.append(final)
-        return written
+    conn_types, log, session = FTP_TYPES, log, staticmethod(ftp_files)
 
 
 def _rename(ftp: ftplib.FTP, source: str, target: str) -> None:

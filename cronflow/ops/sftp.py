@@ -16,25 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import posixpath
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
+from cronflow.connections import Connection
 from cronflow.ops.ssh import SSH_TYPES, open_client
 from cronflow.ops.transfer import (
     Download,
     Upload,
     has_wildcard,
-    local_glob,
-    nothing_matched,
-    part_name,
     split_remote_pattern,
 )
-from cronflow.templates import render
 
 log = logging.getLogger("cronflow.sftp")
 
@@ -59,55 +55,41 @@ def remote_glob(sftp: Any, pattern: str) -> list[str]:
     )
 
 
+class SFTPFiles:
+    """An SFTP session as the transfer loops use it."""
+
+    def __init__(self, sftp: Any) -> None:
+        self.sftp = sftp
+
+    def glob(self, pattern: str) -> list[str]:
+        return remote_glob(self.sftp, pattern)
+
+    def download(self, remote: str, local: str) -> None:
+        self.sftp.get(remote, local)
+
+    def upload(self, local: str, partial: str, final: str) -> None:
+        self.sftp.put(local, partial, confirm=True)
+        _rename(self.sftp, partial, final)
+
+
+@contextmanager
+def sftp_files(conn: Connection) -> Iterator[SFTPFiles]:
+    with open_client(conn) as client, client.open_sftp() as sftp:
+        yield SFTPFiles(sftp)
+
+
 class SFTPGet(Download):
     """Download remote files (a path or a glob) into a local directory."""
 
     kind = "sftp_get"
-
-    def execute(self, context: Mapping[str, Any]) -> list[str]:
-        conn = context["conn"].require(render(self.conn_id, context), SSH_TYPES)
-        pattern = render(self.remote, context)
-        target = Path(render(self.local_dir, context)).expanduser()
-        target.mkdir(parents=True, exist_ok=True)
-        written = []
-        with open_client(conn) as client, client.open_sftp() as sftp:
-            matches = remote_glob(sftp, pattern)
-            if not matches:
-                return nothing_matched(pattern, f"on {conn.describe()}", self.allow_empty)
-            for remote in matches:
-                final = target / posixpath.basename(remote)
-                partial = part_name(str(final))
-                sftp.get(remote, partial)
-                os.replace(partial, final)
-                log.info(
-                    "got %s:%s -> %s (%s bytes)", conn.host, remote, final, final.stat().st_size
-                )
-                written.append(str(final))
-        return written
+    conn_types, log, session = SSH_TYPES, log, staticmethod(sftp_files)
 
 
 class SFTPPut(Upload):
     """Upload local files (a path or a glob) into a remote directory."""
 
     kind = "sftp_put"
-
-    def execute(self, context: Mapping[str, Any]) -> list[str]:
-        conn = context["conn"].require(render(self.conn_id, context), SSH_TYPES)
-        pattern = render(self.local, context)
-        remote_dir = render(self.remote_dir, context)
-        files = local_glob(pattern)
-        if not files:
-            return nothing_matched(pattern, "on this server", self.allow_empty)
-        written = []
-        with open_client(conn) as client, client.open_sftp() as sftp:
-            for local in files:
-                final = posixpath.join(remote_dir, os.path.basename(local))
-                partial = part_name(final)
-                sftp.put(local, partial, confirm=True)
-                _rename(sftp, partial, final)
-                log.info("put %s -> %s:%s", local, conn.host, final)
-                written.append(final)
-        return written
+    conn_types, log, session = SSH_TYPES, log, staticmethod(sftp_files)
 
 
 def _rename(sftp: Any, source: str, target: str) -> None:

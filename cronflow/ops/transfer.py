@@ -6,10 +6,17 @@ import glob
 import logging
 import os
 import posixpath
-from typing import Any
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.flow import Task
+from cronflow.templates import render
+
+if TYPE_CHECKING:
+    from cronflow.connections import Connection
 
 log = logging.getLogger("cronflow.transfer")
 
@@ -53,7 +60,32 @@ def nothing_matched(pattern: str, where: str, allow_empty: bool) -> list[str]:
     raise TransferError(f"nothing matches {pattern} {where} (allow_empty=True accepts that)")
 
 
-class Download(Task):
+class RemoteFiles(Protocol):
+    """A logged-in session on a file server (SFTP, FTP): what the transfer loops need of it."""
+
+    def glob(self, pattern: str) -> list[str]:
+        """Regular files matching a remote path whose file name may hold wildcards, sorted."""
+        ...
+
+    def download(self, remote: str, local: str) -> None: ...
+
+    def upload(self, local: str, partial: str, final: str) -> None:
+        """Store `local` as `partial` on the server, then rename it to `final`."""
+        ...
+
+
+class Transfer(Task):
+    """Base of the transfer operators: each protocol gives its connection types, its logger
+    and a session; the loops below are the same for all."""
+
+    conn_types: tuple[str, ...] = ()
+    log = log
+
+    def session(self, conn: Connection) -> AbstractContextManager[RemoteFiles]:
+        raise NotImplementedError
+
+
+class Download(Transfer):
     """Base of FTPGet and SFTPGet: remote files (a path or a glob) into a local directory."""
 
     def __init__(
@@ -73,8 +105,29 @@ class Download(Task):
     def op_spec(self) -> dict[str, Any]:
         return {"conn_id": self.conn_id, "remote": self.remote, "local_dir": self.local_dir}
 
+    def execute(self, context: Mapping[str, Any]) -> list[str]:
+        conn = context["conn"].require(render(self.conn_id, context), self.conn_types)
+        pattern = render(self.remote, context)
+        target = Path(render(self.local_dir, context)).expanduser()
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        with self.session(conn) as files:
+            matches = files.glob(pattern)
+            if not matches:
+                return nothing_matched(pattern, f"on {conn.describe()}", self.allow_empty)
+            for remote in matches:
+                final = target / posixpath.basename(remote)
+                partial = part_name(str(final))
+                files.download(remote, partial)
+                os.replace(partial, final)
+                self.log.info(
+                    "got %s:%s -> %s (%s bytes)", conn.host, remote, final, final.stat().st_size
+                )
+                written.append(str(final))
+        return written
 
-class Upload(Task):
+
+class Upload(Transfer):
     """Base of FTPPut and SFTPPut: local files (a path or a glob) into a remote directory."""
 
     def __init__(
@@ -93,3 +146,19 @@ class Upload(Task):
 
     def op_spec(self) -> dict[str, Any]:
         return {"conn_id": self.conn_id, "local": self.local, "remote_dir": self.remote_dir}
+
+    def execute(self, context: Mapping[str, Any]) -> list[str]:
+        conn = context["conn"].require(render(self.conn_id, context), self.conn_types)
+        pattern = render(self.local, context)
+        remote_dir = render(self.remote_dir, context)
+        local_files = local_glob(pattern)
+        if not local_files:
+            return nothing_matched(pattern, "on this server", self.allow_empty)
+        written = []
+        with self.session(conn) as files:
+            for local in local_files:
+                final = posixpath.join(remote_dir, os.path.basename(local))
+                files.upload(local, part_name(final), final)
+                self.log.info("put %s -> %s:%s", local, conn.host, final)
+                written.append(final)
+        return written
