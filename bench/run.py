@@ -42,6 +42,20 @@ def write_flow(home: Path, name: str, source: str) -> None:
     (home / "flows" / f"{name}.py").write_text(textwrap.dedent(source))
 
 
+def write_true_flows(home: Path, prefix: str, schedules: list[str]) -> None:
+    """One flow per schedule, each with one `true` task: PREFIX000, PREFIX001, ..."""
+    for i, schedule in enumerate(schedules):
+        write_flow(
+            home,
+            f"{prefix}{i:03d}",
+            f"""
+            from cronflow import Flow, Shell
+            with Flow("{prefix}{i:03d}", schedule="{schedule}"):
+                Shell("t", "true")
+        """,
+        )
+
+
 def wait(predicate: Callable[[], object], timeout: float, what: str) -> object:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -256,16 +270,7 @@ def handoff(root: Path) -> list[dict]:
 
 def fire_latency(root: Path, minutes: int) -> dict:
     home = make_home(root, "minutely", "parallelism = 100")
-    for i in range(100):
-        write_flow(
-            home,
-            f"m{i:03d}",
-            f"""
-            from cronflow import Flow, Shell
-            with Flow("m{i:03d}", schedule="* * * * *"):
-                Shell("t", "true")
-        """,
-        )
+    write_true_flows(home, "m", ["* * * * *"] * 100)
     daemon = Daemon(home)
     try:
         now = datetime.now(UTC)
@@ -473,16 +478,7 @@ def help_time() -> dict:
 
 def idle_daemon(root: Path, seconds: float) -> list[dict]:
     home = make_home(root, "idle")
-    for i in range(500):
-        write_flow(
-            home,
-            f"i{i:03d}",
-            f"""
-            from cronflow import Flow, Shell
-            with Flow("i{i:03d}", schedule="{i % 60} 3 * * *"):
-                Shell("t", "true")
-        """,
-        )
+    write_true_flows(home, "i", [f"{i % 60} 3 * * *" for i in range(500)])
     daemon = Daemon(home)
     try:
         time.sleep(10)  # let start-up work (imports, housekeeping) finish
