@@ -163,9 +163,7 @@ class Catalog:
     def timezone(self, flow_id: str) -> ZoneInfo:
         """The flow's timezone without parsing its spec; UTC for a flow no longer loaded."""
         row = self.rows.get(flow_id)
-        if row and row.get("timezone"):
-            return ZoneInfo(row["timezone"])
-        return self.flows[flow_id].tz if flow_id in self.flows else ZoneInfo("UTC")
+        return ZoneInfo(row["timezone"] if row else "UTC")
 
     def get(self, flow_id: str) -> FlowSpec:
         if flow_id not in self.flows:

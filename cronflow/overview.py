@@ -32,30 +32,25 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
         for path, error in sorted(cat.errors.items())
     ]
     for flow_id in sorted(cat.flows):
-        stored = cat.rows.get(flow_id) or {}
-        state = states.get(flow_id) or {}
+        stored = cat.rows[flow_id]
+        state = states.get(flow_id, stored)  # as loaded, if it went since
         last = latest.get(flow_id, {})
         rows.append(
             {
                 "flow_id": flow_id,
-                "schedule": _raw_schedule(cat, flow_id, stored),
-                "schedule_text": stored.get("schedule_text") or cat.flows[flow_id].schedule_text,
+                "schedule": json.loads(stored["timing"])[0],  # [schedule, zone, start, end]
+                # (a scratch store of `cronflow test` keeps no schedule text)
+                "schedule_text": stored["schedule_text"] or cat.flows[flow_id].schedule_text,
                 "paused": bool(state.get("paused")),
                 "run_id": last.get("run_id"),
                 "logical_date": last.get("logical_date"),
                 "state": last.get("state"),
                 "next_fire_at": _next_fire_text(cat, flow_id, state, now),
                 "recent_states": counts.get(flow_id, {}),
-                "path": stored.get("path") or cat.flows[flow_id].path,
+                "path": stored["path"],
             }
         )
     return rows
-
-
-def _raw_schedule(cat: Catalog, flow_id: str, stored: dict[str, Any]) -> str | None:
-    if stored.get("timing"):  # [schedule, timezone, start_at, end_at]
-        return json.loads(stored["timing"])[0]
-    return cat.flows[flow_id].raw["schedule"]
 
 
 def _next_fire_text(cat: Catalog, flow_id: str, state: dict[str, Any], now: datetime) -> str | None:
