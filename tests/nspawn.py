@@ -1,7 +1,8 @@
 """A real systemd for tests: a Debian root (debootstrap, cached) booted with systemd-nspawn.
 
 The root is built once per package list and kept under CRONFLOW_NSPAWN_CACHE (default
-/var/cache/cronflow-tests), so later runs of the suite boot in seconds. Every boot is
+/var/cache/cronflow-tests), so later runs of the suite boot in seconds. tests/run.sh builds it
+before pytest starts, so a fresh machine's first run does not spend pytest's per-test timeout on it. Every boot is
 --ephemeral: the cached root is never changed by a test.
 """
 

@@ -35,5 +35,8 @@ fi
 # Bytecode as a regular install has it: the tests start hundreds of `python -m cronflow`
 # processes, which would otherwise compile cronflow again each time under PYTHONDONTWRITEBYTECODE.
 .venv/bin/python -m compileall -q cronflow >/dev/null
+# The systemd tests boot a cached Debian root; building it takes minutes on a fresh machine, so it
+# is built here, outside pytest's per-test timeout.
+.venv/bin/python -c 'import sys; sys.path.insert(0, "tests"); from nspawn import cached_root; cached_root()'
 # --dist loadfile keeps the tests that share one systemd container on one worker.
 .venv/bin/python -m pytest -n "${CRONFLOW_TEST_WORKERS:-auto}" --dist loadfile "$@"
