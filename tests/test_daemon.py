@@ -69,13 +69,21 @@ def test_flow_with_retry_failure_timeout_and_python_task(home, daemon, write_flo
 def test_parallelism_is_honoured(home, daemon, write_flow):
     (home / "cronflow.toml").write_text("parallelism = 2\n")
     out = home / "events.txt"
+    # Each task stays until another one runs beside it (or all six have started), so the peak
+    # does not depend on how fast the machine is; 30 s bounds the wait if parallelism is 1.
+    overlap = (
+        f"echo start >> {out}; "
+        f"for _ in $(seq 300); do s=$(grep -c start {out}); e=$(grep -c end {out}); "
+        f'[ $((s - e)) -ge 2 ] || [ "$s" -ge 6 ] && break; sleep 0.1; done; '
+        f"echo end >> {out}"
+    )
     write_flow(
         "wide",
         f"""
         from cronflow import Flow, Shell
         with Flow("wide"):
             for i in range(6):
-                Shell(f"t{{i}}", "echo start >> {out}; sleep 0.3; echo end >> {out}")
+                Shell(f"t{{i}}", {overlap!r})
     """,
     )
     daemon()
