@@ -10,6 +10,7 @@ import re
 import subprocess
 
 import pytest
+from clikit import invoke
 from conftest import wait_for
 from opskit import Runner
 
@@ -59,6 +60,8 @@ def test_an_offline_station_is_not_yet_until_the_timeout_in_reschedule_mode(
     ti = r.ti(run_id, "wait")
     assert (ti["state"], ti["try_number"]) == ("up_for_reschedule", 0)  # a poke, not a try
     assert ti["reason"].startswith(f"not yet: connection 'station': {words}")
+    why = invoke(home, "why", "offline", "--task", "wait").stdout
+    assert f"- wait: waiting to check again at 2024-03-02 12:01 UTC ({ti['reason']})\n" in why
 
     def pokes_until_it_gives_up() -> bool:
         r.advance(60)
