@@ -542,12 +542,13 @@ class Scheduler:
         )
         if changed:
             log.info(
-                "event=task_ended flow=%s task=%s run=%s try=%s state=%s",
+                "event=task_ended flow=%s task=%s run=%s try=%s state=%s reason=%r",
                 ti["flow_id"],
                 ti["task_id"],
                 ti["run_id"],
                 try_number,
                 fields["state"].value,
+                reason,
             )
 
     def _task_spec(self, ti: TI) -> TaskSpec | None:

@@ -50,16 +50,18 @@ def offline(request, refused_port):  # type: ignore[no-untyped-def]
 
 
 def test_an_offline_station_is_not_yet_until_the_timeout_in_reschedule_mode(
-    home, write_flow, sshd, tmp_path, offline
+    home, write_flow, sshd, tmp_path, offline, caplog
 ):
     host, port, words = offline
     _station(home, sshd, host, port)
     write_flow("offline", RESCHEDULE_FLOW.format(outbox=tmp_path))
     r = Runner(home)
+    caplog.set_level("INFO", logger="cronflow")
     run_id = r.run("offline")
     ti = r.ti(run_id, "wait")
     assert (ti["state"], ti["try_number"]) == ("up_for_reschedule", 0)  # a poke, not a try
     assert ti["reason"].startswith(f"not yet: connection 'station': {words}")
+    first_reason = ti["reason"]
     why = invoke(home, "why", "offline", "--task", "wait").stdout
     assert f"- wait: waiting to check again at 2024-03-02 12:01 UTC ({ti['reason']})\n" in why
 
@@ -75,6 +77,9 @@ def test_an_offline_station_is_not_yet_until_the_timeout_in_reschedule_mode(
         ti["reason"],
     )
     assert r.state(run_id, "after") == "skipped"
+    ended = [m for m in caplog.messages if m.startswith("event=task_ended flow=offline task=wait")]
+    assert ended[-1].endswith(f"state=skipped reason={ti['reason']!r}")
+    assert ended[0].endswith(f"state=up_for_reschedule reason={first_reason!r}")
     log = r.log(run_id, "wait")
     assert log.count(f"not yet: connection 'station': {words}") >= 2  # each poke, with why
 
