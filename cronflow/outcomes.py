@@ -51,6 +51,6 @@ def one_line(text: str, limit: int = REASON_MAX_CHARS) -> str:
         return line
     cut = line[: limit - 1]
     space = cut.rfind(" ")
-    if space > limit * 0.7:
+    if line[limit - 1] != " " and space > limit * 0.7:  # a word is cut: drop what is left of it
         cut = cut[:space]
     return cut.rstrip(" ,;:") + "…"
