@@ -2,7 +2,9 @@
 
 The task's own stdout and stderr go straight to the file (the daemon holds no pipe to a task);
 cronflow adds a timestamped header and footer line per attempt. Retention may later replace a
-log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `read_log`.
+log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `read_log`. The
+last line a failed task wrote is part of its reason ("exit code 4: no such table"), read from the
+log's end only.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
 from cronflow.timeparse import from_iso, to_utc
+
+TAIL_BYTES = 4096  # read from a log's end to find its last line: enough, and cheap
+_NOTE = re.compile(rb"^\[[^\]]*\] cronflow: ")  # a line write_note wrote
+_ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colours and cursor moves
 
 
 def attempt_log_dir(logs_dir: Path, flow_id: str, task_id: str, logical_date: str) -> Path:
@@ -78,3 +85,28 @@ def write_note(path: Path, at: datetime, text: str) -> None:
         os.write(fd, f"[{stamp}] cronflow: {text}\n".encode())
     finally:
         os.close(fd)
+
+
+def last_line(data: bytes) -> str:
+    """The last line of output in `data` that says something: not blank, not one of cronflow's
+    own notes (a carriage return ends a line too: a progress bar's last state). '' if none."""
+    for raw in reversed(data.splitlines()):
+        line = _ESCAPES.sub(b"", raw).strip()
+        if line and not _NOTE.match(line):
+            return line.decode(errors="replace")
+    return ""
+
+
+def last_output_line(path: Path) -> str:
+    """The last line a task wrote to its log, reading only the log's end; '' if none or if
+    the log cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    if size > TAIL_BYTES:
+        data = data.partition(b"\n")[2]  # the first line read may be cut: not a whole line
+    return last_line(data)

@@ -1,4 +1,4 @@
-"""How a worker-run attempt tells the daemon it ended in something other than success or failure.
+"""How a worker-run attempt tells the daemon how it ended (beyond success or failure) and why.
 
 A worker (`python -m cronflow.worker`, every task kind but shell) exits with:
 
@@ -7,6 +7,9 @@ A worker (`python -m cronflow.worker`, every task kind but shell) exits with:
   instance goes to up_for_reschedule until its next poke and the try is not counted;
 - EXIT_SKIPPED (99): the task chose to be skipped (a sensor's soft_fail, or SkipTask raised in a
   Python callable).
+
+A worker writes the reason of a reschedule, a skip or a failure to the store (the task instance
+is still running then) before it exits, so the daemon shows its words rather than an exit code.
 
 Only cronflow's own exceptions below lead to these codes (the worker turns a task's own
 `sys.exit(75)` into a failure), and the daemon honours them only for worker-run kinds, so a shell
@@ -21,6 +24,7 @@ from cronflow.errors import CronflowError
 
 EXIT_RESCHEDULE = 75
 EXIT_SKIPPED = 99
+REASON_MAX_CHARS = 400  # a reason is one line: a table cell, a mail's field, a log event
 
 
 class SkipTask(CronflowError):
@@ -37,3 +41,16 @@ class Reschedule(Exception):
 
 class SensorTimeoutError(CronflowError, TimeoutError):
     """A sensor waited longer than its timeout (without soft_fail)."""
+
+
+def one_line(text: str, limit: int = REASON_MAX_CHARS) -> str:
+    """A reason as one line: whitespace (newlines too) collapsed; past `limit`, cut at a word
+    boundary and ended with an ellipsis (the whole message stays in the task log)."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if line[limit - 1] != " " and space > limit * 0.7:  # a word is cut: drop what is left of it
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"

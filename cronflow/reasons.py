@@ -156,7 +156,8 @@ class Explainer:
                 f"{ti['max_tries']})"
             )
         if state is TaskState.UP_FOR_RESCHEDULE:
-            return f"waiting to check again at {self.when_text(ti['next_try_at'])}"
+            seen = f" ({ti['reason']})" if ti["reason"] else ""  # "not yet: ..." of the last poke
+            return f"waiting to check again at {self.when_text(ti['next_try_at'])}{seen}"
         reason = f": {ti['reason']}" if ti["reason"] else ""
         return f"finished {state.value}{reason}"
 

@@ -29,9 +29,9 @@ from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, Finished, LocalExecutor, kill_orphans
-from cronflow.logs import attempt_log_path, write_note
+from cronflow.logs import attempt_log_path, last_output_line, write_note
 from cronflow.ops import launch_for
-from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED
+from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, one_line
 from cronflow.planner import RunPlanner
 from cronflow.states import FINISHED_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
@@ -431,7 +431,7 @@ class Scheduler:
                 self._end_as_asked(ti, now, finished, task)
                 return
         ok = finished.exit_code == 0 and finished.reason is None
-        reason = finished.reason or (None if ok else _exit_text(finished.exit_code))
+        reason = finished.reason or (None if ok else self._failure_reason(ti, finished))
         self._end_attempt(
             ti,
             now,
@@ -440,6 +440,19 @@ class Scheduler:
             duration_s=finished.duration_s,
             exit_code=finished.exit_code,
         )
+
+    def _failure_reason(self, ti: TI, finished: Finished) -> str:
+        """Why a try failed: a worker's own words (it writes them to the store before exiting,
+        see cronflow.outcomes), else how the process ended and the last line it wrote (the log
+        is masked as it is written)."""
+        task = self._task_spec(ti)
+        if task is not None and task.kind != "shell":
+            stored = self.store.ti(ti["run_id"], ti["task_id"])
+            if stored is not None and stored["reason"]:
+                return str(stored["reason"])
+        ended = _exit_text(finished.exit_code)
+        last = last_output_line(Path(ti["log_path"])) if ti.get("log_path") else ""
+        return one_line(f"{ended}: {last}") if last else ended
 
     def _outcome(
         self, ti: TI, try_number: int, now: datetime, *, ok: bool, reason: str | None
@@ -529,12 +542,13 @@ class Scheduler:
         )
         if changed:
             log.info(
-                "event=task_ended flow=%s task=%s run=%s try=%s state=%s",
+                "event=task_ended flow=%s task=%s run=%s try=%s state=%s reason=%r",
                 ti["flow_id"],
                 ti["task_id"],
                 ti["run_id"],
                 try_number,
                 fields["state"].value,
+                reason,
             )
 
     def _task_spec(self, ti: TI) -> TaskSpec | None:

@@ -4,7 +4,8 @@ The daemon starts it with the attempt's identity in the environment (CRONFLOW_HO
 CRONFLOW_RUN_ID, CRONFLOW_TASK_ID, CRONFLOW_TRY_NUMBER); stdout and stderr are the attempt's log.
 It imports the flow file, finds the task, calls its `execute(context)` and stores a non-None
 return value as the task's XCom. Exit code 0 = success, 1 = failure; 75 and 99 ask for
-up_for_reschedule and skipped (see cronflow.outcomes). All output goes through a Masker, so
+up_for_reschedule and skipped (see cronflow.outcomes). Before it exits it writes why to the store:
+a cronflow error's message, or "Type: message" for any other exception. All output goes through a Masker, so
 secret values show as *** in the log (see cronflow.masking).
 """
 
@@ -25,7 +26,7 @@ from cronflow.context import task_context
 from cronflow.errors import CronflowError, NotFoundError
 from cronflow.loader import import_flows
 from cronflow.masking import Masker, masked_output, secret_values
-from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask
+from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask, one_line
 from cronflow.states import TaskState
 from cronflow.store import Store
 from cronflow.xcom import RETURN_VALUE
@@ -70,7 +71,8 @@ def _outcome(home: Path, run_id: int, task_id: str, try_number: int) -> int:
 
 
 def _record_reason(home: Path, run_id: int, task_id: str, try_number: int, reason: str) -> None:
-    """The reason `cronflow tasks` shows for a skip or a reschedule (masked like the log)."""
+    """The reason `cronflow tasks` shows for a skip, a reschedule or a failure: masked like the
+    log, one line."""
     settings = load_settings(home)
     store = Store(settings.db_path)
     try:
@@ -80,7 +82,7 @@ def _record_reason(home: Path, run_id: int, task_id: str, try_number: int, reaso
             task_id,
             expect_state=TaskState.RUNNING,
             expect_try=try_number,
-            reason=masker.mask(reason),
+            reason=one_line(masker.mask(reason)),
         )
     finally:
         store.close()
@@ -122,19 +124,21 @@ def main() -> int:
 
 
 def _guarded(home: Path, env: Mapping[str, str]) -> int:
+    run_id, task_id = int(env["CRONFLOW_RUN_ID"]), env["CRONFLOW_TASK_ID"]
+    try_number = int(env["CRONFLOW_TRY_NUMBER"])
     try:
-        return _outcome(
-            home,
-            int(env["CRONFLOW_RUN_ID"]),
-            env["CRONFLOW_TASK_ID"],
-            int(env["CRONFLOW_TRY_NUMBER"]),
-        )
-    except CronflowError as exc:
+        return _outcome(home, run_id, task_id, try_number)
+    except CronflowError as exc:  # cronflow's own errors are already the words a user needs
         print(f"cronflow: {exc}", file=sys.stderr)
-        return 1
-    except Exception:
+        reason = str(exc) or type(exc).__name__
+    except Exception as exc:  # the task's own: "RuntimeError: bad header"
         traceback.print_exc()
-        return 1
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        _record_reason(home, run_id, task_id, try_number, reason)
+    except Exception as exc:  # the daemon then shows the exit code and the log's last line
+        print(f"cronflow: the reason could not be recorded: {exc}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

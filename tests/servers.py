@@ -38,6 +38,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# --- places where no server answers ---------------------------------------------------------------
+@pytest.fixture
+def refused_port() -> int:
+    """A port with nothing listening: connecting is refused at once."""
+    return free_port()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that takes connections and never says a word, as a host behind a dead link looks:
+    with a short connect timeout, a timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)  # connections complete in the backlog and are never accepted
+        yield sock.getsockname()[1]
+
+
 # --- TLS: one self-signed certificate for 127.0.0.1 and localhost --------------------------------
 @dataclass(frozen=True)
 class Cert:
@@ -201,9 +218,18 @@ class Mailbox:
         return self.messages
 
 
+REJECTED_DOMAIN = "reject.example"  # the SMTP server refuses recipients there with a 550
+
+
 class _Handler:
     def __init__(self, box: Mailbox) -> None:
         self.box = box
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address.endswith("@" + REJECTED_DOMAIN):
+            return f"550 5.1.1 <{address}>: no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         raw = envelope.original_content.replace(b"\r\n", b"\n")

@@ -51,7 +51,7 @@ def test_flow_with_retry_failure_timeout_and_python_task(home, daemon, write_flo
         "py": ("success", 1),
     }
     assert rows["slow"]["reason"] == "timed out after 0.5s"
-    assert rows["doomed"]["reason"] == "exit code 7"
+    assert rows["doomed"]["reason"] == "exit code 7: broken"  # and the last line it wrote
     for row in rows.values():
         assert row["logical_date"] == "2024-03-01T00:00:00+00:00"
         assert row["flow"] == "mixed"

@@ -109,4 +109,4 @@ def test_conn_test_of_an_unreachable_server_exits_1(home):
     ok(home, "conn", "add", "nowhere", "http://127.0.0.1:1/")
     result = invoke(home, "conn", "test", "nowhere")
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: GET http://127.0.0.1:1: cannot reach the server:")
+    assert result.stderr == "Error: GET http://127.0.0.1:1: connection refused by 127.0.0.1:1\n"

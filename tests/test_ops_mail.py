@@ -173,7 +173,7 @@ def test_failure_mail_from_cronflow_toml_with_the_log_tail(home, write_flow, smt
         "[cronflow] nightly.load failed for 2024-03-01T00:00:00+00:00 (try 2 of 2)"
     )
     body = message.get_body().get_content()
-    assert "Reason:       exit code 4" in body
+    assert "Reason:       exit code 4: boom with ***\n" in body  # the last line, masked
     assert "See it all with: cronflow logs nightly load" in body
     (attachment,) = message.iter_attachments()
     assert attachment.get_filename() == "nightly.load.try-2.log.txt"

@@ -411,7 +411,7 @@ def test_the_masking_filter_keeps_exit_codes_and_timeouts(home, write_flow, tmp_
     r = Runner(home)
     run_id = r.run("wrapped")
     assert r.states(run_id) == {"code": "failed", "slow": "failed", "background": "success"}
-    assert r.ti(run_id, "code")["reason"] == "exit code 7"
+    assert r.ti(run_id, "code")["reason"] == "exit code 7: ***"  # its last line, masked
     assert "***" in r.log(run_id, "code")
     assert r.ti(run_id, "slow")["reason"] == "timed out after 5s"
     pid = int(pidfile.read_text())

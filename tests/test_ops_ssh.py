@@ -35,11 +35,8 @@ def test_ssh_command_output_and_exit_code_go_to_the_task_log(home, write_flow, s
     assert "/tmp\nhi 20240301\n" in r.log(run_id, "env_cwd")
     fails = r.log(run_id, "fails")
     assert "about to fail" in fails and "remote exit code 3" in fails
-    assert (
-        f"cronflow: the remote command on {sshd.user}@127.0.0.1:{sshd.port} exited with code 3"
-        in fails
-    )
-    assert r.ti(run_id, "fails")["reason"] == "exit code 1"
+    assert "cronflow: remote exit code 3: about to fail" in fails
+    assert r.ti(run_id, "fails")["reason"] == "remote exit code 3: about to fail"
 
 
 HOST_KEY_FLOW = """

@@ -1,5 +1,6 @@
 """The pieces under the operators, without servers: masking, connection URIs, variables,
-[smtp] configuration, alert settings, where third-party libraries are imported."""
+[smtp] configuration, alert settings, reasons as one line, where third-party libraries are
+imported."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from cronflow.connections import (
     parse_uri,
 )
 from cronflow.errors import ConfigError, FlowDefinitionError, InvalidInputError, NotFoundError
+from cronflow.logs import TAIL_BYTES, last_line, last_output_line
 from cronflow.masking import Masker, secret_values
+from cronflow.outcomes import one_line
 from cronflow.store import Store
 from cronflow.variables import get_variable, list_variables, set_variable
 
@@ -270,6 +273,38 @@ def test_alert_defaults_and_bad_values():
         Shell("t", "true", email_on_failure=["nobody"])
     with pytest.raises(FlowDefinitionError, match="email_on_failure needs e-mail addresses"):
         flow.spec()
+
+
+# --- reasons -----------------------------------------------------------------------------------
+def test_a_reason_is_one_line_cut_at_a_word():
+    assert one_line("bad rows:\n  row 3\n\trow 7\n") == "bad rows: row 3 row 7"
+    long = "word " * 100
+    cut = one_line(long, limit=50)
+    assert cut == "word " * 9 + "word…" and len(cut) <= 50
+    assert one_line("x" * 60, limit=50) == "x" * 49 + "…"  # no word to cut at
+
+
+@pytest.mark.parametrize(
+    ("output", "last"),
+    [
+        (b"loading\nno such table: readings\n\n", "no such table: readings"),
+        (b"done\n[2024-03-01T00:00:00.000+00:00] cronflow: try 1 ended\n", "done"),
+        (b"  10%\r  55%\r 100%\r", "100%"),  # a progress bar: its last state
+        (b"\x1b[31merror: disk full\x1b[0m\n", "error: disk full"),
+        (b"[2024-03-01T00:00:00.000+00:00] cronflow: flow.t for ..., try 1 of 1\n", ""),
+    ],
+)
+def test_the_last_line_a_task_wrote(output, last):
+    assert last_line(output) == last
+
+
+def test_the_last_line_is_read_from_the_end_of_a_big_log(tmp_path):
+    log = tmp_path / "try-1.log"
+    log.write_bytes(b"early line\n" * 10_000 + b"x" * (TAIL_BYTES - 10) + b"\nthe end\n")
+    assert last_output_line(log) == "the end"
+    log.write_bytes(b"y" * (3 * TAIL_BYTES))  # one line longer than what is read: not a line
+    assert last_output_line(log) == ""
+    assert last_output_line(tmp_path / "missing.log") == ""
 
 
 # --- where libraries are imported -------------------------------------------------------------

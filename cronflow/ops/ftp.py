@@ -24,6 +24,7 @@ from fnmatch import fnmatchcase
 
 from cronflow.connections import Connection
 from cronflow.errors import CronflowError
+from cronflow.ops.network import UnreachableError, error_words, unreachable_words
 from cronflow.ops.transfer import (
     Download,
     Upload,
@@ -42,7 +43,8 @@ class FTPError(CronflowError):
 
 @contextmanager
 def open_ftp(conn: Connection) -> Iterator[ftplib.FTP]:
-    """A logged-in FTP (or FTPS with a protected data channel) session."""
+    """A logged-in FTP (or FTPS with a protected data channel) session; UnreachableError when
+    the server cannot be reached now, FTPError otherwise."""
     where = f"connection '{conn.conn_id}'"
     timeout = float(conn.extra.get("timeout", TIMEOUT_S))
     ftp = (
@@ -61,7 +63,12 @@ def open_ftp(conn: Connection) -> Iterator[ftplib.FTP]:
         raise FTPError(f"{where}: {conn.describe()} refused the login: {exc}") from None
     except (ftplib.Error, OSError, EOFError) as exc:
         ftp.close()
-        raise FTPError(f"{where}: cannot connect to {conn.describe()}: {exc}") from None
+        words = unreachable_words(exc, conn.host or "", conn.port_or_default, timeout)
+        if words is not None:
+            raise UnreachableError(f"{where}: {words}") from None
+        raise FTPError(
+            f"{where}: cannot connect to {conn.describe()}: {error_words(exc)}"
+        ) from None
     try:
         yield ftp
     finally:

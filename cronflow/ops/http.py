@@ -16,6 +16,7 @@ import base64
 import json as jsonlib
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from cronflow.connections import Connection, tls_context
 from cronflow.errors import CronflowError, FlowDefinitionError
 from cronflow.flow import Task
+from cronflow.ops.network import UnreachableError, error_words, unreachable_words
 from cronflow.templates import render
 from cronflow.timeparse import parse_duration
 
@@ -50,7 +52,8 @@ def request(
     conn: Connection | None = None,
     timeout_s: float = 60.0,
 ) -> tuple[int, str, bytes]:
-    """(status, reason, body) of one request; HttpError only when nothing came back."""
+    """(status, reason, body) of one request; UnreachableError when the server cannot be
+    reached now, HttpError when nothing came back for another reason."""
     all_headers = dict(headers or {})
     if conn is not None and conn.login:
         token = base64.b64encode(f"{conn.login}:{conn.password or ''}".encode()).decode()
@@ -65,8 +68,20 @@ def request(
         with exc:
             return exc.code, str(exc.reason), exc.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
+        words = unreachable_words(exc, *_host_and_port(url), timeout_s)
+        if words is not None:
+            raise UnreachableError(f"{method} {url}: {words}") from None
         reason = getattr(exc, "reason", exc)
-        raise HttpError(f"{method} {url}: cannot reach the server: {reason}") from None
+        raise HttpError(f"{method} {url}: cannot reach the server: {error_words(reason)}") from None
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number: the request failed on that already
+        port = None
+    return parts.hostname or "", port or (443 if parts.scheme == "https" else 80)
 
 
 class Http(Task):

@@ -29,6 +29,7 @@ from cronflow.config import SmtpSettings
 from cronflow.connections import Connection, tls_context
 from cronflow.errors import ConfigError, CronflowError
 from cronflow.flow import Task
+from cronflow.ops.network import UnreachableError, error_words, unreachable_words
 from cronflow.ops.transfer import local_glob
 from cronflow.templates import render
 
@@ -116,14 +117,17 @@ class MailServer:
         except smtplib.SMTPNotSupportedError as exc:
             raise MailError(f"mail server {self.describe()}: {exc}") from None
         except smtplib.SMTPAuthenticationError as exc:
-            said = exc.smtp_error
-            text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
             raise MailError(
                 f"mail server {self.describe()} refused the login of {self.user}: "
-                f"{exc.smtp_code} {text}"
+                f"{exc.smtp_code} {_said(exc.smtp_error)}"
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise MailError(f"cannot reach mail server {self.describe()}: {exc}") from None
+            words = unreachable_words(exc, self.host, self.port, self.timeout_s)
+            if words is not None:
+                raise UnreachableError(f"mail server {self.describe()}: {words}") from None
+            raise MailError(
+                f"cannot reach mail server {self.describe()}: {_smtp_words(exc)}"
+            ) from None
         return session
 
 
@@ -165,7 +169,7 @@ def send(server: MailServer, message: EmailMessage, recipients: Sequence[str]) -
         refused = session.send_message(message, to_addrs=list(recipients))
     except (smtplib.SMTPException, OSError) as exc:
         raise MailError(
-            f"mail server {server.describe()} did not take the message: {exc}"
+            f"mail server {server.describe()} did not take the message: {_smtp_words(exc)}"
         ) from None
     finally:
         try:
@@ -174,6 +178,21 @@ def send(server: MailServer, message: EmailMessage, recipients: Sequence[str]) -
             session.close()
     if refused:
         log.warning("refused recipients: %s", ", ".join(refused))
+
+
+def _said(text: bytes | str) -> str:
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _smtp_words(exc: BaseException) -> str:
+    """What the server said ("SMTP 550 5.1.1 no such user for a@b.example"), else the error."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "; ".join(
+            f"SMTP {code} {_said(said)} for {rcpt}" for rcpt, (code, said) in exc.recipients.items()
+        )
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"SMTP {exc.smtp_code} {_said(exc.smtp_error)}"
+    return error_words(exc)
 
 
 def server_for(context: Mapping[str, Any], conn_id: str | None, who: str) -> MailServer:

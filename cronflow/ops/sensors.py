@@ -13,6 +13,10 @@
   reschedule mode a single poke gets at most POKE_LIMIT_S): a hung network poke cannot hold a
   slot forever.
 - What a satisfied poke returns is the task's XCom (FileSensor: the matched paths).
+- A server that cannot be reached now (connection refused, no answer, a host name that does not
+  resolve: cronflow.ops.network) makes an unsuccessful poke, logged with its reason, in both
+  modes: an offline station is "not yet" until the timeout. Any other error (a refused login, an
+  unknown host key, an unknown connection) fails the try at once with its reason.
 
 Subclasses implement `poke(context)`: a falsy value while the condition does not hold (setting
 `self.status` to say what was seen), else the XCom value (True for none).
@@ -28,6 +32,7 @@ from typing import Any
 
 from cronflow.errors import FlowDefinitionError
 from cronflow.flow import Task
+from cronflow.ops.network import UnreachableError
 from cronflow.outcomes import Reschedule, SensorTimeoutError, SkipTask
 from cronflow.templates import render
 from cronflow.timeparse import from_iso, parse_duration
@@ -90,7 +95,10 @@ class Sensor(Task):
             first = from_iso(stamp) or now
         deadline = first + timedelta(seconds=self.wait_timeout_s)
         while True:
-            value = self.poke(context)
+            try:
+                value = self.poke(context)
+            except UnreachableError as exc:  # an offline station: "not yet", not a failure
+                self.status, value = str(exc), None
             if value:
                 log.info("satisfied: %s", self.status or "condition met")
                 return None if value is True else value

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import select
 import shlex
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,12 +28,15 @@ from typing import Any
 from cronflow.connections import Connection
 from cronflow.errors import CronflowError
 from cronflow.flow import Task
+from cronflow.logs import last_line
+from cronflow.ops.network import UnreachableError, unreachable_words
 from cronflow.templates import render
 
 log = logging.getLogger("cronflow.ssh")
 
 SSH_TYPES = ("ssh", "sftp")
 CONNECT_TIMEOUT_S = 30.0
+TAIL_BYTES = 4096  # of the remote output kept to find its last line
 
 
 class SSHError(CronflowError):
@@ -56,7 +60,8 @@ def _host_key_name(conn: Connection) -> str:
 
 @contextmanager
 def open_client(conn: Connection) -> Iterator[Any]:
-    """A connected, authenticated paramiko SSHClient; SSHError / HostKeyError otherwise."""
+    """A connected, authenticated paramiko SSHClient; UnreachableError when the server cannot
+    be reached now (transient), SSHError / HostKeyError otherwise."""
     import paramiko
 
     where = f"connection '{conn.conn_id}'"
@@ -80,8 +85,26 @@ def open_client(conn: Connection) -> Iterator[Any]:
     else:
         log.warning("%s: host key checking is off (host_key_check=false)", where)
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        _connect(client, conn, where)
+    except BaseException:
+        client.close()
+        raise
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _connect(client: Any, conn: Connection, where: str) -> None:
+    """Connect and log in; UnreachableError when the server cannot be reached now, SSHError or
+    HostKeyError (not transient) otherwise."""
+    import paramiko
+
     key_file = conn.extra.get("key_file")
     timeout = float(conn.extra.get("timeout", CONNECT_TIMEOUT_S))
+    sock = _open_socket(conn, where, timeout)
+    connected = False
     try:
         client.connect(
             conn.host or "",
@@ -94,52 +117,79 @@ def open_client(conn: Connection) -> Iterator[Any]:
             auth_timeout=timeout,
             allow_agent=False,
             look_for_keys=not (key_file or conn.password),
+            sock=sock,
         )
+        connected = True
     except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostKeyError(
-            f"{where}: the host key of {_host_key_name(conn)} has CHANGED: {known_hosts} has "
-            f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}, the server sent "
-            f"{exc.key.get_name()} {exc.key.fingerprint}. If the server was reinstalled, remove "
-            f"the old key with `ssh-keygen -R '{_host_key_name(conn)}' -f {known_hosts}`; "
-            "otherwise someone may be intercepting the connection"
-        ) from None
+        raise HostKeyError(_changed_key_message(conn, where, exc)) from None
     except paramiko.AuthenticationException as exc:
-        client.close()
         raise SSHError(
             f"{where}: authentication failed for {conn.describe()}: {exc} (check the user, "
             "key_file or password)"
         ) from None
-    except HostKeyError:
-        client.close()
-        raise
-    except (paramiko.SSHException, OSError) as exc:
-        client.close()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        words = unreachable_words(exc, conn.host or "", conn.port_or_default, timeout)
+        if words is not None:
+            raise UnreachableError(f"{where}: {words}") from None
         raise SSHError(f"{where}: cannot connect to {conn.describe()}: {exc}") from None
-    try:
-        yield client
     finally:
-        client.close()
+        if not connected:
+            sock.close()
 
 
-def run_remote(client: Any, command: str, get_pty: bool = False) -> int:
+def _changed_key_message(conn: Connection, where: str, exc: Any) -> str:
+    known_hosts, name = known_hosts_path(conn), _host_key_name(conn)
+    return (
+        f"{where}: the host key of {name} has CHANGED: {known_hosts} has "
+        f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}, the server sent "
+        f"{exc.key.get_name()} {exc.key.fingerprint}. If the server was reinstalled, remove "
+        f"the old key with `ssh-keygen -R '{name}' -f {known_hosts}`; otherwise someone may be "
+        "intercepting the connection"
+    )
+
+
+def _open_socket(conn: Connection, where: str, timeout: float) -> socket.socket:
+    """A TCP connection to the server once it has said something (an SSH server speaks first):
+    refused, silent or unknown is UnreachableError, so that a sensor sees "not yet"."""
+    host, port = conn.host or "", conn.port_or_default
+    sock = None
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        greeting = sock.recv(1, socket.MSG_PEEK)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        words = unreachable_words(exc, host, port, timeout)
+        if words is None:
+            raise SSHError(f"{where}: cannot connect to {host}:{port}: {exc}") from None
+        raise UnreachableError(f"{where}: {words}") from None
+    if not greeting:  # e.g. a tunnel's port whose far end (the station) is down
+        sock.close()
+        raise UnreachableError(f"{where}: {host}:{port} closed the connection without a greeting")
+    return sock
+
+
+def run_remote(client: Any, command: str, get_pty: bool = False) -> tuple[int, str]:
     """Run a command on the open client, copying its stdout and stderr to ours as they come;
-    return its exit code."""
+    return its exit code and the last line it wrote (for the reason of a failure)."""
     channel = client.get_transport().open_session()
     if get_pty:
         channel.get_pty()
     channel.exec_command(command)
     out, err = sys.stdout.buffer, sys.stderr.buffer
+    tail = b""
     while True:
         busy = False
-        if channel.recv_ready():
-            out.write(channel.recv(1 << 16))
-            out.flush()
-            busy = True
-        if channel.recv_stderr_ready():
-            err.write(channel.recv_stderr(1 << 16))
-            err.flush()
-            busy = True
+        for ready, receive, stream in (
+            (channel.recv_ready, channel.recv, out),
+            (channel.recv_stderr_ready, channel.recv_stderr, err),
+        ):
+            if ready():
+                data = receive(1 << 16)
+                stream.write(data)
+                stream.flush()
+                tail = (tail + data)[-TAIL_BYTES:]
+                busy = True
         if not busy:
             if channel.exit_status_ready() and not (
                 channel.recv_ready() or channel.recv_stderr_ready()
@@ -148,7 +198,7 @@ def run_remote(client: Any, command: str, get_pty: bool = False) -> int:
             select.select([channel], [], [], 0.2)
     code = channel.recv_exit_status()
     channel.close()
-    return code
+    return code, last_line(tail)
 
 
 def remote_command(command: str, env: Mapping[str, str], cwd: str | None) -> str:
@@ -195,10 +245,12 @@ class SSHCommand(Task):
         )
         log.info("on %s: %s", conn.describe(), command)
         with open_client(conn) as client:
-            code = run_remote(client, command, self.get_pty)
+            code, last = run_remote(client, command, self.get_pty)
         log.info("remote exit code %s", code)
         if code != 0:
-            raise SSHError(f"the remote command on {conn.describe()} exited with code {code}")
+            raise SSHError(
+                f"remote exit code {code}: {last}" if last else f"remote exit code {code}"
+            )
 
 
 def check(conn: Connection) -> str:

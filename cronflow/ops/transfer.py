@@ -1,4 +1,6 @@
-"""What file transfers share (SFTP, FTP): globs, temporary names, "nothing matched"."""
+"""What file transfers share (SFTP, FTP): globs, temporary names, "nothing matched", and
+errors that name the file, the server and what went wrong ("cannot download ... : Permission
+denied")."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.flow import Task
+from cronflow.ops.network import error_words
 from cronflow.templates import render
 
 if TYPE_CHECKING:
@@ -109,7 +112,10 @@ class Download(Transfer):
         conn = context["conn"].require(render(self.conn_id, context), self.conn_types)
         pattern = render(self.remote, context)
         target = Path(render(self.local_dir, context)).expanduser()
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransferError(f"cannot create {target}: {error_words(exc)}") from None
         written = []
         with self.session(conn) as files:
             matches = files.glob(pattern)
@@ -118,8 +124,14 @@ class Download(Transfer):
             for remote in matches:
                 final = target / posixpath.basename(remote)
                 partial = part_name(str(final))
-                files.download(remote, partial)
-                os.replace(partial, final)
+                try:
+                    files.download(remote, partial)
+                    os.replace(partial, final)
+                except OSError as exc:
+                    raise TransferError(
+                        f"cannot download {remote} from {conn.describe()} to {partial}: "
+                        f"{error_words(exc)}"
+                    ) from None
                 self.log.info(
                     "got %s:%s -> %s (%s bytes)", conn.host, remote, final, final.stat().st_size
                 )
@@ -158,7 +170,12 @@ class Upload(Transfer):
         with self.session(conn) as files:
             for local in local_files:
                 final = posixpath.join(remote_dir, os.path.basename(local))
-                files.upload(local, part_name(final), final)
+                try:
+                    files.upload(local, part_name(final), final)
+                except OSError as exc:
+                    raise TransferError(
+                        f"cannot upload {local} to {final} on {conn.describe()}: {error_words(exc)}"
+                    ) from None
                 self.log.info("put %s -> %s:%s", local, conn.host, final)
                 written.append(final)
         return written
