@@ -16,11 +16,13 @@ from opskit import Runner
 
 from cronflow.store import Store
 
+# The sensor's timeout is wall-clock time in its worker: 8 s leaves room for a slow first poke
+# (an interpreter start and a 1 s connect timeout) on a loaded machine.
 RESCHEDULE_FLOW = """
 from cronflow import Flow, FileSensor, Shell
 with Flow("offline", defaults={{"retries": 2, "retry_delay": 60}}):
     wait = FileSensor("wait", "{outbox}/readings-{{{{ ds_nodash }}}}.csv", conn_id="station",
-                      poke_interval="1m", timeout=2, soft_fail=True, mode="reschedule")
+                      poke_interval="1m", timeout=8, soft_fail=True, mode="reschedule")
     wait >> Shell("after", "true")
 """
 
