@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from cronflow import deps
@@ -194,11 +195,10 @@ class Task:
         if not isinstance(priority, int) or isinstance(priority, bool):
             problems.append("priority must be a whole number")
         pool = _checked(problems, lambda: _check_id("pool", merged["pool"]))
-        durations = {
-            key: _checked(problems, lambda key=key: parse_duration(merged[key], key))
-            for key in ("retry_delay", "max_retry_delay", "timeout")
-            if merged[key] is not None
-        }
+        durations: dict[str, float | None] = {}
+        for key in ("retry_delay", "max_retry_delay", "timeout"):
+            if merged[key] is not None:
+                durations[key] = _checked(problems, partial(parse_duration, merged[key], key))
         return {
             "retries": retries,
             "retry_delay_s": durations["retry_delay"],
