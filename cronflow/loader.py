@@ -4,8 +4,8 @@ The daemon never imports user code itself: a child process (`python -m cronflow.
 the files one after another and sends back each file's flow specs as a JSON line. A file that
 raises, exits the process, floods its output or never returns costs only its own entry: the
 parent kills a child that overruns the time limit and goes on with the next file. The child
-also ends when its parent does (a pipe only the parent holds reaches end of file), so a hung import never outlives
-the daemon or command that started it.
+also ends when its parent does (a pipe only the parent holds reaches end of file), so a hung
+import never outlives the daemon or command that started it.
 
 While the daemon imports files beside its loop, it claims them (`claiming`): a command run
 meanwhile leaves those files to the daemon (`files_claimed`) instead of waiting on the same hung

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import cli, wait_for
+from conftest import cli, is_alive, wait_for
 
 from cronflow.daemon import HEARTBEAT_S
 from cronflow.loader import files_claimed
@@ -172,3 +173,27 @@ def test_the_daemon_warns_about_broken_files_at_start_and_when_they_break(home, 
         lambda: f"level=WARNING event=flow_file_broken path={good} " in process.output(),
         what="the warning about the file broken while the daemon runs",
     )
+
+
+def loader_children(parent: int) -> list[int]:
+    """Pids of `python -m cronflow.loader` processes whose parent is `parent`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"cronflow.loader" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_hung_import_ends_with_the_daemon_even_after_kill_9(home, daemon, write_flow):
+    (home / "cronflow.toml").write_text("import_timeout_s = 3600\n")
+    process = daemon()
+    start_hanging_import(home, process, write_flow)
+    [child] = wait_for(lambda: loader_children(process.proc.pid), what="the import's process")
+    process.signal(signal.SIGKILL)
+    process.wait()
+    wait_for(lambda: not is_alive(child), what="the import's process to end with the daemon")
