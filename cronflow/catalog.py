@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from cronflow import deps
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
-from cronflow.loader import flow_file_names, load_files
+from cronflow.loader import LoadResult, files_claimed, flow_file_names, load_files
 from cronflow.store import Store, flow_timing
 from cronflow.timeparse import from_iso
 
@@ -178,10 +178,54 @@ class Catalog:
 _parsed: dict[tuple[str, str], FlowSpec] = {}
 _last_build: dict[str, tuple[Any, Catalog]] = {}
 
+Signature = tuple[int, int, int]  # mtime_ns, size, SPEC_FORMAT: a file whose record differs is read
+DUPLICATE = "is already defined in"  # a file broken only because another file has its flow id
+
 
 def sync(store: Store, settings: Settings) -> Catalog:
-    """Import new and changed flow files, forget removed ones, and return the catalog."""
-    on_disk = {}
+    """Import new and changed flow files, forget removed ones, and return the catalog.
+
+    Files the daemon is importing right now are left to it (their last loaded state is used),
+    so a command never waits on the same hung import as the daemon."""
+    on_disk, changed, removed = _scan(store, settings)
+    claimed = files_claimed(settings.home) if changed else set()
+    todo = {p: sig for p, sig in changed.items() if p not in claimed}
+    if todo:
+        import_files(store, settings, todo)
+    return _current(store, on_disk, check_across=bool(todo or removed))
+
+
+def refresh(store: Store, settings: Settings) -> tuple[Catalog, dict[str, Signature]]:
+    """The daemon's loop: forget removed files and return the catalog the store holds now,
+    with the files still to import (cronflow.importer does that beside the loop). A catalog
+    built again checks across files: the import thread only records files."""
+    on_disk, changed, _removed = _scan(store, settings)
+    return _current(store, on_disk, check_across=False, cross_on_rebuild=True), changed
+
+
+def import_files(store: Store, settings: Settings, files: Mapping[str, Signature]) -> None:
+    """Import files in a child process (at most import_timeout_s each) and record each one.
+
+    A flow id belongs to the file that had it first: the one the store names, else among
+    new files the older one (by modification time, then name). A file that defines an id
+    another file has is broken, naming both files, like any other broken file."""
+    results = load_files([Path(p) for p in files], settings.import_timeout_s)
+    loaded = {str(path): result for path, result in results.items()}
+    owners = {row["flow_id"]: row["path"] for row in store.flows()}
+    for path, (specs, error) in claim_ids(loaded, owners, files).items():
+        texts = {s["flow_id"]: FlowSpec.from_spec(s, path).schedule_text for s in specs}
+        store.save_flow_file(path, files[path], error, specs, texts)
+        # Broken files are the daemon's warnings (daemon.py), whoever loaded them.
+        flows = ",".join(s["flow_id"] for s in specs) or "-"
+        log.info("event=flow_file_loaded path=%s flows=%s", path, flows)
+
+
+def _scan(
+    store: Store, settings: Settings
+) -> tuple[dict[str, Signature], dict[str, Signature], bool]:
+    """Forget removed files; return every flow file on disk, those to import, and whether a
+    file was removed."""
+    on_disk: dict[str, Signature] = {}
     for path in flow_file_names(settings.flows_dir):
         try:
             stat = os.stat(path)
@@ -189,51 +233,69 @@ def sync(store: Store, settings: Settings) -> Catalog:
             continue
         on_disk[path] = (stat.st_mtime_ns, stat.st_size, SPEC_FORMAT)
     known = store.flow_files()
-    gone_any = bool(set(known) - set(on_disk))
-    for gone in set(known) - set(on_disk):
-        log.info("event=flow_file_removed path=%s", gone)
-        store.remove_flow_file(gone)
-    changed = [Path(p) for p, sig in on_disk.items() if _signature(known.get(p)) != sig]
-    if changed:
-        results = load_files(changed, settings.import_timeout_s)
-        owners = {row["flow_id"]: row["path"] for row in store.flows()}
-        for path, result in results.items():
-            specs, error = _claim_ids(str(path), result.specs, result.error, owners)
-            texts = {s["flow_id"]: FlowSpec.from_spec(s, str(path)).schedule_text for s in specs}
-            store.save_flow_file(str(path), on_disk[str(path)], error, specs, texts)
-            log.info(
-                "event=flow_file_loaded path=%s flows=%s error=%s",
-                path,
-                ",".join(s["flow_id"] for s in specs) or "-",
-                error or "-",
-            )
-    # Cross-file checks need every spec: only when this process changed what is loaded.
-    check_across = bool(changed or gone_any)
+    gone = set(known) - set(on_disk)
+    for path in sorted(gone):
+        log.info("event=flow_file_removed path=%s", path)
+        store.remove_flow_file(path)
+    changed = {p: sig for p, sig in on_disk.items() if _signature(known.get(p)) != sig}
+    # A file that lost a flow id to another file may own it now: after a file was removed,
+    # or another file was loaded since (the owner may no longer define the id).
+    lost = {p: r for p, r in known.items() if p in on_disk and DUPLICATE in (r["error"] or "")}
+    others = [r["loaded_at"] for p, r in known.items() if p in on_disk and p not in lost]
+    for path, row in lost.items():
+        if gone or row["loaded_at"] < max(others, default=""):
+            changed[path] = on_disk[path]
+    return on_disk, changed, bool(gone)
+
+
+def _current(
+    store: Store,
+    on_disk: Mapping[str, Signature],
+    *,
+    check_across: bool,
+    cross_on_rebuild: bool = False,
+) -> Catalog:
+    """The catalog from the store, built again only when a file or flow record changed."""
     fingerprint = (store.flow_versions(), tuple(sorted(on_disk.items())))
     last = _last_build.get(str(store.path))
     if not check_across and last is not None and last[0] == fingerprint:
         return last[1]  # the daemon's idle wake-ups: nothing to read again
-    catalog = _build(store, check_across)
+    catalog = _build(store, check_across or cross_on_rebuild)
     _last_build[str(store.path)] = (fingerprint, catalog)
     return catalog
 
 
-def _signature(row: dict[str, Any] | None) -> tuple[int, int, int] | None:
+def _signature(row: dict[str, Any] | None) -> Signature | None:
     return None if row is None else (row["mtime_ns"], row["size"], row["spec_format"])
 
 
-def _claim_ids(
-    path: str, specs: list[dict[str, Any]], error: str | None, owners: dict[str, str]
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A flow id belongs to the first file that defined it; a second file's copy is an error."""
-    kept = []
-    for spec in specs:
-        owner = owners.get(spec["flow_id"])
-        if owner and owner != path and Path(owner).exists():
-            error = error or f"{path}: flow '{spec['flow_id']}' is already defined in {owner}"
-        else:
-            kept.append(spec)
-    return kept, error
+def claim_ids(
+    results: Mapping[str, LoadResult], owners: Mapping[str, str], files: Mapping[str, Signature]
+) -> dict[str, tuple[list[dict[str, Any]], str | None]]:
+    """path -> (specs to record, error) for freshly loaded files, given `owners` (flow id ->
+    the file that had it until now). A duplicate flow id makes the whole file broken."""
+    # Files not loaded again keep their ids; of the others, a file that owned one of the ids
+    # it defines comes first, then the older files.
+    claimed = {f: p for f, p in owners.items() if p not in results and Path(p).exists()}
+
+    def order(path: str) -> tuple[bool, int, str]:
+        owned = any(owners.get(s["flow_id"]) == path for s in results[path].specs)
+        return not owned, files[path][0], path
+
+    kept: dict[str, tuple[list[dict[str, Any]], str | None]] = {}
+    for path in sorted(results, key=order):
+        specs, error = results[path].specs, results[path].error
+        ids = [s["flow_id"] for s in specs]
+        twice = next((f for f in ids if ids.count(f) > 1), None)
+        taken = next((f for f in ids if claimed.get(f, path) != path), None)
+        if error is None and twice:
+            error = f"{path}: flow '{twice}' is defined twice in this file"
+        elif error is None and taken:
+            error = f"{path}: flow '{taken}' {DUPLICATE} {claimed[taken]}"
+        if error is None:
+            claimed.update(dict.fromkeys(ids, path))
+        kept[path] = ([] if error else specs, error)
+    return kept
 
 
 def _build(store: Store, check_across: bool) -> Catalog:

@@ -5,7 +5,9 @@ file that hangs or exits cannot stop the check. Problems found:
 
 * a file that does not import, or a flow that does not validate: syntax errors, exceptions, a bad
   cron expression or timezone, a cycle of tasks, an unknown upstream task (with file and line);
-* across files: a flow id defined twice, a wait for an unknown flow, a cycle of same-day waits;
+* across files: a flow id defined twice (the newcomer is blamed, as the daemon does: the file
+  the home's store has it from, else the older file), a wait for an unknown flow, a cycle of
+  same-day waits, a TriggerFlow or FlowSensor whose target flow (or task) is unknown;
 * per task: a pool missing from cronflow.toml (when there is one), a connection id that is
   neither in the store nor in a CRONFLOW_CONN_* variable (when connections can be known), a
   template value that does not exist (`{{ dss }}`).
@@ -21,7 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronflow import deps
-from cronflow.catalog import FlowSpec
+from cronflow.catalog import SPEC_FORMAT, FlowSpec, claim_ids
 from cronflow.connections import env_name
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.loader import flow_file_paths, load_files
@@ -72,22 +74,25 @@ def check_flows(
     timeout_s: float,
     pools: Mapping[str, int] | None = None,
     connections: set[str] | None = None,
+    owners: Mapping[str, str] | None = None,
 ) -> CheckReport:
     """Check every flow file of `target` (a directory, or one file).
 
     `pools`: the configured pools, or None to skip the pool check; `connections`: the known
-    connection ids, or None to skip that check."""
+    connection ids, or None to skip that check; `owners`: flow id -> the file the home's store
+    has it from (a duplicate id is then blamed on the other file)."""
     paths = _paths(target)
     report = CheckReport(files=[str(p) for p in paths])
     if not paths:
         report.problems.append(Problem(str(target), "no flow files (*.py) in this directory"))
         return report
-    flows = _load(paths, timeout_s, report)
+    flows = _load(paths, timeout_s, report, owners or {})
     report.flows = sorted(flows)
     waits = {f.flow_id: f.wait_for for f in flows.values()}
     for flow_id, problem in deps.flow_wait_problems(waits):
         report.problems.append(Problem(flows[flow_id].path, problem, flow_id))
     for flow in flows.values():
+        report.problems += _target_problems(flow, flows)
         report.problems += _task_problems(flow, pools, connections)
     if pools is None:
         report.notes.append("pools not checked: no cronflow.toml in the home")
@@ -106,25 +111,54 @@ def _paths(target: Path) -> list[Path]:
     raise InvalidInputError(f"{target}: no such file or directory (give a flows directory)")
 
 
-def _load(paths: list[Path], timeout_s: float, report: CheckReport) -> dict[str, FlowSpec]:
-    """Import the files; a flow id belongs to the first file (in name order) defining it."""
+def _load(
+    paths: list[Path], timeout_s: float, report: CheckReport, owners: Mapping[str, str]
+) -> dict[str, FlowSpec]:
+    """Import the files; a flow id defined twice is the newcomer's problem (catalog.claim_ids:
+    the file the store has it from, else the older file, then name order)."""
+    results = {str(path): result for path, result in load_files(paths, timeout_s).items()}
+    files = {path: (_mtime_ns(Path(path)), 0, SPEC_FORMAT) for path in results}
+    claimed = claim_ids(results, {f: p for f, p in owners.items() if p in results}, files)
     flows: dict[str, FlowSpec] = {}
-    results = load_files(paths, timeout_s)
-    for path in paths:
-        result = results[path]
-        if result.error:
-            report.problems.append(Problem(str(path), result.error))
-        for spec in result.specs:
-            flow_id = spec["flow_id"]
-            if flow_id in flows:
-                message = f"flow '{flow_id}' is already defined in {flows[flow_id].path}"
-                report.problems.append(Problem(str(path), message, flow_id))
-                continue
+    for path in map(str, paths):
+        specs, error = claimed[path]
+        if error:
+            report.problems.append(Problem(path, error))
+        for spec in specs:
             try:
-                flows[flow_id] = FlowSpec.from_spec(spec, str(path))
+                flows[spec["flow_id"]] = FlowSpec.from_spec(spec, path)
             except CronflowError as exc:
-                report.problems.append(Problem(str(path), str(exc), flow_id))
+                report.problems.append(Problem(path, str(exc), spec["flow_id"]))
     return flows
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _target_problems(flow: FlowSpec, flows: Mapping[str, FlowSpec]) -> list[Problem]:
+    """TriggerFlow and FlowSensor tasks whose target flow (or task) is not among the flows
+    checked; a templated target is known only when the task runs."""
+    problems = []
+    for task in flow.tasks.values():
+        if task.kind not in ("trigger_flow", "flow_sensor"):
+            continue
+        target, target_task = task.op.get("flow_id", ""), task.op.get("task")
+        where = f"flow '{flow.flow_id}' task '{task.task_id}'"
+        if "{{" in target:
+            continue
+        if target not in flows:
+            known = ", ".join(sorted(flows)) or "none"
+            message = f"{where}: unknown target flow '{target}' (known: {known})"
+            problems.append(Problem(flow.path, message, flow.flow_id))
+        elif target_task and target_task not in flows[target].tasks:
+            known = ", ".join(flows[target].tasks)
+            message = f"{where}: flow '{target}' has no task '{target_task}' (known: {known})"
+            problems.append(Problem(flow.path, message, flow.flow_id))
+    return problems
 
 
 def _task_problems(

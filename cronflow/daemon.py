@@ -2,7 +2,9 @@
 
 The loop is "tick, then sleep until the next due instant or until something happens": a task
 process ends (SIGCHLD), the CLI pokes the wake-up socket after changing the store, a signal
-arrives. Flow files are re-checked (one stat each) at least every IDLE_WAKE_S seconds.
+arrives, flow files were imported. Flow files are re-checked (one stat each) at least every
+FILE_CHECK_S seconds; changed ones are imported beside the loop (cronflow.importer), never in it,
+except at start: the daemon is ready once its first catalog is loaded.
 One daemon per home: an flock on daemon.lock, held for the daemon's life.
 """
 
@@ -23,11 +25,13 @@ from pathlib import Path
 from typing import IO
 
 from cronflow import catalog
+from cronflow.catalog import Catalog
 from cronflow.config import Settings
 from cronflow.errors import DaemonError
 from cronflow.executor import LocalExecutor
 from cronflow.home import init_home
 from cronflow.housekeeping import run_housekeeping
+from cronflow.importer import Importer
 from cronflow.scheduler import Clock, Scheduler, SystemClock
 from cronflow.store import Store
 
@@ -121,11 +125,12 @@ class Daemon:
         scheduler = Scheduler(
             store, self.settings, LocalExecutor(self.settings.parallelism), self.clock
         )
-        selector, wake_r, wake_sock = self._wakeup_channels()
+        selector, (wake_r, wake_w), wake_sock = self._wakeup_channels()
         try:
             started = self.clock.now()
             store.record_daemon(os.getpid(), scheduler.host, started)
-            scheduler.catalog = catalog.sync(store, self.settings)  # retry delays come from it
+            # Recovery and @reboot flows need the catalog (retry delays come from it).
+            self._swap_catalog(scheduler, catalog.sync(store, self.settings))
             recovered = scheduler.recover_orphans(started)
             scheduler.run_startup_flows(started)  # flows with schedule="@reboot"
             log.info(
@@ -138,18 +143,19 @@ class Daemon:
                 recovered,
             )
             sd_notify("READY=1")
-            self._loop(scheduler, store, selector)
+            importer = Importer(self.settings, wake=lambda: self._nudge(wake_w))
+            self._loop(scheduler, store, selector, importer)
             self._drain(scheduler, selector)
         finally:
             sd_notify("STOPPING=1")
             store.close()
             wake_sock.close()
-            os.close(wake_r)
+            os.close(wake_r)  # wake_w stays open: signals and the import thread may write to it
             lock.truncate(0)  # no stale pid left behind after a clean stop
             lock.close()
         log.info("event=daemon_stopped pid=%s", os.getpid())
 
-    def _wakeup_channels(self) -> tuple[selectors.BaseSelector, int, socket.socket]:
+    def _wakeup_channels(self) -> tuple[selectors.BaseSelector, tuple[int, int], socket.socket]:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
@@ -167,15 +173,28 @@ class Daemon:
         selector = selectors.DefaultSelector()
         selector.register(wake_r, selectors.EVENT_READ)
         selector.register(sock, selectors.EVENT_READ)
-        return selector, wake_r, sock
+        return selector, (wake_r, wake_w), sock
+
+    @staticmethod
+    def _nudge(wake_w: int) -> None:
+        """Wake the loop from another thread (a full pipe wakes it anyway)."""
+        with suppress(OSError):
+            os.write(wake_w, b"\0")
 
     def _request_stop(self, signum: int, _frame: object) -> None:
         self._stop_requested = True
 
-    def _loop(self, scheduler: Scheduler, store: Store, selector: selectors.BaseSelector) -> None:
+    def _loop(
+        self,
+        scheduler: Scheduler,
+        store: Store,
+        selector: selectors.BaseSelector,
+        importer: Importer,
+    ) -> None:
         last_check = last_beat = time.monotonic()
         next_housekeeping = last_check + FIRST_HOUSEKEEPING_S
         housekeeper: threading.Thread | None = None
+        poked = False
         while not self._stop_requested:
             if time.monotonic() >= next_housekeeping and not (
                 housekeeper and housekeeper.is_alive()
@@ -186,8 +205,11 @@ class Daemon:
                 housekeeper.start()
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_S
             now_mono = time.monotonic()
-            if now_mono - last_check >= FILE_CHECK_S:
-                scheduler.catalog = catalog.sync(store, self.settings)
+            # A poke: the CLI changed the store (maybe added a flow): look at once.
+            if poked or importer.take_recorded() or now_mono - last_check >= FILE_CHECK_S:
+                current, to_import = catalog.refresh(store, self.settings)
+                self._swap_catalog(scheduler, current)
+                importer.submit(to_import)
                 last_check = now_mono
             next_at = scheduler.tick(self.clock.now())
             if now_mono - last_beat >= self._beat_s:
@@ -196,9 +218,17 @@ class Daemon:
                 last_beat = now_mono
             wait_s = (next_at - self.clock.now()).total_seconds()
             poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S, self._beat_s))
-            if poked:  # the CLI changed the store (maybe paused or added a flow): look at once
-                scheduler.catalog = catalog.sync(store, self.settings)
-                last_check = time.monotonic()
+
+    @staticmethod
+    def _swap_catalog(scheduler: Scheduler, current: Catalog) -> None:
+        """Serve a new catalog; its newly broken files are warnings (whoever imported them)."""
+        if current is scheduler.catalog:
+            return
+        before = scheduler.catalog.errors
+        for path, error in sorted(current.errors.items()):
+            if before.get(path) != error:
+                log.warning("event=flow_file_broken path=%s error=%r", path, error)
+        scheduler.catalog = current
 
     def _housekeep(self) -> None:
         """Retention in a thread with its own store connection, so the loop never waits on it."""

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from cronflow import deps
@@ -138,6 +139,8 @@ class Task:
             "email_on_failure": email_on_failure,
         }
         self.upstream_ids: list[str] = []
+        # Operators add theirs here rather than raise: spec() then names every bad option.
+        self.bad_options: list[str] = []
         self.flow.add(self)
 
     # --- dependencies: a >> b, a >> [b, c], [a, b] >> c, a << b ---
@@ -175,52 +178,54 @@ class Task:
         """The operator's own arguments, JSON-able. Subclasses extend it."""
         return {}
 
-    def resolved(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
-        """Task settings after task > flow defaults > built-in defaults, validated."""
+    def resolved(self, flow_defaults: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+        """Task settings after task > flow defaults > built-in defaults; each bad one is added
+        to `problems`."""
         merged = dict(TASK_DEFAULTS)
         merged.update({k: v for k, v in flow_defaults.items() if v is not None})
         merged.update({k: v for k, v in self._own.items() if v is not None})
-        where = f"task '{self.task_id}'"
         retries = merged["retries"]
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise FlowDefinitionError(f"{where}: retries must be a whole number >= 0")
-        try:
-            rule = TriggerRule(merged["trigger_rule"]).value
-        except ValueError:
+            problems.append("retries must be a whole number >= 0")
+        rule = merged["trigger_rule"]
+        if rule not in {r.value for r in TriggerRule}:
             known = ", ".join(r.value for r in TriggerRule)
-            raise FlowDefinitionError(
-                f"{where}: unknown trigger_rule {merged['trigger_rule']!r} (known: {known})"
-            ) from None
+            problems.append(f"unknown trigger_rule {rule!r} (known: {known})")
         priority = merged["priority"]
         if not isinstance(priority, int) or isinstance(priority, bool):
-            raise FlowDefinitionError(f"{where}: priority must be a whole number")
-        try:
-            pool = _check_id("pool", merged["pool"])
-        except FlowDefinitionError as exc:
-            raise FlowDefinitionError(f"{where}: {exc}") from None
-        timeout = merged["timeout"]
+            problems.append("priority must be a whole number")
+        pool = _checked(problems, lambda: _check_id("pool", merged["pool"]))
+        durations: dict[str, float | None] = {}
+        for key in ("retry_delay", "max_retry_delay", "timeout"):
+            if merged[key] is not None:
+                durations[key] = _checked(problems, partial(parse_duration, merged[key], key))
         return {
             "retries": retries,
-            "retry_delay_s": parse_duration(merged["retry_delay"], f"{where}: retry_delay"),
+            "retry_delay_s": durations["retry_delay"],
             "retry_exponential_backoff": bool(merged["retry_exponential_backoff"]),
-            "max_retry_delay_s": parse_duration(
-                merged["max_retry_delay"], f"{where}: max_retry_delay"
-            ),
-            "timeout_s": None if timeout is None else parse_duration(timeout, f"{where}: timeout"),
+            "max_retry_delay_s": durations["max_retry_delay"],
+            "timeout_s": durations.get("timeout"),
             "pool": pool,
             "priority": priority,
             "trigger_rule": rule,
         }
 
     def spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's JSON-able description; a FlowDefinitionError names every bad option
+        (its settings, alerts and operator arguments), not only the first."""
+        problems = list(self.bad_options)
+        settings = self.resolved(flow_defaults, problems)
+        alerts = self.alert_spec(flow_defaults, problems)
+        if problems:
+            raise FlowDefinitionError(f"task '{self.task_id}': {'; '.join(problems)}")
         return {
             "task_id": self.task_id,
             "kind": self.kind,
             "upstream": list(self.upstream_ids),
             "params": self.params,
-            **self.resolved(flow_defaults),
+            **settings,
             "op": self.op_spec(),
-            **self.alert_spec(flow_defaults),
+            **alerts,
         }
 
     def alert(self, key: str) -> Any:
@@ -228,9 +233,9 @@ class Task:
         own = self._alerts.get(key)
         return own if own is not None else self.flow.defaults.get(key)
 
-    def alert_spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
-        """{"callbacks": {event: name}, "email_on_failure": [...]}, keys only when set."""
-        where = f"task '{self.task_id}'"
+    def alert_spec(self, flow_defaults: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+        """{"callbacks": {event: name}, "email_on_failure": [...]}, keys only when set; each
+        bad one is added to `problems`."""
         spec: dict[str, Any] = {}
         callbacks = {}
         for event in CALLBACK_EVENTS:
@@ -240,7 +245,8 @@ class Task:
             if fn is None:
                 continue
             if not callable(fn):
-                raise FlowDefinitionError(f"{where}: {event} must be a function, got {fn!r}")
+                problems.append(f"{event} must be a function, got {fn!r}")
+                continue
             callbacks[event] = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
         if callbacks:
             spec["callbacks"] = callbacks
@@ -251,14 +257,21 @@ class Task:
             addresses = [emails] if isinstance(emails, str) else list(emails)
             for address in addresses:
                 if not isinstance(address, str) or "@" not in address:
-                    raise FlowDefinitionError(
-                        f"{where}: email_on_failure needs e-mail addresses, got {address!r}"
-                    )
+                    problems.append(f"email_on_failure needs e-mail addresses, got {address!r}")
             spec["email_on_failure"] = addresses
         return spec
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.task_id}>"
+
+
+def _checked(problems: list[str], check: Callable[[], Any]) -> Any:
+    """check()'s value; its error goes to `problems` (and the value is None)."""
+    try:
+        return check()
+    except CronflowError as exc:
+        problems.append(str(exc))
+        return None
 
 
 def _as_list(value: Task | Iterable[Task]) -> list[Task]:
@@ -360,10 +373,14 @@ class Flow:
     def spec(self) -> dict[str, Any]:
         """Validate the whole flow and return its JSON-able description."""
         where = f"flow '{self.flow_id}'"
-        try:
-            tasks = [task.spec(self.defaults) for task in self.tasks.values()]
-        except CronflowError as exc:
-            raise FlowDefinitionError(f"{where}: {exc}") from None
+        tasks, problems = [], []
+        for task in self.tasks.values():  # every bad task is named, not only the first
+            try:
+                tasks.append(task.spec(self.defaults))
+            except CronflowError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
         try:
             deps.topological_order({t["task_id"]: t["upstream"] for t in tasks})
         except FlowDefinitionError as exc:

@@ -3,12 +3,19 @@
 The daemon never imports user code itself: a child process (`python -m cronflow.loader`) imports
 the files one after another and sends back each file's flow specs as a JSON line. A file that
 raises, exits the process, floods its output or never returns costs only its own entry: the
-parent kills a child that overruns the time limit and goes on with the next file.
+parent kills a child that overruns the time limit and goes on with the next file. The child
+also ends when its parent does (a pipe only the parent holds reaches end of file), so a hung
+import never outlives the daemon or command that started it.
+
+While the daemon imports files beside its loop, it claims them (`claiming`): a command run
+meanwhile leaves those files to the daemon (`files_claimed`) instead of waiting on the same hung
+import, and uses their last loaded state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -16,9 +23,10 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,15 +133,17 @@ def load_files(paths: Sequence[Path], timeout_s: float) -> dict[Path, LoadResult
 
 def _load_batch(paths: list[Path], timeout_s: float, results: dict[Path, LoadResult]) -> None:
     read_fd, write_fd = os.pipe()
+    alive_r, alive_w = os.pipe()  # never written: its end of file tells the child we are gone
     child = subprocess.Popen(
-        [sys.executable, "-m", "cronflow.loader", str(write_fd), *map(str, paths)],
+        [sys.executable, "-m", "cronflow.loader", str(write_fd), str(alive_r), *map(str, paths)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        pass_fds=(write_fd,),
+        pass_fds=(write_fd, alive_r),
         start_new_session=True,
     )
     os.close(write_fd)
+    os.close(alive_r)
     buffer = bytearray()
     try:
         for path in paths:
@@ -146,6 +156,7 @@ def _load_batch(paths: list[Path], timeout_s: float, results: dict[Path, LoadRes
     finally:
         os.close(read_fd)
         _kill(child)
+        os.close(alive_w)
 
 
 def _no_answer(
@@ -186,9 +197,64 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
     child.wait()
 
 
+CLAIM_LOCK = "imports.lock"
+CLAIM_LIST = "imports.json"
+
+
+@contextlib.contextmanager
+def claiming(home: Path, paths: Sequence[Path]) -> Iterator[None]:
+    """Hold a claim on `paths` while importing them (the daemon's import thread).
+
+    The list is written first (atomically), then the lock is taken; it is released when the
+    block ends or the process dies, so a claim never outlives its importer."""
+    listing = home / CLAIM_LIST
+    temporary = listing.with_name(f".{CLAIM_LIST}.{os.getpid()}")
+    text = json.dumps({"pid": os.getpid(), "paths": [str(p) for p in paths]})
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(text)
+    os.replace(temporary, listing)
+    lock = os.open(home / CLAIM_LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def files_claimed(home: Path) -> set[str]:
+    """The files another process is importing now (see `claiming`); creates nothing."""
+    try:
+        lock = open(home / CLAIM_LOCK)  # noqa: SIM115 - closed below
+    except OSError:
+        return set()
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return set(json.loads((home / CLAIM_LIST).read_text())["paths"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return set()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return set()
+
+
+def _exit_with_parent(alive_fd: int) -> None:
+    """End this child as soon as its parent is gone, whatever the flow file is doing."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(alive_fd, 1024):
+                pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _child_main(argv: list[str]) -> None:
+    _exit_with_parent(int(argv[1]))
     results = os.fdopen(int(argv[0]), "w", encoding="utf-8")
-    for raw in argv[1:]:
+    for raw in argv[2:]:
         path = Path(raw)
         result = describe_file(path)
         results.write(

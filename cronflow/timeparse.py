@@ -36,7 +36,7 @@ def _duration_text(text: str, what: str) -> float:
     parts = _DURATION_PART.findall(compact)
     if not parts or "".join(n + u for n, u in parts) != compact.replace(" ", ""):
         raise InvalidInputError(
-            f"{what}: cannot read {text!r}; use seconds or units like 30s, 5m, 2h, 90d"
+            f"{what}: cannot read {text!r} (use seconds or units like 30s, 5m, 2h, 90d)"
         )
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 

@@ -253,3 +253,87 @@ def test_list_says_when_a_flow_without_schedule_runs(home: Path) -> None:
     rows = {r["flow_id"]: r for r in json.loads(invoke(home, "list", "--json").stdout)}
     assert rows["at_start"]["schedule_text"] == "at each daemon start"
     assert rows["manual"]["schedule_text"] == "manual only"
+
+
+def _age(path: Path, seconds: float) -> Path:
+    """Make a file older by `seconds` (its modification time): who was there first."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - int(seconds * 1e9)))
+    return path
+
+
+TWIN_AND_MORE = """
+from cronflow import Flow, Shell
+with Flow("daily"):
+    Shell("a", "true")
+with Flow("extra"):
+    Shell("a", "true")
+"""
+
+
+def test_check_blames_the_newcomer_for_a_duplicate_flow_id(tmp_path: Path, home: Path) -> None:
+    flows = tmp_path / "flows"
+    original = _age(write(flows, "daily", DAILY), 3600)
+    newcomer = write(flows, "a_copy", TWIN_AND_MORE)  # sorts first, but came later
+    report = json.loads(invoke(home, "check", str(flows), "--json").stdout)
+    assert [(p["path"], p["message"]) for p in report["problems"]] == [
+        (str(newcomer), f"{newcomer}: flow 'daily' is already defined in {original}")
+    ]
+    assert report["flows"] == ["daily"]  # a broken file loads none of its flows, like any other
+
+
+def test_check_takes_the_owner_of_a_flow_id_from_the_homes_database(home: Path) -> None:
+    flows = home / "flows"
+    owner = write(flows, "b_owner", DAILY)
+    assert invoke(home, "list").exit_code == 0  # the store now has 'daily' from b_owner.py
+    older = _age(write(flows, "a_older", DAILY), 3600)  # older, yet not the owner
+    report = json.loads(invoke(home, "check", "--json").stdout)
+    assert [p["message"] for p in report["problems"]] == [
+        f"{older}: flow 'daily' is already defined in {owner}"
+    ]
+
+
+def test_check_reports_unknown_targets_of_trigger_flow_and_flow_sensor(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    write(flows, "daily", DAILY)
+    write(
+        flows,
+        "between",
+        """
+        from cronflow import Flow, FlowSensor, TriggerFlow
+        with Flow("between"):
+            TriggerFlow("kick", "nowhere")
+            TriggerFlow("kick_daily", "daily")
+            TriggerFlow("kick_param", "{{ params.target }}")  # known only when it runs
+            FlowSensor("wait_task", "daily", task="b")
+            FlowSensor("wait_flow", "elsewhere")
+        """,
+    )
+    report = check_flows(flows, timeout_s=30)
+    assert [p.text for p in report.problems] == [
+        f"{flows}/between.py: flow 'between' task 'kick': unknown target flow 'nowhere' "
+        "(known: between, daily)",
+        f"{flows}/between.py: flow 'between' task 'wait_task': flow 'daily' has no task 'b' "
+        "(known: a)",
+        f"{flows}/between.py: flow 'between' task 'wait_flow': unknown target flow 'elsewhere' "
+        "(known: between, daily)",
+    ]
+
+
+def test_check_lists_every_bad_option_of_a_task(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "options",
+        """
+        from cronflow import Flow, FileSensor
+        with Flow("options"):
+            FileSensor("wait", "/in/*.csv", mode="push", retries=-1, poke_interval="often")
+        """,
+    )
+    [problem] = check_flows(tmp_path, timeout_s=30).problems
+    assert problem.text == (
+        f"{tmp_path}/options.py: flow 'options': task 'wait': "
+        "mode must be 'poke' or 'reschedule', got 'push'; "
+        "poke_interval: cannot read 'often' (use seconds or units like 30s, 5m, 2h, 90d); "
+        "retries must be a whole number >= 0"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -170,19 +171,30 @@ def test_sigterm_lets_short_tasks_finish_and_gives_long_ones_back(home, daemon, 
     wait_for(lambda: tasks_json(home, "stop")["long"]["try_number"] == 2, what="the second try")
 
 
+LATE_FLOW = """
+from cronflow import Flow, Shell
+with Flow("late", schedule="0 0 * * *", start_date="2024-01-01"):
+    Shell("t", "echo {word}")
+"""
+
+
 def test_daemon_picks_up_new_and_changed_flow_files(home, daemon, write_flow):
     process = daemon()
-    write_flow(
-        "late",
-        """
-        from cronflow import Flow, Shell
-        with Flow("late", schedule="0 0 * * *", start_date="2024-01-01"):
-            Shell("t", "echo v1")
-    """,
-    )
-    wait_for(lambda: cli(home, "tasks", "late").returncode == 0, what="the new flow's first run")
-    wait_for(lambda: tasks_json(home, "late")["t"]["state"] == "success", what="the run to end")
-    assert "event=flow_file_loaded" in process.output() or "late" in cli(home, "list").stdout
+    path = write_flow("late", LATE_FLOW.format(word="v1"))
+    # No command runs before the daemon has loaded the file: commands import files too.
+    loaded = f"event=flow_file_loaded path={path} flows=late"
+    wait_for(lambda: process.output().count(loaded) == 1, what="the daemon to load the new file")
+    wait_for(lambda: tasks_json(home, "late")["t"]["state"] == "success", what="its first run")
+    assert "v1" in cli(home, "logs", "late.t").stdout
+    write_flow("late", LATE_FLOW.format(word="v2"))  # changed under the running daemon
+    wait_for(lambda: process.output().count(loaded) == 2, what="the daemon to load the change")
+    with sqlite3.connect(home / "cronflow.db") as db:
+        [spec] = db.execute("SELECT spec FROM flows WHERE flow_id = 'late'").fetchone()
+    assert json.loads(spec)["tasks"][0]["op"]["command"] == "echo v2"
+    result = cli(home, "trigger", "late", "--date", "2024-03-01", "--wait")
+    assert result.returncode == 0, result.stderr
+    second_log = cli(home, "logs", "late.t", "--date", "2024-03-01").stdout
+    assert "v2" in second_log and "v1" not in second_log
 
 
 def test_broken_flow_file_does_not_stop_the_others(home, daemon, write_flow):

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,24 @@ def test_a_long_cli_read_transaction_does_not_stall_the_daemon(home, daemon, wri
     try:
         result = cli(home, "trigger", "quick", "--wait")
         assert result.returncode == 0, result.stderr
+        with sqlite3.connect(home / "cronflow.db") as db:
+            created, a_start, a_end, b_start = db.execute(
+                """SELECT r.created_at, a.start_at, a.end_at, b.start_at FROM runs r
+                   JOIN task_instances a ON a.run_id = r.run_id AND a.task_id = 'a'
+                   JOIN task_instances b ON b.run_id = r.run_id AND b.task_id = 'b'"""
+            ).fetchone()
     finally:
         reader.rollback()
         reader.close()
+    # The stall is measured, not only survived: a writer blocked by the reader would wait for
+    # the busy timeout (30 s) at each write; the daemon's own steps take milliseconds (3 s is
+    # room for a busy test machine).
+    stamps = [datetime.fromisoformat(t) for t in (created, a_start, a_end, b_start)]
+    steps = {
+        "run created -> a started": stamps[1] - stamps[0],
+        "a ended -> b started": stamps[3] - stamps[2],
+    }
+    assert all(step.total_seconds() < 3.0 for step in steps.values()), steps
 
 
 def test_a_full_disk_for_one_log_fails_that_task_not_the_daemon(home, daemon, write_flow):

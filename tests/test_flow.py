@@ -429,8 +429,10 @@ def test_cross_flow_dependency_names_both_tasks_and_flows() -> None:
 
 
 def test_python_task_needs_a_callable() -> None:
-    with Flow("meteo"), pytest.raises(FlowDefinitionError, match="task 'load': 'add' is not"):
+    with Flow("meteo") as flow:
         Python("load", "add")  # type: ignore[arg-type]
+    with pytest.raises(FlowDefinitionError, match="task 'load': 'add' is not callable"):
+        flow.spec()
 
 
 def test_a_bare_task_has_no_operator() -> None:
@@ -647,6 +649,29 @@ def test_describe_file_flow_definition_error_names_path_flow_and_task(tmp_path: 
         """,
     )
     assert describe_file(path).error == f"{path}: line 5: flow 'meteo': duplicate task id 'fetch'"
+
+
+def test_every_bad_option_of_every_task_is_named_at_once() -> None:
+    from cronflow import FileSensor, Http
+
+    with Flow("meteo") as flow:
+        Shell("fetch", "x", retries=-1, priority="high", pool="my pool", timeout="soon")
+        FileSensor("wait", "/in/*.csv", mode="push", poke_interval="often", timeout=-1)
+        Shell("fine", "true")
+        Http("ping", data="a", json={}, on_failure=3)
+    with pytest.raises(FlowDefinitionError) as raised:
+        flow.spec()
+    assert str(raised.value) == (
+        "flow 'meteo': "
+        "task 'fetch': retries must be a whole number >= 0; priority must be a whole number; "
+        "bad pool id 'my pool': use letters, digits, '_' and '-' (no dots or spaces); "
+        "timeout: cannot read 'soon' (use seconds or units like 30s, 5m, 2h, 90d); "
+        "task 'wait': mode must be 'poke' or 'reschedule', got 'push'; "
+        "poke_interval: cannot read 'often' (use seconds or units like 30s, 5m, 2h, 90d); "
+        "timeout: must not be negative, got -1; "
+        "task 'ping': give either url or conn_id (+ endpoint); give data or json, not both; "
+        "on_failure must be a function, got 3"
+    )
 
 
 @pytest.mark.usefixtures("clean_imports")

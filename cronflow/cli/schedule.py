@@ -96,6 +96,7 @@ def check(
         timeout_s=settings.import_timeout_s,
         pools=settings.pools if (settings.home / "cronflow.toml").is_file() else None,
         connections=_known_connections(settings),
+        owners=_flow_owners(settings),
     )
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
@@ -109,6 +110,19 @@ def check(
         out.print(f"{len(report.files)} flow files, {len(report.flows)} flows: {verdict}")
     if report.problems:
         raise typer.Exit(1)
+
+
+def _flow_owners(settings: "Settings") -> dict[str, str]:
+    """flow id -> the file the home's database has it from (none without a database)."""
+    from cronflow.store import Store
+
+    if not settings.db_path.exists():
+        return {}
+    store = Store(settings.db_path)
+    try:
+        return {row["flow_id"]: row["path"] for row in store.flows()}
+    finally:
+        store.close()
 
 
 def _known_connections(settings: "Settings") -> set[str] | None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cronflow.connections import Connection, tls_context
-from cronflow.errors import CronflowError, FlowDefinitionError
+from cronflow.errors import CronflowError
 from cronflow.flow import Task
 from cronflow.ops.network import UnreachableError, error_words, unreachable_words
 from cronflow.templates import render
@@ -106,19 +106,21 @@ class Http(Task):
         **task_args: Any,
     ) -> None:
         super().__init__(task_id, **task_args)
-        if (url is None) == (conn_id is None):
-            raise FlowDefinitionError(f"task '{task_id}': give either url or conn_id (+ endpoint)")
+        if (url is None) == (conn_id is None):  # reported with the other bad options by spec()
+            self.bad_options.append("give either url or conn_id (+ endpoint)")
         if data is not None and json is not None:
-            raise FlowDefinitionError(f"task '{task_id}': give data or json, not both")
+            self.bad_options.append("give data or json, not both")
         self.url, self.conn_id, self.endpoint = url, conn_id, endpoint
         self.method = method.upper()
         self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
         self.data, self.json = data, json
         statuses = [expected_status] if isinstance(expected_status, int) else expected_status
         self.expected_status = sorted(int(s) for s in statuses)
-        self.request_timeout_s = parse_duration(
-            request_timeout, f"task '{task_id}': request_timeout"
-        )
+        try:
+            self.request_timeout_s = parse_duration(request_timeout, "request_timeout")
+        except CronflowError as exc:
+            self.bad_options.append(str(exc))
+            self.request_timeout_s = 60.0
         self.response_to_xcom = response_to_xcom
 
     def op_spec(self) -> dict[str, Any]:

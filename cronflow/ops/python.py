@@ -10,7 +10,6 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cronflow.errors import FlowDefinitionError
 from cronflow.flow import Task
 from cronflow.templates import render
 
@@ -29,9 +28,9 @@ class Python(Task):
         kwargs: Mapping[str, Any] | None = None,
         **task_args: Any,
     ) -> None:
-        if not callable(fn):
-            raise FlowDefinitionError(f"task '{task_id}': {fn!r} is not callable")
         super().__init__(task_id, **task_args)
+        if not callable(fn):  # reported with the task's other bad options by spec()
+            self.bad_options.append(f"{fn!r} is not callable")
         self.fn = fn
         self.args = list(args)
         self.kwargs = dict(kwargs or {})

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cronflow.errors import FlowDefinitionError
+from cronflow.errors import CronflowError
 from cronflow.flow import Task
 from cronflow.ops.network import UnreachableError
 from cronflow.outcomes import Reschedule, SensorTimeoutError, SkipTask
@@ -59,18 +59,25 @@ class Sensor(Task):
         soft_fail: bool = False,
         **task_args: Any,
     ) -> None:
-        where = f"task '{task_id}'"
-        if mode not in MODES:
-            raise FlowDefinitionError(f"{where}: mode must be 'poke' or 'reschedule', got {mode!r}")
-        self.poke_interval_s = parse_duration(poke_interval, f"{where}: poke_interval")
-        self.wait_timeout_s = parse_duration(timeout, f"{where}: timeout")
+        super().__init__(task_id, **task_args)
+        if mode not in MODES:  # reported with the task's other bad options by spec()
+            self.bad_options.append(f"mode must be 'poke' or 'reschedule', got {mode!r}")
+        self.poke_interval_s = self._duration(poke_interval, "poke_interval", 60.0)
+        self.wait_timeout_s = self._duration(timeout, "timeout", DEFAULT_TIMEOUT_S)
         self.mode = mode
         self.soft_fail = bool(soft_fail)
         limit = self.wait_timeout_s + self.poke_interval_s + 60.0
         if mode == "reschedule":
             limit = min(limit, POKE_LIMIT_S)
-        super().__init__(task_id, timeout=limit, **task_args)
+        self._own["timeout"] = limit  # the attempt's own limit, see the module docstring
         self.status = ""
+
+    def _duration(self, value: float | str, what: str, fallback: float) -> float:
+        try:
+            return parse_duration(value, what)
+        except CronflowError as exc:
+            self.bad_options.append(str(exc))
+            return fallback
 
     def op_spec(self) -> dict[str, Any]:
         return {
