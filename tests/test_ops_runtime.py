@@ -5,6 +5,7 @@ callbacks, and secret masking in task logs."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,11 +69,11 @@ def test_sensor_timeout_fails_or_with_soft_fail_skips(home, write_flow, tmp_path
     r = Runner(home)
     run_id = r.run("late")
     assert r.states(run_id) == {"hard": "failed", "soft": "skipped", "downstream": "skipped"}
-    assert r.ti(run_id, "soft")["reason"] == (
-        f"skipped: no file matches {tmp_path}/never; gave up after 0s (timeout)"
-    )
+    # "after Ns": the seconds the poke itself took, 0 on a quiet machine, more on a loaded one
+    gave_up = rf"no file matches {re.escape(str(tmp_path))}/never; gave up after \d+s \(timeout\)"
+    assert re.fullmatch(f"skipped: {gave_up}", r.ti(run_id, "soft")["reason"])
     assert "SensorTimeoutError" not in r.log(run_id, "hard")
-    assert f"no file matches {tmp_path}/never; gave up after 0s (timeout)" in r.log(run_id, "hard")
+    assert re.search(gave_up, r.log(run_id, "hard"))
 
 
 def test_file_sensor_in_poke_mode_waits_in_its_slot(home, write_flow, tmp_path):
