@@ -121,6 +121,10 @@ def describe_file(path: Path) -> LoadResult:
     return LoadResult(specs)
 
 
+STARTUP_LIMIT_S = 60.0  # for the import process to start, before any file's own limit
+READY = b"ready\n"
+
+
 def load_files(paths: Sequence[Path], timeout_s: float) -> dict[Path, LoadResult]:
     """Import files in child processes, at most `timeout_s` per file."""
     results: dict[Path, LoadResult] = {}
@@ -146,6 +150,15 @@ def _load_batch(paths: list[Path], timeout_s: float, results: dict[Path, LoadRes
     os.close(alive_r)
     buffer = bytearray()
     try:
+        # The limit is per file: the interpreter's own start (seconds on a loaded machine) is
+        # not charged to the first file, it has a generous limit of its own.
+        ready = _read_line(read_fd, buffer, time.monotonic() + STARTUP_LIMIT_S)
+        if ready != READY:
+            code = child.poll()
+            why = f"exit code {code}" if code is not None else f"not ready in {STARTUP_LIMIT_S:g}s"
+            for path in paths:
+                results[path] = LoadResult([], f"{path}: the import process did not start ({why})")
+            return
         for path in paths:
             line = _read_line(read_fd, buffer, time.monotonic() + timeout_s)
             if not line:
@@ -254,6 +267,8 @@ def _exit_with_parent(alive_fd: int) -> None:
 def _child_main(argv: list[str]) -> None:
     _exit_with_parent(int(argv[1]))
     results = os.fdopen(int(argv[0]), "w", encoding="utf-8")
+    results.write(READY.decode())
+    results.flush()
     for raw in argv[2:]:
         path = Path(raw)
         result = describe_file(path)

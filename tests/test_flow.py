@@ -804,6 +804,19 @@ def test_load_files_answers_received_before_a_hang_are_kept(tmp_path: Path) -> N
     )
 
 
+def test_the_import_limit_does_not_count_the_interpreters_start(tmp_path, monkeypatch) -> None:
+    # A start slower than the limit (a loaded machine, a slow disk): the file still gets its
+    # whole limit. sitecustomize runs at every interpreter start, before cronflow.loader.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import time\ntime.sleep(2)\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    good = write(tmp_path, "good.py", GOOD.format(flow_id="good"))
+    results = load_files([good], timeout_s=1)
+    assert results[good].error is None
+    assert [s["flow_id"] for s in results[good].specs] == ["good"]
+
+
 def test_load_files_of_nothing() -> None:
     assert load_files([], timeout_s=1.5) == {}
 
