@@ -66,8 +66,9 @@ class RunState(StrEnum):
 
 class RunType(StrEnum):
     SCHEDULED = "scheduled"
-    MANUAL = "manual"
+    MANUAL = "manual"  # `cronflow trigger`, @reboot flows
     BACKFILL = "backfill"
+    TRIGGERED = "triggered"  # by another flow's TriggerFlow task (runs.triggered_by names it)
 
 
 class TriggerRule(StrEnum):

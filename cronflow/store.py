@@ -454,6 +454,14 @@ class Store:
             f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY logical_date, run_id", values
         )
 
+    def active_run_counts(self) -> dict[str, int]:
+        """flow id -> how many of its runs are queued or running (one indexed query)."""
+        rows = self.conn.execute(
+            """SELECT flow_id, count(*) FROM runs WHERE state IN ('queued', 'running')
+               GROUP BY flow_id"""
+        )
+        return {flow_id: count for flow_id, count in rows}
+
     def runs_between(self, flow_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Runs of a flow whose logical date is in [start, end)."""
         return self._rows(

@@ -101,7 +101,7 @@ class WaitStatus:
         if future:
             first = "fires" if len(future) == 1 else "the first fires"
             lines.append(
-                f"{self._moments(future)} not yet run ({first} in {_span(future[0] - now)})"
+                f"{self._moments(future)} not yet run ({first} in {span_text(future[0] - now)})"
             )
         return lines
 
@@ -160,7 +160,7 @@ class RunWaits:
         every wait that gave up has soft_fail; the reason names what was missing."""
         expired = self.gave_up(now)
         state = TaskState.SKIPPED if all(s.wait.soft_fail for s in expired) else TaskState.FAILED
-        waited = _span(timedelta(seconds=max(s.wait.timeout_s for s in expired)))
+        waited = span_text(timedelta(seconds=max(s.wait.timeout_s for s in expired)))
         reason = f"gave up waiting ({waited}) for " + "; ".join(s.summary(now) for s in expired)
         roots = [t for t in flow.order if not flow.tasks[t].upstream]
         return {task_id: (state, reason) for task_id in roots}
@@ -246,7 +246,7 @@ def expected_fires(flow: FlowSpec, day: date) -> tuple[tuple[datetime, ...], str
     return (), f"{note}: nothing to wait for"
 
 
-def _span(delta: timedelta) -> str:
+def span_text(delta: timedelta) -> str:
     """'45s', '5m', '2h10m', '3d4h' (rounded down)."""
     seconds = max(0, int(delta.total_seconds()))
     days, rest = divmod(seconds, 86400)

@@ -11,6 +11,7 @@ from cronflow.cli.app import (
     handles_errors,
     open_home,
     print_json,
+    run_type_text,
     short_text,
     state_cell,
     styled_state,
@@ -56,7 +57,7 @@ def runs(
             [
                 str(row["run_id"]),
                 short_text(cat, flow_id, row["logical_date"]),
-                row["run_type"],
+                run_type_text(cat, row["run_type"], row["triggered_by"]),
                 state_cell(row["state"]),
                 short_text(cat, flow_id, row["started_at"]),
                 short_text(cat, flow_id, row["ended_at"]),
