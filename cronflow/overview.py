@@ -15,7 +15,7 @@ from typing import Any
 from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
 from cronflow.errors import InvalidInputError
 from cronflow.outcomes import current_try
-from cronflow.states import RunState, TaskState
+from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
 
@@ -273,7 +273,7 @@ LIVE_STATES = (
 )
 
 
-def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, list[dict[str, Any]]]:
+def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
     """`cronflow top`: task instances running or about to, and the latest failures."""
     order = {s.value: i for i, s in enumerate(LIVE_STATES)}
     active = sorted(
@@ -281,9 +281,21 @@ def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, list[dic
         key=lambda ti: (order[ti["state"]], ti["start_at"] or "", ti["logical_date"]),
     )
     return {
+        "counts": _counts(active),
         "active": [_ti_row(ti, now) for ti in active],
         "failures": [_ti_row(ti, now) for ti in store.recent_task_failures(failures)],
     }
+
+
+def live_counts(store: Store) -> dict[str, int]:
+    """How many tasks run, and how many wait to (re)start (ready, queued, waiting for a retry
+    or a sensor's next poke): what `status` and `top` both say."""
+    return _counts(store.tis_in_states(LIVE_STATES))
+
+
+def _counts(tis: list[dict[str, Any]]) -> dict[str, int]:
+    running = sum(ti["state"] == TaskState.RUNNING for ti in tis)
+    return {"running": running, "waiting": len(tis) - running}
 
 
 def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -297,14 +309,15 @@ def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:
         "run_id": ti["run_id"],
         "logical_date": ti["logical_date"],
         "state": ti["state"],
-        "try_number": ti["try_number"],
+        "try_number": current_try(ti),
         "max_tries": ti["max_tries"],
         "pool": ti["pool"],
         "start_at": ti["start_at"],
         "end_at": ti["end_at"],
         "elapsed_s": elapsed,
         "next_try_at": ti["next_try_at"],
-        "pid": ti["pid"],
+        # a task waiting for its retry or next poke has no process: not the old try's pid
+        "pid": ti["pid"] if ti["state"] in ACTIVE_TASK_STATES else None,
         "host": ti["host"],
         "reason": ti["reason"],
     }

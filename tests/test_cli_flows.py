@@ -248,6 +248,11 @@ def test_why_a_queued_run_waits_for_max_active_runs_and_other_flows(daily, write
     reasons = why(daily, "waiter", "--date", "2024-03-03")
     assert "it waits for daily 2024-03-02: 0 of 1 runs succeeded" in reasons[1]
     assert reasons[2] == "daily 2024-03-02 02:30 failed"  # at once, not just "waiting"
+    (task,) = rows(daily, "tasks", "waiter", "--date", "2024-03-03")
+    assert task["reason"] == "the run waits for daily 2024-03-02: 02:30 failed"
+    assert "the run waits for daily 2024-03-02: 02:30 failed" in ok(
+        daily, "tasks", "waiter", "--date", "2024-03-03"
+    ).stdout
     set_tis(daily, 2, b="success", c="success")
     assert "waits for" not in why(daily, "waiter", "--date", "2024-03-03")[1]
 
@@ -347,6 +352,7 @@ def test_top_once_shows_active_tasks_and_recent_failures(daily):
     assert active[2][:4] == ["daily", "b", "2024-03-02", "02:30"]
     assert text.rstrip().endswith("exit code 9")
     frame = rows(daily, "top")
+    assert frame["counts"] == {"running": 1, "waiting": 1}
     keys = {"flow_id", "task_id", "run_id", "logical_date", "state", "try_number"}
     assert [(r["task_id"], r["state"]) for r in frame["active"]] == [
         ("a", "running"),

@@ -222,25 +222,22 @@ def status(
 ) -> None:
     """Is the daemon alive: pid, start time, last heartbeat, running and queued tasks. Exit 1 if not."""
     from cronflow.daemon import running_daemon_pid
-    from cronflow.states import TaskState
+    from cronflow.overview import live_counts
     from cronflow.store import Store
 
     settings = settings_from_options()
     pid = running_daemon_pid(settings.home)
-    record = Store(settings.db_path).daemon_record() if settings.db_path.exists() else None
-    active = []
-    if settings.db_path.exists():
-        active = Store(settings.db_path).tis_in_states(
-            [TaskState.RUNNING, TaskState.QUEUED, TaskState.SCHEDULED]
-        )
+    store = Store(settings.db_path) if settings.db_path.exists() else None
+    record = store.daemon_record() if store else None
+    counts = live_counts(store) if store else {"running": 0, "waiting": 0}
     info = {
         "running": pid is not None,
         "pid": pid,
         "home": str(settings.home),
         "started_at": record["started_at"] if record and pid else None,
         "heartbeat_at": record["heartbeat_at"] if record and pid else None,
-        "running_tasks": sum(t["state"] == TaskState.RUNNING for t in active),
-        "waiting_tasks": sum(t["state"] != TaskState.RUNNING for t in active),
+        "running_tasks": counts["running"],
+        "waiting_tasks": counts["waiting"],
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
