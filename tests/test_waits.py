@@ -350,3 +350,35 @@ def test_the_wait_deadline_is_taken_from_the_run_created_at(make, write_flow, ho
     assert waits.deadline == utc(2024, 6, 1, 8)
     assert run["queued_at"] == run["created_at"] == "2024-06-01T07:00:00+00:00"
     assert waits.deadline - utc(2024, 6, 1, 7) == timedelta(hours=1)
+
+
+ALERTING = """
+from pathlib import Path
+from cronflow import Flow, Shell
+
+def alert(context):
+    Path("{out}").write_text(context["task_id"] + ": " + context["reason"])
+
+with Flow("upload"):
+    Shell("t", "true")
+with Flow("report", schedule="0 7 * * *", start_date="2024-06-01", wait_for=["upload"],
+          wait_timeout="1h", on_failure=alert):
+    Shell("mail", "true")
+"""
+
+
+def test_a_wait_that_gives_up_runs_the_failure_callbacks(make, write_flow, home, caplog):
+    out = home / "alert.txt"
+    write_flow("alerting", ALERTING.format(out=out))
+    h = make(utc(2024, 6, 1, 7))
+    h.tick()
+    with caplog.at_level("WARNING", logger="cronflow.scheduler"):
+        h.at(utc(2024, 6, 1, 8))
+    assert "event=wait_gave_up flow=report" in caplog.text
+    reason = (
+        "gave up waiting (1h) for upload 2024-06-01: no run yet (it has no schedule: a run of "
+        "that day is needed)"
+    )
+    assert tis(h, "report")["mail"]["reason"] == reason
+    wait_for(lambda: out.exists() and out.read_text(), what="the on_failure callback")
+    assert out.read_text() == f"mail: {reason}"
