@@ -32,7 +32,7 @@ class RunPlanner:
         self.waits = WaitChecker(store)
         self._held: dict[str, datetime | None] = {}  # flow -> newest fire time held back
         self._scheduling_since: dict[str, datetime] = {}  # flow -> since when it is scheduled
-        self.gave_up: list[dict[str, Any]] = []  # failed by a wait, for their callbacks
+        self._failed_by_waits: list[dict[str, Any]] = []  # for their failure callbacks
 
     def plan(self, now: datetime) -> tuple[list[datetime], list[dict[str, Any]]]:
         """Create due runs and start the queued runs that may start: the next fire times to
@@ -183,26 +183,11 @@ class RunPlanner:
         since = self._scheduling_since.get(flow.flow_id)
         if since is None or (held is not None and held >= first_due):
             return  # the first due fire time was held back while the daemon ran
-        limit = min(since, flow.end_at) if flow.end_at else since
-        last_missed = flow.schedule.prev_before(limit + TINY)
-        if last_missed is None or last_missed <= first_due:
-            return
-        missed = sum(
-            1
-            for _ in zip(
-                flow.schedule.fires(first_due - TINY, last_missed - TINY),
-                range(10_000),
-                strict=False,
-            )
-        )
-        log.warning(
-            "event=missed_fires flow=%s count=%s%s first=%s policy=latest_only",
-            flow.flow_id,
-            missed,
-            "+" if missed >= 10_000 else "",
-            iso(first_due),
-        )
-        self.store.set_last_scheduled(flow.flow_id, last_missed - TINY)
+        if first_due > since:
+            return  # it came due while the daemon ran: held back, not missed
+        last_missed = self._latest_due(flow, first_due, since)  # logs what it drops
+        if last_missed > first_due:
+            self.store.set_last_scheduled(flow.flow_id, last_missed - TINY)
 
     def _was_held(self, flow: FlowSpec, fire: datetime) -> bool:
         held = self._held.get(flow.flow_id)
@@ -255,10 +240,10 @@ class RunPlanner:
                 run["logical_date"],
             )
             if ended:
-                self._gave_up(flow, run, ended)
+                self._note_give_up(flow, run, ended)
         return [d for d in deadlines if d is not None]
 
-    def _gave_up(
+    def _note_give_up(
         self, flow: FlowSpec, run: dict[str, Any], ended: dict[str, tuple[TaskState, str]]
     ) -> None:
         state, reason = next(iter(ended.values()))
@@ -272,13 +257,13 @@ class RunPlanner:
             reason,
         )
         if state is TaskState.FAILED:  # their failure callbacks and mails, as for any failure
-            self.gave_up.extend(
+            self._failed_by_waits.extend(
                 ti for ti in self.store.tis_of_runs([run["run_id"]]) if ti["task_id"] in ended
             )
 
     def take_gave_up(self) -> list[dict[str, Any]]:
         """Task instances failed by a wait that gave up since the last call."""
-        failed, self.gave_up = self.gave_up, []
+        failed, self._failed_by_waits = self._failed_by_waits, []
         return failed
 
     def unmet_waits(self, flow: FlowSpec, run: dict[str, Any]) -> list[tuple[str, str]]:
