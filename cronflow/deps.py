@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from enum import Enum
 
 from cronflow.errors import FlowDefinitionError
@@ -172,6 +172,7 @@ def upstream_day(day: date, offset_days: int) -> date:
 class DayProgress:
     """Another flow's day as a wait sees it: its fire times of that day by its schedule, and
     every run it has that day (manual and triggered ones too), sorted by what they still lack.
+    Moments are logical dates as the store keeps them (UTC ISO text, which sorts by time).
 
     The day is done when every fire time has a run, every run succeeded, and (for a flow
     without schedule, which has no fire times) at least one run exists. Manual runs count when
@@ -179,9 +180,9 @@ class DayProgress:
 
     expected: int  # fire times of the day by the schedule, within the flow's dates
     succeeded: int  # runs of the day that succeeded
-    failed: tuple[datetime, ...] = ()  # logical dates of the runs that failed
-    unfinished: tuple[tuple[datetime, str], ...] = ()  # (logical date, queued | running)
-    missing: tuple[datetime, ...] = ()  # fire times with no run (yet)
+    failed: tuple[str, ...] = ()  # logical dates of the runs that failed
+    unfinished: tuple[tuple[str, str], ...] = ()  # (logical date, queued | running)
+    missing: tuple[str, ...] = ()  # fire times with no run (yet)
     needs_a_run: bool = False  # no schedule: only a run of that day can complete it
     extra: int = 0  # runs at other times than the fire times (manual, triggered)
 
@@ -202,32 +203,33 @@ class DayProgress:
         return not self.expected and not self.succeeded and self.done
 
 
+_SUCCESS, _FAILED_RUN = RunState.SUCCESS.value, RunState.FAILED.value
+
+
 def day_progress(
-    expected: Iterable[datetime],
-    runs: Iterable[tuple[datetime, RunState | str]],
-    scheduled: bool = True,
+    expected: Iterable[str], runs: Iterable[tuple[str, str]], scheduled: bool = True
 ) -> DayProgress:
     """How far a day of another flow is: `expected` are its fire times that day, `runs` the
-    (logical date, state) of each of its runs that day; `scheduled` is False for a flow
-    without schedule."""
+    (logical date, state) of each of its runs that day, both UTC ISO text as the store keeps
+    them; `scheduled` is False for a flow without schedule. Asked at every tick for each
+    waiting run, with up to a day of runs: plain strings, no parsing."""
     fires = sorted(set(expected))
-    seen: set[datetime] = set()
+    seen: set[str] = set()
     succeeded, failed, unfinished = 0, [], []
-    for logical_at, state in runs:
-        state = RunState(state)
-        seen.add(logical_at)
-        if state is RunState.SUCCESS:
+    for logical, state in runs:
+        seen.add(logical)
+        if state == _SUCCESS:
             succeeded += 1
-        elif state is RunState.FAILED:
-            failed.append(logical_at)
+        elif state == _FAILED_RUN:
+            failed.append(logical)
         else:
-            unfinished.append((logical_at, state.value))
+            unfinished.append((logical, RunState(state).value))  # an unknown state: ValueError
     return DayProgress(
-        extra=len(seen - set(fires)),
         expected=len(fires),
         succeeded=succeeded,
         failed=tuple(sorted(failed)),
         unfinished=tuple(sorted(unfinished)),
         missing=tuple(f for f in fires if f not in seen),
         needs_a_run=not scheduled,
+        extra=len(seen.difference(fires)),
     )

@@ -29,7 +29,7 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
     latest = store.latest_runs()
     states = {r["flow_id"]: r for r in store.flow_states()}  # read now, not from a catalog
     counts = store.recent_state_counts(RECENT_RUNS)
-    holding = any(r["held_until"] for r in states.values())
+    holding = any(_holds(r) for r in states.values())
     active = store.active_run_counts() if holding else {}
     rows: list[dict[str, Any]] = [
         {"flow_id": None, "path": path, "error": error}
@@ -40,7 +40,7 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
         state = states.get(flow_id, stored)  # as loaded, if it went since
         last = latest.get(flow_id, {})
         held = None
-        if state.get("held_until"):  # only then is the spec parsed
+        if _holds(state):  # only then is the spec parsed
             held = held_back(cat.flows[flow_id], state, active.get(flow_id, 0))
         rows.append(
             {
@@ -66,14 +66,21 @@ def held_back(flow: FlowSpec, row: Mapping[str, Any], active: int) -> tuple[date
     """(the oldest fire time held back, 'held back by max_active_runs=3: 3 runs active') while
     fire times of the flow wait for one of its runs to end before theirs are created (the
     planner keeps the newest in flows.held_until); None otherwise."""
-    held, cursor = from_iso(row.get("held_until")), from_iso(row.get("last_scheduled_at"))
-    if held is None or row.get("paused") or active < flow.max_active_runs or flow.schedule is None:
+    if not _holds(row) or active < flow.max_active_runs or flow.schedule is None:
         return None
+    held, cursor = from_iso(row["held_until"]), from_iso(row["last_scheduled_at"])
+    assert held is not None
     first = flow.schedule.next_after(cursor) if cursor else held
     if first is None or first > held:
         return None
     runs = "run" if active == 1 else "runs"
     return first, f"held back by max_active_runs={flow.max_active_runs}: {active} {runs} active"
+
+
+def _holds(row: Mapping[str, Any]) -> bool:
+    """Whether the planner's record says fire times of the flow are held back now."""
+    held, cursor = from_iso(row.get("held_until")), from_iso(row.get("last_scheduled_at"))
+    return held is not None and (cursor is None or cursor < held) and not row.get("paused")
 
 
 def _next_fire_text(cat: Catalog, flow_id: str, state: dict[str, Any], now: datetime) -> str | None:

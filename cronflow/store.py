@@ -470,6 +470,18 @@ class Store:
             [flow_id, iso(start), iso(end)],
         )
 
+    def run_states_between(
+        self, flow_id: str, start: datetime, end: datetime
+    ) -> list[tuple[str, str]]:
+        """(logical date, state) of a flow's runs in [start, end): what a wait for it reads at
+        every tick, so no more than that."""
+        rows = self.conn.execute(
+            """SELECT logical_date, state FROM runs WHERE flow_id = ? AND logical_date >= ?
+               AND logical_date < ?""",
+            [flow_id, iso(start), iso(end)],
+        )
+        return [(row[0], row[1]) for row in rows]
+
     def recent_runs(self, flow_id: str, limit: int) -> list[dict[str, Any]]:
         return self._rows(
             "SELECT * FROM runs WHERE flow_id = ? ORDER BY logical_date DESC LIMIT ?",

@@ -22,7 +22,7 @@ indexed query.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -32,7 +32,7 @@ from cronflow import deps
 from cronflow.catalog import FlowSpec, FlowWait
 from cronflow.states import TaskState
 from cronflow.store import Store
-from cronflow.timeparse import from_iso, start_of_day
+from cronflow.timeparse import from_iso, iso, start_of_day
 
 SHOWN = 3  # moments listed per kind before "and N more"
 _CACHE_LIMIT = 4096
@@ -82,14 +82,15 @@ class WaitStatus:
             return []
         lines = []
         if progress.failed:
-            lines.append(f"{self._moments(progress.failed)} failed")
+            lines.append(f"{self._moments(_moments(progress.failed))} failed")
         for state in ("running", "queued"):
-            moments = [at for at, s in progress.unfinished if s == state]
+            moments = _moments(at for at, s in progress.unfinished if s == state)
             if moments:
                 lines.append(f"{self._moments(moments)} {state}")
-        future = [at for at in progress.missing if at > now]
-        skipped = [at for at in progress.missing if at <= now and self._passed(at)]
-        due = [at for at in progress.missing if at <= now and not self._passed(at)]
+        missing = _moments(progress.missing)
+        future = [at for at in missing if at > now]
+        skipped = [at for at in missing if at <= now and self._passed(at)]
+        due = [at for at in missing if at <= now and not self._passed(at)]
         if skipped:
             lines.append(
                 f"{self._moments(skipped)} never ran (its schedule moved past: catchup=False, "
@@ -171,7 +172,7 @@ class WaitChecker:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._fires: dict[tuple[str, str, date], tuple[tuple[datetime, ...], str | None]] = {}
+        self._fires: dict[tuple[str, str, date], tuple[tuple[str, ...], str | None]] = {}
 
     def run_waits(
         self,
@@ -201,11 +202,8 @@ class WaitChecker:
             fires, note = self.fires_of_day(upstream, target)
             start = start_of_day(target, upstream.tz)
             end = start_of_day(target + timedelta(days=1), upstream.tz)
-            runs = [
-                (from_iso(r["logical_date"]), r["state"])
-                for r in self.store.runs_between(upstream.flow_id, start, end)
-            ]
-            progress = deps.day_progress(fires, runs, scheduled=upstream.schedule is not None)  # type: ignore[arg-type]
+            runs = self.store.run_states_between(upstream.flow_id, start, end)
+            progress = deps.day_progress(fires, runs, scheduled=upstream.schedule is not None)
             cursor = (cursors or {}).get(upstream.flow_id)
             shown_note = note if progress.nothing_to_wait_for else None
             statuses.append(
@@ -213,15 +211,20 @@ class WaitChecker:
             )
         return RunWaits(statuses)
 
-    def fires_of_day(self, flow: FlowSpec, day: date) -> tuple[tuple[datetime, ...], str | None]:
-        """The flow's fire times on its local `day`, within its dates, and when there is none
-        (for a flow with a schedule), why."""
+    def fires_of_day(self, flow: FlowSpec, day: date) -> tuple[tuple[str, ...], str | None]:
+        """The flow's fire times on its local `day` within its dates (as the store writes
+        logical dates), and when there is none (for a flow with a schedule), why."""
         key = (flow.flow_id, flow.timing, day)
         if key not in self._fires:
             if len(self._fires) >= _CACHE_LIMIT:
                 self._fires.clear()
-            self._fires[key] = expected_fires(flow, day)
+            fires, note = expected_fires(flow, day)
+            self._fires[key] = (tuple(iso(f) or "" for f in fires), note)
         return self._fires[key]
+
+
+def _moments(texts: Iterable[str]) -> list[datetime]:
+    return [datetime.fromisoformat(text) for text in texts]
 
 
 def expected_fires(flow: FlowSpec, day: date) -> tuple[tuple[datetime, ...], str | None]:

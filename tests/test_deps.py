@@ -375,8 +375,9 @@ def test_upstream_day(day: date, offset: int, expected: date) -> None:
 
 
 # --- day_progress: a wait for another flow's whole day ------------------------------------------
-def _at(hour: int, minute: int = 0) -> datetime:
-    return datetime(2026, 12, 2, hour, minute, tzinfo=UTC)
+def _at(hour: int, minute: int = 0) -> str:
+    """A logical date as the store keeps it."""
+    return datetime(2026, 12, 2, hour, minute, tzinfo=UTC).isoformat()
 
 
 EVERY_10_MIN = [_at(h, m) for h in range(24) for m in range(0, 60, 10)]  # 144 fire times

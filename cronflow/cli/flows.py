@@ -125,7 +125,10 @@ def _grid(cat: Any, flow_id: str, detail: dict[str, Any]) -> Any:
         day, _, time = short_text(cat, flow_id, run["logical_date"]).partition(" ")
         table.add_column(f"{day[5:]}\n{time}", no_wrap=True, justify="center")
     table.add_row("[bold]run[/]", *(_cell(run["state"]) for run in detail["runs"]))
-    table.add_row("[dim]type[/]", *(RUN_TYPE_CELLS[run["run_type"]] for run in detail["runs"]))
+    table.add_row(
+        "[dim]type[/]",
+        *(RUN_TYPE_CELLS.get(run["run_type"], run["run_type"]) for run in detail["runs"]),
+    )
     for task in detail["tasks"]:
         cells = [_cell(run["task_states"].get(task["task_id"])) for run in detail["runs"]]
         table.add_row(task["task_id"], *cells)
