@@ -20,7 +20,7 @@ from cronflow.overview import held_back
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, parse_date_or_datetime
-from cronflow.waits import WaitChecker, span_text
+from cronflow.waits import WaitChecker, WaitStatus, span_text
 
 
 class Explainer:
@@ -126,7 +126,8 @@ class Explainer:
                 reasons.append(f"{tid}: not in this run yet (it joins when the run starts)")
         return reasons
 
-    def _queued(self, run: dict[str, Any]) -> list[str]:
+    def _queued(self, run: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Why the run has not started, and the lines naming the runs its waits miss."""
         flow = self.flow
         why = []
         running = [
@@ -153,7 +154,7 @@ class Explainer:
             why.append("it starts once the daemon runs")
         return why, details
 
-    def _giving_up(self, status: Any) -> str:
+    def _giving_up(self, status: WaitStatus) -> str:
         """When (or that) a wait gives up, and what then happens to the run."""
         then = "skipped" if status.wait.soft_fail else "failed"
         limit = span_text(timedelta(seconds=status.wait.timeout_s))

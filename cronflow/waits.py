@@ -240,12 +240,13 @@ def expected_fires(flow: FlowSpec, day: date) -> tuple[tuple[datetime, ...], str
     if kept:
         return kept, None
     name = f"'{flow.flow_id}'"
-    if not fires:
-        note = f"{name} does not fire on {day} ({flow.schedule.describe()})"
-    elif flow.start_at and fires[-1] < flow.start_at:
+    day_start, day_end = start_of_day(day, flow.tz), start_of_day(day + timedelta(days=1), flow.tz)
+    if flow.start_at and (day_end <= flow.start_at or (fires and fires[-1] < flow.start_at)):
         note = f"{day} is before the start date of {name}"
-    else:
+    elif flow.end_at and (day_start > flow.end_at or (fires and fires[0] > flow.end_at)):
         note = f"{day} is after the end date of {name}"
+    else:
+        note = f"{name} does not fire on {day} ({flow.schedule.describe()})"
     return (), f"{note}: nothing to wait for"
 
 

@@ -373,3 +373,30 @@ def test_table_styles_are_rendered_as_rich_renders_them():
     assert set(STATE_STYLES.values()) - {"default"} <= set(SGR)
     for name, codes in SGR.items():
         assert Style.parse(name)._make_ansi_codes(ColorSystem.EIGHT_BIT) == codes, name
+
+
+def test_why_says_when_a_wait_has_nothing_to_wait_for(home, write_flow):
+    write_flow(
+        "weekly",
+        """
+        from cronflow import Flow, Shell
+        with Flow("weekly", schedule="0 5 * * 1", timezone="Europe/Paris", start_date="2024-03-04"):
+            Shell("t", "true")
+        with Flow("after", schedule="0 7 * * *", timezone="Europe/Paris", start_date="2024-03-01",
+                  wait_for=["weekly"]):
+            Shell("t", "true")
+        """,
+    )
+    ok(home, "backfill", "after", "--from", "2024-03-01", "--to", "2024-03-05")
+    assert why(home, "after", "--date", "2024-03-05")[1:] == [
+        "the run of 2024-03-05 07:00 CET is queued: it starts once the daemon runs",
+        "'weekly' does not fire on 2024-03-05 (at 05:00 on Mon Europe/Paris): nothing to wait for",
+        "t: waiting for its run to start",
+    ]
+    assert why(home, "after", "--date", "2024-03-01")[2] == (
+        "2024-03-01 is before the start date of 'weekly': nothing to wait for"
+    )
+    assert (
+        "it waits for weekly 2024-03-04: 0 of 1 runs succeeded"
+        in why(home, "after", "--date", "2024-03-04")[1]
+    )
