@@ -19,6 +19,7 @@ from cronflow.catalog import FlowSpec
 from cronflow.config import Settings
 from cronflow.errors import DaemonError, InvalidInputError, NotFoundError
 from cronflow.logs import attempt_log_path, read_log
+from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, TaskState
 from cronflow.store import Store
 
@@ -64,7 +65,7 @@ def find_attempt(
     ti = store.ti(run["run_id"], task_id)
     if ti is None:
         raise NotFoundError(f"the run of {run['logical_date']} has no task '{task_id}'")
-    last = ti["try_number"]
+    last = current_try(ti)  # a sensor between two pokes is still in its try
     if try_number is not None and not 1 <= try_number <= last:
         tried = f"tries 1 to {last}" if last else "no try yet"
         raise InvalidInputError(f"--try {try_number}: {flow.flow_id}.{task_id} has {tried}")
@@ -82,7 +83,10 @@ def read_attempt(attempt: AttemptLog) -> bytes:
     if attempt.path is None:
         state, run = attempt.ti["state"], attempt.run["logical_date"]
         if TaskState(state).is_finished:
-            raise NotFoundError(f"{attempt.name} did not run in the run of {run} (state {state})")
+            why = f": {attempt.ti['reason']}" if attempt.ti["reason"] else ""
+            raise NotFoundError(
+                f"{attempt.name} did not run in the run of {run} (state {state}{why})"
+            )
         raise NotFoundError(
             f"{attempt.name} has not run yet in the run of {run} (state {state}); "
             "use -f to wait for it"
@@ -104,8 +108,10 @@ def follow_attempt(
     for its next try (not started, retry pending, just replayed) first waits for that try; an
     earlier or finished try is simply read."""
     run_id, task_id = attempt.run["run_id"], attempt.ti["task_id"]
-    current = attempt.try_number == attempt.ti["try_number"]
-    if current and _waiting(attempt.ti["state"]):
+    current = attempt.try_number == current_try(attempt.ti)
+    if current and _between_pokes(attempt.ti):
+        pass  # its try goes on: follow its log across the pokes, until the try ends
+    elif current and _waiting(attempt.ti["state"]):
         if not is_daemon_running():
             raise DaemonError(
                 f"{attempt.name} waits to run, but no daemon is running on {settings.home}"
@@ -128,11 +134,20 @@ def follow_attempt(
     def active() -> bool:
         ti = store.ti(run_id, task_id)
         return bool(
-            ti and ti["try_number"] == attempt.try_number and ti["state"] in ACTIVE_TASK_STATES
+            ti
+            and current_try(ti) == attempt.try_number
+            and (ti["state"] in ACTIVE_TASK_STATES or _between_pokes(ti))
         )
 
-    end_line = f"cronflow: try {attempt.try_number} ".encode()
+    # a sensor's pokes each end with a line "try N poke ended": only "try N ended" is its end
+    sensor = attempt.ti["first_poke_at"] is not None or _between_pokes(attempt.ti)
+    end_line = f"cronflow: try {attempt.try_number} {'ended' if sensor else ''}".encode()
     yield from follow_file(attempt.path, active, end_line, sleep)
+
+
+def _between_pokes(ti: dict[str, Any]) -> bool:
+    """A sensor in reschedule mode waiting for its next poke, within the same try."""
+    return current_try(ti) == ti["try_number"] + 1
 
 
 def _waiting(state: str) -> bool:

@@ -63,6 +63,27 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class FlowWait:
+    """One wait_for of a flow: the runs of `flow_id` on the day D + offset_days of the waiting
+    run's day D, for at most `timeout_s`; then its first tasks fail (or skip: soft_fail)."""
+
+    flow_id: str
+    offset_days: int
+    timeout_s: float
+    soft_fail: bool
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> FlowWait:
+        # specs stored before wait_timeout existed: the built-in default
+        return cls(
+            spec["flow_id"],
+            spec["offset_days"],
+            spec.get("timeout_s", deps.DEFAULT_WAIT_TIMEOUT_S),
+            spec.get("soft_fail", False),
+        )
+
+
+@dataclass(frozen=True)
 class FlowSpec:
     """A loaded flow definition, parsed once (timezone, dates; the schedule on first use)."""
 
@@ -75,6 +96,7 @@ class FlowSpec:
     catchup: bool
     max_active_runs: int
     wait_for: list[tuple[str, int]]
+    waits: list[FlowWait] = field(default_factory=list)
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
 
     @classmethod
@@ -89,6 +111,7 @@ class FlowSpec:
             catchup=spec["catchup"],
             max_active_runs=spec["max_active_runs"],
             wait_for=[(w["flow_id"], w["offset_days"]) for w in spec["wait_for"]],
+            waits=[FlowWait.from_spec(w) for w in spec["wait_for"]],
             tasks={t["task_id"]: TaskSpec(**t) for t in spec["tasks"]},
         )
 

@@ -11,23 +11,28 @@ file that hangs or exits cannot stop the check. Problems found:
 * per task: a pool missing from cronflow.toml (when there is one), a connection id that is
   neither in the store nor in a CRONFLOW_CONN_* variable (when connections can be known), a
   template value that does not exist (`{{ dss }}`).
+
+Notes, which are no problem: days on which a wait has nothing to wait for (the other flow does
+not fire that day, or it is before its start date or after its end date: such runs start
+without waiting, cronflow.waits), and waits for a flow without schedule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronflow import deps
-from cronflow.catalog import SPEC_FORMAT, FlowSpec, claim_ids
+from cronflow.catalog import SPEC_FORMAT, FlowSpec, FlowWait, claim_ids
 from cronflow.connections import env_name
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.loader import flow_file_paths, load_files
 from cronflow.templates import date_context, placeholders
+from cronflow.timeparse import start_of_day
 
 # names a task's templates may use besides the dates (cronflow.context.task_context)
 _CONTEXT_NAMES = {"flow_id", "task_id", "run_id", "run_type", "try_number", "params", "conf"}
@@ -75,12 +80,14 @@ def check_flows(
     pools: Mapping[str, int] | None = None,
     connections: set[str] | None = None,
     owners: Mapping[str, str] | None = None,
+    now: datetime | None = None,
 ) -> CheckReport:
     """Check every flow file of `target` (a directory, or one file).
 
     `pools`: the configured pools, or None to skip the pool check; `connections`: the known
     connection ids, or None to skip that check; `owners`: flow id -> the file the home's store
-    has it from (a duplicate id is then blamed on the other file)."""
+    has it from (a duplicate id is then blamed on the other file); `now`: where the wait notes'
+    year of days starts (default: now)."""
     paths = _paths(target)
     report = CheckReport(files=[str(p) for p in paths])
     if not paths:
@@ -94,6 +101,10 @@ def check_flows(
     for flow in flows.values():
         report.problems += _target_problems(flow, flows)
         report.problems += _task_problems(flow, pools, connections)
+    for flow in flows.values():
+        for wait in flow.waits:
+            if wait.flow_id in flows:
+                report.notes += _wait_notes(flow, wait, flows[wait.flow_id], now or _utcnow())
     if pools is None:
         report.notes.append("pools not checked: no cronflow.toml in the home")
     if connections is None:
@@ -101,6 +112,72 @@ def check_flows(
             "connections not checked: no state database in the home, no CRONFLOW_CONN_* variable"
         )
     return report
+
+
+WAIT_NOTE_DAYS = 366  # how far ahead the days of a wait are looked at
+
+
+def _wait_notes(flow: FlowSpec, wait: FlowWait, other: FlowSpec, now: datetime) -> list[str]:
+    """Days on which `flow`'s runs have nothing to wait for from `other` (cronflow.waits):
+    before its start date, after its end date, and the days of the coming year it does not
+    fire (looked at with one next-fire query per day and flow)."""
+    head = f"flow '{flow.flow_id}' waits for '{other.flow_id}'"
+    if other.schedule is None:
+        return [
+            f"{head}, which has no schedule: each run waits until a run of '{other.flow_id}' of "
+            f"its day succeeded (at most wait_timeout)"
+        ]
+    if flow.schedule is None:
+        return []
+    notes = []
+    shift = timedelta(days=wait.offset_days)
+    if other.start_at and (flow.start_at is None or flow.start_at < other.start_at):
+        first = other.start_at.astimezone(other.tz).date() - shift
+        notes.append(
+            f"{head}: its runs before {first} have nothing to wait for (the start date of "
+            f"'{other.flow_id}')"
+        )
+    if other.end_at and (flow.end_at is None or flow.end_at > other.end_at):
+        last = (other.end_at - timedelta(microseconds=1)).astimezone(other.tz).date() - shift
+        notes.append(
+            f"{head}: its runs after {last} have nothing to wait for (the end date of "
+            f"'{other.flow_id}')"
+        )
+    start = max(now, flow.start_at or now, (other.start_at or now) - shift)
+    ends = [d for d in (flow.end_at, other.end_at and other.end_at - shift) if d]
+    end = min(ends, default=None)
+    day, days, quiet = start.astimezone(flow.tz).date(), 0, []
+    for _ in range(WAIT_NOTE_DAYS):
+        if end is not None and start_of_day(day, flow.tz) >= end:
+            break
+        if _fires_between(flow, *_day_bounds(day, flow.tz)):
+            days += 1
+            target = day + shift
+            if not _fires_between(other, *_day_bounds(target, other.tz)):
+                quiet.append(target)
+        day += timedelta(days=1)
+    if quiet:
+        notes.append(
+            f"{head}: '{other.flow_id}' does not fire on {len(quiet)} of the {days} days waited "
+            f"for in the coming year (first {quiet[0]}): those runs have nothing to wait for"
+        )
+    return notes
+
+
+def _day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    return start_of_day(day, tz), start_of_day(day + timedelta(days=1), tz)
+
+
+def _fires_between(flow: FlowSpec, start: datetime, end: datetime) -> bool:
+    """Whether the flow fires in [start, end), within its dates."""
+    assert flow.schedule is not None
+    after = max(start, flow.start_at or start) - timedelta(microseconds=1)
+    fire = flow.schedule.next_after(after)
+    return fire is not None and fire < end and not (flow.end_at and fire > flow.end_at)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _paths(target: Path) -> list[Path]:

@@ -54,9 +54,13 @@ def trigger(
     logical_at: datetime,
     conf: dict[str, Any] | None = None,
     run_type: RunType = RunType.MANUAL,
+    triggered_by: dict[str, Any] | None = None,
 ) -> int:
     interval = data_interval(flow.schedule, logical_at)
-    return store.create_run(flow.flow_id, logical_at, run_type, interval, flow.raw["tasks"], conf)
+    tasks = flow.raw["tasks"]
+    return store.create_run(
+        flow.flow_id, logical_at, run_type, interval, tasks, conf, triggered_by=triggered_by
+    )
 
 
 def _day_bounds(flow: FlowSpec, day: date) -> tuple[datetime, datetime]:

@@ -2,13 +2,15 @@
 
 The daemon asks two questions of a run:
 - which waiting tasks may start now, and which can never start (upstream_failed / skipped);
-- whether the run may start at all, given the flows it waits for.
+- whether the run may start at all, given the flows it waits for: how far the other flow's
+  day is (`day_progress`; reading the store and the schedules is cronflow.waits' job).
 """
 
 from __future__ import annotations
 
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import Enum
 
@@ -16,6 +18,7 @@ from cronflow.errors import FlowDefinitionError
 from cronflow.states import FINISHED_TASK_STATES, RunState, TaskState, TriggerRule
 
 _FAILED = {TaskState.FAILED, TaskState.UPSTREAM_FAILED}
+DEFAULT_WAIT_TIMEOUT_S = 24 * 3600.0  # how long a run waits for another flow's day, by default
 
 
 def topological_order(upstreams: Mapping[str, Iterable[str]]) -> list[str]:
@@ -165,7 +168,68 @@ def upstream_day(day: date, offset_days: int) -> date:
     return day + timedelta(days=offset_days)
 
 
-def flow_wait_satisfied(upstream_run_states: Iterable[RunState | str]) -> bool:
-    """An inter-flow wait holds when the upstream flow has run that day and every such run succeeded."""
-    states = [RunState(s) for s in upstream_run_states]
-    return bool(states) and all(s is RunState.SUCCESS for s in states)
+@dataclass(frozen=True)
+class DayProgress:
+    """Another flow's day as a wait sees it: its fire times of that day by its schedule, and
+    every run it has that day (manual and triggered ones too), sorted by what they still lack.
+    Moments are logical dates as the store keeps them (UTC ISO text, which sorts by time).
+
+    The day is done when every fire time has a run, every run succeeded, and (for a flow
+    without schedule, which has no fire times) at least one run exists. Manual runs count when
+    they exist but cannot stand in for a fire time that has no run."""
+
+    expected: int  # fire times of the day by the schedule, within the flow's dates
+    succeeded: int  # runs of the day that succeeded
+    failed: tuple[str, ...] = ()  # logical dates of the runs that failed
+    unfinished: tuple[tuple[str, str], ...] = ()  # (logical date, queued | running)
+    missing: tuple[str, ...] = ()  # fire times with no run (yet)
+    needs_a_run: bool = False  # no schedule: only a run of that day can complete it
+    extra: int = 0  # runs at other times than the fire times (manual, triggered)
+
+    @property
+    def total(self) -> int:
+        """The runs the day should have: its fire times, plus the other runs it has."""
+        return self.expected + self.extra
+
+    @property
+    def done(self) -> bool:
+        if self.failed or self.unfinished or self.missing:
+            return False
+        return self.succeeded > 0 or not self.needs_a_run
+
+    @property
+    def nothing_to_wait_for(self) -> bool:
+        """No fire time and no run that day: the wait holds at once."""
+        return not self.expected and not self.succeeded and self.done
+
+
+_SUCCESS, _FAILED_RUN = RunState.SUCCESS.value, RunState.FAILED.value
+
+
+def day_progress(
+    expected: Iterable[str], runs: Iterable[tuple[str, str]], scheduled: bool = True
+) -> DayProgress:
+    """How far a day of another flow is: `expected` are its fire times that day, `runs` the
+    (logical date, state) of each of its runs that day, both UTC ISO text as the store keeps
+    them; `scheduled` is False for a flow without schedule. Asked at every tick for each
+    waiting run, with up to a day of runs: plain strings, no parsing."""
+    fires = sorted(set(expected))
+    seen: set[str] = set()
+    succeeded, failed, unfinished = 0, [], []
+    for logical, state in runs:
+        seen.add(logical)
+        if state == _SUCCESS:
+            succeeded += 1
+        elif state == _FAILED_RUN:
+            failed.append(logical)
+        else:
+            unfinished.append((logical, RunState(state).value))  # an unknown state: ValueError
+    return DayProgress(
+        expected=len(fires),
+        succeeded=succeeded,
+        failed=tuple(sorted(failed)),
+        unfinished=tuple(sorted(unfinished)),
+        missing=tuple(f for f in fires if f not in seen),
+        needs_a_run=not scheduled,
+        extra=len(seen.difference(fires)),
+    )

@@ -78,13 +78,28 @@ def _check_id(kind: str, value: object) -> str:
 
 @dataclass(frozen=True)
 class FlowDependency:
-    """This flow's run for day D waits until `flow_id` has succeeded for day D + offset_days."""
+    """This flow's run for day D waits until every run `flow_id` has (or should have, by its
+    schedule) on day D + offset_days has succeeded. `wait_timeout` and `soft_fail` override the
+    flow's `wait_timeout` / `wait_soft_fail` for this wait."""
 
     flow_id: str
     offset_days: int = 0
+    wait_timeout: float | str | timedelta | None = None
+    soft_fail: bool | None = None
 
-    def spec(self) -> dict[str, Any]:
-        return {"flow_id": self.flow_id, "offset_days": self.offset_days}
+    def spec(self, timeout_s: float, soft_fail: bool) -> dict[str, Any]:
+        """The wait as stored, with the flow's defaults filled in (validated)."""
+        where = f"wait for '{self.flow_id}'"
+        if not isinstance(self.offset_days, int) or isinstance(self.offset_days, bool):
+            raise FlowDefinitionError(f"{where}: offset_days must be a whole number of days")
+        if self.wait_timeout is not None:
+            timeout_s = parse_duration(self.wait_timeout, f"{where}: wait_timeout")
+        return {
+            "flow_id": self.flow_id,
+            "offset_days": self.offset_days,
+            "timeout_s": timeout_s,
+            "soft_fail": bool(soft_fail if self.soft_fail is None else self.soft_fail),
+        }
 
 
 class Task:
@@ -300,6 +315,8 @@ class Flow:
         params: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
         wait_for: Iterable[str | FlowDependency] = (),
+        wait_timeout: float | str | timedelta = deps.DEFAULT_WAIT_TIMEOUT_S,
+        wait_soft_fail: bool = False,
         on_failure: Callable[..., Any] | None = None,
         on_retry: Callable[..., Any] | None = None,
         on_success: Callable[..., Any] | None = None,
@@ -343,6 +360,11 @@ class Flow:
         ]
         for dep in self.wait_for:
             _check_id("flow", dep.flow_id)
+        try:
+            timeout_s = parse_duration(wait_timeout, "wait_timeout")
+            self.waits = [d.spec(timeout_s, wait_soft_fail) for d in self.wait_for]
+        except CronflowError as exc:
+            raise FlowDefinitionError(f"{where}: {exc}") from None
         self.tasks: dict[str, Task] = {}
         self._tokens: list[Any] = []
         collected = _collector.get()
@@ -396,7 +418,7 @@ class Flow:
             "tags": self.tags,
             "doc": self.doc,
             "params": self.params,
-            "wait_for": [d.spec() for d in self.wait_for],
+            "wait_for": self.waits,
             "tasks": tasks,
             **({"run_at_daemon_start": True} if self.run_at_daemon_start else {}),
         }

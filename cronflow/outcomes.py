@@ -18,7 +18,9 @@ command that happens to exit 75 or 99 is still a plain failure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from cronflow.errors import CronflowError
 
@@ -54,3 +56,16 @@ def one_line(text: str, limit: int = REASON_MAX_CHARS) -> str:
     if line[limit - 1] != " " and space > limit * 0.7:  # a word is cut: drop what is left of it
         cut = cut[:space]
     return cut.rstrip(" ,;:") + "…"
+
+
+def current_try(ti: Mapping[str, Any]) -> int:
+    """The try a task instance is in, or ended last: what `tasks`, `top` and `logs` show.
+
+    A sensor in reschedule mode between two pokes is still in its try (its pokes write to that
+    try's log), but the store keeps its try_number one lower while it waits for the next poke,
+    because the scheduler adds one as it starts any attempt: so while the task instance is
+    up_for_reschedule, or scheduled for that next poke, its try is try_number + 1."""
+    resuming = ti["state"] in ("scheduled", "queued") and ti["exit_code"] == EXIT_RESCHEDULE
+    if ti["state"] == "up_for_reschedule" or (resuming and ti.get("first_poke_at")):
+        return int(ti["try_number"]) + 1
+    return int(ti["try_number"])

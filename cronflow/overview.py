@@ -8,12 +8,14 @@ newest runs of every flow in one query, a flow's runs through its (flow, state, 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
 from cronflow.errors import InvalidInputError
-from cronflow.states import RunState, TaskState
+from cronflow.outcomes import current_try
+from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
 
@@ -27,6 +29,8 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
     latest = store.latest_runs()
     states = {r["flow_id"]: r for r in store.flow_states()}  # read now, not from a catalog
     counts = store.recent_state_counts(RECENT_RUNS)
+    holding = any(_holds(r) for r in states.values())
+    active = store.active_run_counts() if holding else {}
     rows: list[dict[str, Any]] = [
         {"flow_id": None, "path": path, "error": error}
         for path, error in sorted(cat.errors.items())
@@ -35,6 +39,9 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
         stored = cat.rows[flow_id]
         state = states.get(flow_id, stored)  # as loaded, if it went since
         last = latest.get(flow_id, {})
+        held = None
+        if _holds(state):  # only then is the spec parsed
+            held = held_back(cat.flows[flow_id], state, active.get(flow_id, 0))
         rows.append(
             {
                 "flow_id": flow_id,
@@ -47,10 +54,33 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
                 "state": last.get("state"),
                 "next_fire_at": _next_fire_text(cat, flow_id, state, now),
                 "recent_states": counts.get(flow_id, {}),
+                "held_back": held[1] if held else None,
+                "held_fire_at": iso(held[0]) if held else None,
                 "path": stored["path"],
             }
         )
     return rows
+
+
+def held_back(flow: FlowSpec, row: Mapping[str, Any], active: int) -> tuple[datetime, str] | None:
+    """(the oldest fire time held back, 'held back by max_active_runs=3: 3 runs active') while
+    fire times of the flow wait for one of its runs to end before theirs are created (the
+    planner keeps the newest in flows.held_until); None otherwise."""
+    if not _holds(row) or active < flow.max_active_runs or flow.schedule is None:
+        return None
+    held, cursor = from_iso(row["held_until"]), from_iso(row["last_scheduled_at"])
+    assert held is not None
+    first = flow.schedule.next_after(cursor) if cursor else held
+    if first is None or first > held:
+        return None
+    runs = "run" if active == 1 else "runs"
+    return first, f"held back by max_active_runs={flow.max_active_runs}: {active} {runs} active"
+
+
+def _holds(row: Mapping[str, Any]) -> bool:
+    """Whether the planner's record says fire times of the flow are held back now."""
+    held, cursor = from_iso(row.get("held_until")), from_iso(row.get("last_scheduled_at"))
+    return held is not None and (cursor is None or cursor < held) and not row.get("paused")
 
 
 def _next_fire_text(cat: Catalog, flow_id: str, state: dict[str, Any], now: datetime) -> str | None:
@@ -102,12 +132,60 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         "flow_id": run["flow_id"],
         "logical_date": run["logical_date"],
         "run_type": run["run_type"],
+        "triggered_by": triggered_by(run),
         "state": run["state"],
         "created_at": run["created_at"],
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],
         "duration_s": _seconds_between(run["started_at"], run["ended_at"]),
     }
+
+
+def triggered_by(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run (flow, run id, logical date, task) whose TriggerFlow created this one."""
+    return json.loads(run["triggered_by"]) if run.get("triggered_by") else None
+
+
+def task_rows(
+    store: Store, cat: Catalog, flow: FlowSpec, run: dict[str, Any], now: datetime
+) -> list[dict[str, Any]]:
+    """`cronflow tasks`: a run's task instances in the flow's order. The try is the one the
+    task's log has (a sensor between two pokes is still in its try); while the run waits for
+    other flows, its first tasks say for what (cronflow.waits)."""
+    order = {t: i for i, t in enumerate(flow.tasks)}
+    tis = sorted(store.tis_of_runs([run["run_id"]]), key=lambda t: order.get(t["task_id"], 1e9))
+    waiting = ""
+    if run["state"] == RunState.QUEUED and flow.waits:
+        from cronflow.waits import WaitChecker
+
+        unmet = WaitChecker(store).run_waits(flow, run, cat.flows).unmet
+        waiting = "; ".join(status.summary(now) for status in unmet)
+    return [
+        {
+            "flow": flow.flow_id,
+            "task": ti["task_id"],
+            "run_id": run["run_id"],
+            "logical_date": run["logical_date"],
+            "run_type": run["run_type"],
+            "triggered_by": triggered_by(run),
+            "state": ti["state"],
+            "try_number": current_try(ti),
+            "max_tries": ti["max_tries"],
+            "start": ti["start_at"],
+            "end": ti["end_at"],
+            "duration_s": ti["duration_s"],
+            "host": ti["host"],
+            "reason": ti["reason"] or _waiting_reason(flow, ti, waiting),
+        }
+        for ti in tis
+    ]
+
+
+def _waiting_reason(flow: FlowSpec, ti: Mapping[str, Any], waiting: str) -> str | None:
+    task = flow.tasks.get(ti["task_id"])
+    if not waiting or task is None or task.upstream or ti["state"] != TaskState.NONE:
+        return None
+    return f"the run waits for {waiting}"
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -154,7 +232,15 @@ def flow_detail(
             }
             for t in flow.tasks.values()
         ],
-        "wait_for": [{"flow_id": f, "offset_days": o} for f, o in flow.wait_for],
+        "wait_for": [
+            {
+                "flow_id": w.flow_id,
+                "offset_days": w.offset_days,
+                "wait_timeout_s": w.timeout_s,
+                "soft_fail": w.soft_fail,
+            }
+            for w in flow.waits
+        ],
         "waited_by": [
             {"flow_id": other.flow_id, "offset_days": offset}
             for other in cat.flows.values()
@@ -176,6 +262,8 @@ def _grid(store: Store, flow: FlowSpec, count: int) -> list[dict[str, Any]]:
         {
             "run_id": run["run_id"],
             "logical_date": run["logical_date"],
+            "run_type": run["run_type"],
+            "triggered_by": triggered_by(run),
             "state": run["state"],
             "task_states": states[run["run_id"]],
         }
@@ -192,7 +280,7 @@ LIVE_STATES = (
 )
 
 
-def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, list[dict[str, Any]]]:
+def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
     """`cronflow top`: task instances running or about to, and the latest failures."""
     order = {s.value: i for i, s in enumerate(LIVE_STATES)}
     active = sorted(
@@ -200,9 +288,21 @@ def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, list[dic
         key=lambda ti: (order[ti["state"]], ti["start_at"] or "", ti["logical_date"]),
     )
     return {
+        "counts": _counts(active),
         "active": [_ti_row(ti, now) for ti in active],
         "failures": [_ti_row(ti, now) for ti in store.recent_task_failures(failures)],
     }
+
+
+def live_counts(store: Store) -> dict[str, int]:
+    """How many tasks run, and how many wait to (re)start (ready, queued, waiting for a retry
+    or a sensor's next poke): what `status` and `top` both say."""
+    return _counts(store.tis_in_states(LIVE_STATES))
+
+
+def _counts(tis: list[dict[str, Any]]) -> dict[str, int]:
+    running = sum(ti["state"] == TaskState.RUNNING for ti in tis)
+    return {"running": running, "waiting": len(tis) - running}
 
 
 def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -216,14 +316,15 @@ def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:
         "run_id": ti["run_id"],
         "logical_date": ti["logical_date"],
         "state": ti["state"],
-        "try_number": ti["try_number"],
+        "try_number": current_try(ti),
         "max_tries": ti["max_tries"],
         "pool": ti["pool"],
         "start_at": ti["start_at"],
         "end_at": ti["end_at"],
         "elapsed_s": elapsed,
         "next_try_at": ti["next_try_at"],
-        "pid": ti["pid"],
+        # a task waiting for its retry or next poke has no process: not the old try's pid
+        "pid": ti["pid"] if ti["state"] in ACTIVE_TASK_STATES else None,
         "host": ti["host"],
         "reason": ti["reason"],
     }

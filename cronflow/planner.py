@@ -11,11 +11,11 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from cronflow import deps
 from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
-from cronflow.states import RunState, RunType
+from cronflow.states import RunState, RunType, TaskState
 from cronflow.store import RunExistsError, Store
-from cronflow.timeparse import from_iso, iso, start_of_day
+from cronflow.timeparse import from_iso, iso
+from cronflow.waits import WaitChecker
 
 log = logging.getLogger("cronflow.scheduler")
 
@@ -29,6 +29,10 @@ class RunPlanner:
         self.catalog = Catalog({}, {})
         self._next_fire: dict[tuple[str, str | None], Any] = {}
         self._created = 0  # runs created by the current create_scheduled_runs pass
+        self.waits = WaitChecker(store)
+        self._held: dict[str, datetime | None] = {}  # flow -> newest fire time held back
+        self._scheduling_since: dict[str, datetime] = {}  # flow -> since when it is scheduled
+        self._failed_by_waits: list[dict[str, Any]] = []  # for their failure callbacks
 
     def plan(self, now: datetime) -> tuple[list[datetime], list[dict[str, Any]]]:
         """Create due runs and start the queued runs that may start: the next fire times to
@@ -38,7 +42,7 @@ class RunPlanner:
         wakes, created = self.create_scheduled_runs(now, flows, active)
         if created:
             active = self.store.runs_in_states([RunState.QUEUED, RunState.RUNNING])
-        self.start_runs(now, flows, active)
+        wakes += self.start_runs(now, flows, active)
         return wakes, [r for r in active if r["state"] == RunState.RUNNING]
 
     # --- scheduled runs -------------------------------------------------------------------
@@ -57,6 +61,7 @@ class RunPlanner:
             if flow is None or flow.schedule is None:
                 continue
             wake = None
+            self._note_hold(row, now)
             if not row["paused"]:
                 cursor = from_iso(row["last_scheduled_at"])
                 wake = self._schedule_flow(flow, cursor, active[flow.flow_id], now)
@@ -88,10 +93,11 @@ class RunPlanner:
             if fire > now:
                 return fire
             if active >= flow.max_active_runs:
+                self._hold_back(flow, fire, now)
                 return None  # a run ending wakes the daemon anyway
-            if not flow.catchup:
+            if not flow.catchup and not self._was_held(flow, fire):
                 fire = self._latest_due(flow, fire, now)
-            self._create_scheduled_run(flow, fire)
+            self._create_scheduled_run(flow, fire, now)
             cursor, active = fire, active + 1
         return now
 
@@ -117,7 +123,7 @@ class RunPlanner:
             )
         return latest
 
-    def _create_scheduled_run(self, flow: FlowSpec, fire: datetime) -> None:
+    def _create_scheduled_run(self, flow: FlowSpec, fire: datetime, now: datetime) -> None:
         assert flow.schedule is not None
         interval = (flow.schedule.prev_before(fire) or fire, fire)
         try:
@@ -128,6 +134,7 @@ class RunPlanner:
                 interval,
                 flow.raw["tasks"],
                 advance_cursor=True,
+                at=now,
             )
         except RunExistsError:  # a manual run already took that date: the slot is handled
             self.store.set_last_scheduled(flow.flow_id, fire)
@@ -139,6 +146,52 @@ class RunPlanner:
             run_id,
             iso(fire),
         )
+
+    # --- max_active_runs holds fire times back; it never drops them ------------------------
+    def _note_hold(self, row: dict[str, Any], now: datetime) -> None:
+        """Before scheduling a flow: its held-back fire time as stored, and since when this
+        daemon schedules it (fire times before that passed while it was stopped or paused)."""
+        flow_id = row["flow_id"]
+        self._held[flow_id] = from_iso(row.get("held_until"))
+        if row["paused"]:
+            self._scheduling_since.pop(flow_id, None)
+        else:
+            self._scheduling_since.setdefault(flow_id, now)
+
+    def _hold_back(self, flow: FlowSpec, first_due: datetime, now: datetime) -> None:
+        """The flow has max_active_runs runs active while fire times are due: keep the newest
+        of them in the store (flows.held_until), so that each gets its run, oldest first, once
+        a run ends, even with catchup=False; `list` and `why` show it. With catchup=False, the
+        fire times that passed while the daemon was stopped (or the flow paused) are dropped
+        now, all but the latest, as catch-up would have done."""
+        assert flow.schedule is not None
+        limit = min(now, flow.end_at) if flow.end_at else now
+        latest = flow.schedule.prev_before(limit + TINY)
+        if latest is None:
+            return
+        held = self._held.get(flow.flow_id)
+        if not flow.catchup:
+            self._drop_missed(flow, first_due, held)
+        if held is None or latest > held:
+            self.store.set_held_until(flow.flow_id, latest)
+            self._held[flow.flow_id] = latest
+
+    def _drop_missed(self, flow: FlowSpec, first_due: datetime, held: datetime | None) -> None:
+        """catchup=False: of the fire times due before this daemon scheduled the flow (and not
+        already held back), only the latest will run: the cursor moves to just before it."""
+        assert flow.schedule is not None
+        since = self._scheduling_since.get(flow.flow_id)
+        if since is None or (held is not None and held >= first_due):
+            return  # the first due fire time was held back while the daemon ran
+        if first_due > since:
+            return  # it came due while the daemon ran: held back, not missed
+        last_missed = self._latest_due(flow, first_due, since)  # logs what it drops
+        if last_missed > first_due:
+            self.store.set_last_scheduled(flow.flow_id, last_missed - TINY)
+
+    def _was_held(self, flow: FlowSpec, fire: datetime) -> bool:
+        held = self._held.get(flow.flow_id)
+        return held is not None and fire <= held
 
     def _cached_next(self, flow: FlowSpec, after: datetime) -> datetime | None:
         key = (flow.flow_id + flow.raw["schedule"] + flow.raw["timezone"], iso(after))
@@ -152,22 +205,32 @@ class RunPlanner:
     # --- starting runs --------------------------------------------------------------------
     def start_runs(
         self, now: datetime, flows: list[dict[str, Any]], active_runs: list[dict[str, Any]]
-    ) -> None:
+    ) -> list[datetime]:
         """Queued runs become running (oldest first) as max_active_runs, pauses and inter-flow
-        waits allow; the rows of `active_runs` are updated in place."""
+        waits allow; the rows of `active_runs` are updated in place. A run whose wait gave up
+        starts with its first tasks ended (cronflow.waits). Returns when the next waits give up."""
         running = defaultdict(int)
         for run in active_runs:
             if run["state"] == RunState.RUNNING:
                 running[run["flow_id"]] += 1
         paused = {r["flow_id"] for r in flows if r["paused"]}
+        cursors = {r["flow_id"]: from_iso(r["last_scheduled_at"]) for r in flows}
+        deadlines = []
         for run in [r for r in active_runs if r["state"] == RunState.QUEUED]:
             flow = self.catalog.flows.get(run["flow_id"])
             if flow is None or flow.flow_id in paused:
                 continue
-            if running[flow.flow_id] >= flow.max_active_runs or not self.waits_satisfied(flow, run):
+            if running[flow.flow_id] >= flow.max_active_runs:
                 continue
-            self.store.add_missing_tis(run, flow.raw["tasks"])
-            self.store.set_run_state(run["run_id"], RunState.RUNNING, now)
+            ended: dict[str, tuple[TaskState, str]] = {}
+            if flow.waits:
+                waits = self.waits.run_waits(flow, run, self.catalog.flows, cursors)
+                if waits.unmet and not waits.gave_up(now):
+                    deadlines.append(waits.deadline)
+                    continue
+                if waits.unmet:
+                    ended = waits.give_up(flow, now)
+            self.store.start_run(run, flow.raw["tasks"], now, ended)
             run["state"] = RunState.RUNNING.value
             running[flow.flow_id] += 1
             log.info(
@@ -176,27 +239,40 @@ class RunPlanner:
                 run["run_id"],
                 run["logical_date"],
             )
+            if ended:
+                self._note_give_up(flow, run, ended)
+        return [d for d in deadlines if d is not None]
+
+    def _note_give_up(
+        self, flow: FlowSpec, run: dict[str, Any], ended: dict[str, tuple[TaskState, str]]
+    ) -> None:
+        state, reason = next(iter(ended.values()))
+        log.warning(
+            "event=wait_gave_up flow=%s run=%s logical_date=%s tasks=%s state=%s reason=%r",
+            flow.flow_id,
+            run["run_id"],
+            run["logical_date"],
+            ",".join(ended),
+            state.value,
+            reason,
+        )
+        if state is TaskState.FAILED:  # their failure callbacks and mails, as for any failure
+            self._failed_by_waits.extend(
+                ti for ti in self.store.tis_of_runs([run["run_id"]]) if ti["task_id"] in ended
+            )
+
+    def take_gave_up(self) -> list[dict[str, Any]]:
+        """Task instances failed by a wait that gave up since the last call."""
+        failed, self._failed_by_waits = self._failed_by_waits, []
+        return failed
 
     def unmet_waits(self, flow: FlowSpec, run: dict[str, Any]) -> list[tuple[str, str]]:
         """(flow id, local day) of every inter-flow wait of this run that does not hold yet."""
-        logical_at = from_iso(run["logical_date"])
-        assert logical_at is not None
-        day = logical_at.astimezone(flow.tz).date()
-        unmet = []
-        for upstream_id, offset in flow.wait_for:
-            target = deps.upstream_day(day, offset)
-            upstream = self.catalog.flows.get(upstream_id)
-            states = []
-            if upstream is not None:
-                start = start_of_day(target, upstream.tz)
-                end = start_of_day(target + timedelta(days=1), upstream.tz)
-                states = [r["state"] for r in self.store.runs_between(upstream_id, start, end)]
-            if not deps.flow_wait_satisfied(states):
-                unmet.append((upstream_id, target.isoformat()))
-        return unmet
+        waits = self.waits.run_waits(flow, run, self.catalog.flows)
+        return [(s.wait.flow_id, s.day.isoformat()) for s in waits.unmet]
 
     def waits_satisfied(self, flow: FlowSpec, run: dict[str, Any]) -> bool:
-        return not flow.wait_for or not self.unmet_waits(flow, run)
+        return not flow.waits or not self.unmet_waits(flow, run)
 
     # --- @reboot flows ---------------------------------------------------------------------
     def run_startup_flows(self, now: datetime) -> int:

@@ -1,25 +1,26 @@
 """`cronflow why`: in words, why a run or a task is not running (or what it is doing).
 
 The answers reuse the daemon's own rules where they live: inter-flow waits through
-`Scheduler.unmet_waits`, trigger rules through `deps.decide`, pool sizes through the settings,
-so an explanation cannot drift from what the daemon does.
+cronflow.waits (as the planner), max_active_runs holds through `overview.held_back`, trigger
+rules through `deps.decide`, pool sizes through the settings, so an explanation cannot drift
+from what the daemon does.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cronflow import control, deps
 from cronflow.catalog import Catalog, FlowSpec
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
-from cronflow.executor import LocalExecutor
-from cronflow.scheduler import Scheduler
+from cronflow.overview import held_back
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, parse_date_or_datetime
+from cronflow.waits import WaitChecker, WaitStatus, span_text
 
 
 class Explainer:
@@ -53,6 +54,12 @@ class Explainer:
                 f"flow '{self.flow.flow_id}' is paused: no run starts until "
                 f"`cronflow unpause {self.flow.flow_id}`"
             )
+        held = self._held_back()
+        if held:
+            reasons.append(
+                f"flow '{self.flow.flow_id}': the run of {self.when(held[0])} is {held[1]}; "
+                "it is created when one of them ends"
+            )
         try:
             run = control.find_one_run(self.store, self.flow, date_text)
         except NotFoundError:
@@ -80,6 +87,9 @@ class Explainer:
             return [f"{date_text} is after the flow's end date {self.when(flow.end_at)}"]
         if first > self.now:
             return [f"the run of {date_text} is not due yet: it fires at {self.when(first)}"]
+        held = self._held_back()
+        if held and first >= held[0]:
+            return [f"the run of {date_text} is {held[1]}: it is created when one of them ends"]
         catchup = "" if flow.catchup else " (catchup is off: only the latest missed run is made)"
         return [
             f"no run of {date_text} was created{catchup}; "
@@ -92,13 +102,16 @@ class Explainer:
         state = RunState(run["state"])
         tis = {ti["task_id"]: ti for ti in self.store.tis_of_runs([run["run_id"]])}
         if state is RunState.QUEUED:
-            reasons = [f"the run of {local} is queued: " + "; ".join(self._queued(run))]
+            why, details = self._queued(run)
+            reasons = [f"the run of {local} is queued: " + "; ".join(why), *details]
         elif state.is_finished:
             reasons = [
                 f"the run of {local} finished {state.value} at {self.when_text(run['ended_at'])}"
             ]
         else:
             reasons = [f"the run of {local} is running"]
+        if not state.is_finished:
+            reasons += self._wait_notes(run)
         if task_id is not None:
             chosen = [task_id]
         elif state.is_finished:
@@ -113,7 +126,8 @@ class Explainer:
                 reasons.append(f"{tid}: not in this run yet (it joins when the run starts)")
         return reasons
 
-    def _queued(self, run: dict[str, Any]) -> list[str]:
+    def _queued(self, run: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Why the run has not started, and the lines naming the runs its waits miss."""
         flow = self.flow
         why = []
         running = [
@@ -123,16 +137,49 @@ class Explainer:
         ]
         if len(running) >= flow.max_active_runs:
             dates = ", ".join(self.day(r["logical_date"]) for r in running[:5])
-            why.append(f"max_active_runs ({flow.max_active_runs}) reached by the run(s) of {dates}")
-        scheduler = Scheduler(self.store, self.settings, LocalExecutor(1))
-        scheduler.catalog = self.cat
-        for upstream, day in scheduler.unmet_waits(flow, run):
-            why.append(f"waiting for flow '{upstream}''s run of {day} to succeed")
+            runs = "run" if len(running) == 1 else "runs"
+            why.append(
+                f"held back by max_active_runs={flow.max_active_runs}: {len(running)} {runs} "
+                f"active ({dates})"
+            )
+        details = []
+        if flow.waits:
+            waits = WaitChecker(self.store).run_waits(flow, run, self.cat.flows)
+            for status in waits.unmet:
+                why.append(f"it waits for {status.headline()}; {self._giving_up(status)}")
+                details += status.details(self.now)
         if not why and self.daemon_running:
             why.append("the daemon starts it at its next pass")
         elif not why:
             why.append("it starts once the daemon runs")
-        return why
+        return why, details
+
+    def _giving_up(self, status: WaitStatus) -> str:
+        """When (or that) a wait gives up, and what then happens to the run."""
+        then = "skipped" if status.wait.soft_fail else "failed"
+        limit = span_text(timedelta(seconds=status.wait.timeout_s))
+        if status.timed_out(self.now):
+            return (
+                f"it gave up at {self.when(status.deadline)} (wait_timeout {limit}): the run "
+                f"starts with its first tasks {then}"
+            )
+        return (
+            f"it gives up at {self.when(status.deadline)} (wait_timeout {limit}), then its first "
+            f"tasks end {then}"
+        )
+
+    def _wait_notes(self, run: dict[str, Any]) -> list[str]:
+        """Waits that held at once: the other flow had nothing to do that day."""
+        if not self.flow.waits:
+            return []
+        return WaitChecker(self.store).run_waits(self.flow, run, self.cat.flows).notes
+
+    def _held_back(self) -> tuple[datetime, str] | None:
+        row = next((r for r in self.store.flow_states() if r["flow_id"] == self.flow.flow_id), None)
+        if row is None or not row["held_until"]:
+            return None
+        active = self.store.active_run_counts().get(self.flow.flow_id, 0)
+        return held_back(self.flow, row, active)
 
     # --- a task instance ------------------------------------------------------------------
     def _task(self, run: dict[str, Any], ti: dict[str, Any], tis: dict[str, dict[str, Any]]) -> str:

@@ -4,6 +4,10 @@ Every function checks all of its input first (flow, tasks, dates, states) and ra
 CronflowError naming what is wrong, so nothing is written on bad input. Each change is one store
 transaction; the caller then pokes the daemon, which does the actual running.
 
+Marking a task success (without --downstream) also puts its downstream tasks that are
+upstream_failed back to `none`: the daemon decides them again by their trigger rules, as if the
+task had succeeded (with --downstream they are marked success instead, and do not run).
+
 Marking a whole run: `success` turns every task instance that did not succeed (failed, waiting,
 running...) into success, skipped ones stay skipped; `failed` turns the unfinished ones into
 failed and keeps those that already finished. The run then takes the state given.
@@ -164,6 +168,8 @@ class MarkResult:
     run: dict[str, Any]
     task_ids: list[str]
     changed: int
+    cleared: list[str]  # downstream tasks put back to `none` (they were upstream_failed)
+    failed: list[str]  # tasks of the run still failed or upstream_failed afterwards
 
 
 def mark(
@@ -181,8 +187,18 @@ def mark(
         raise InvalidInputError("--downstream needs a task: FLOW.TASK")
     tasks = related_tasks(flow, [task_id] if task_id else [], downstream, upstream=False)
     run = control.find_one_run(store, flow, date_text)
+    cleared: list[str] = []
     if task_id is not None:
-        changed = store.mark_tis(run["run_id"], tasks, state, now)
+        clear = {}
+        if state is TaskState.SUCCESS and not downstream:
+            # what failed below it because it failed is decided again by the trigger rules
+            below = related_tasks(flow, [task_id], downstream=True, upstream=False)
+            before = {ti["task_id"]: ti["state"] for ti in store.tis_of_runs([run["run_id"]])}
+            cleared = [
+                t for t in below if t != task_id and before.get(t) == TaskState.UPSTREAM_FAILED
+            ]
+            clear = {t: flow.tasks[t].retries for t in cleared}
+        changed = store.mark_tis(run["run_id"], tasks, state, now, clear=clear)
     elif state is TaskState.SUCCESS:
         keep = (TaskState.SUCCESS, TaskState.SKIPPED)
         changed = store.mark_tis(
@@ -197,7 +213,12 @@ def mark(
             except_states=FINISHED_TASK_STATES,
             run_state=RunState(state.value),
         )
-    return MarkResult(store.run(run["run_id"]), tasks, changed)
+    failed = [
+        ti["task_id"]
+        for ti in store.tis_of_runs([run["run_id"]])
+        if ti["state"] in FAILED_STATES and ti["task_id"] not in tasks
+    ]
+    return MarkResult(store.run(run["run_id"]), tasks, changed, cleared, failed)
 
 
 # --- backfill ----------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ class Scheduler:
         else:
             planned, running = self.planner.plan(now)
             wakes += planned
+            for ti in self.planner.take_gave_up():  # a wait for another flow gave up
+                self._run_callbacks(ti, TaskState.FAILED, ti["reason"])
         self._refresh(running)
         self._stop_changed_attempts()
         self._resolve(now)

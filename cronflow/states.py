@@ -18,8 +18,9 @@ Task instance (TI) life cycle, as the daemon drives it:
     any ──`cronflow mark`──▶ success | failed | skipped;  any ──`cronflow replay`──▶ none
 
 Run life cycle: queued ──max_active_runs and inter-flow waits allow──▶ running ──all TIs
-finished──▶ success (no TI failed or upstream_failed) | failed. A replay puts a finished run back
-to queued.
+finished──▶ success (no TI failed or upstream_failed) | failed. A wait that gives up
+(cronflow.waits) starts the run with its first tasks none ──▶ failed | skipped. A replay puts a
+finished run back to queued.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class RunState(StrEnum):
 
 class RunType(StrEnum):
     SCHEDULED = "scheduled"
-    MANUAL = "manual"
+    MANUAL = "manual"  # `cronflow trigger`, @reboot flows
     BACKFILL = "backfill"
+    TRIGGERED = "triggered"  # by another flow's TriggerFlow task (runs.triggered_by names it)
 
 
 class TriggerRule(StrEnum):

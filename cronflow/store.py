@@ -125,6 +125,16 @@ def _flow_listing(db: Database) -> None:
         db.execute(f"ALTER TABLE flows ADD COLUMN {column} TEXT")
 
 
+@migration("0005_waits_run_origin_and_holds")
+def _waits_run_origin_and_holds(db: Database) -> None:
+    # runs: which run of which flow created a `triggered` run (JSON), and when the run last
+    # became queued (created or replayed): a wait for another flow gives up counting from it.
+    # flows: the newest fire time held back by max_active_runs (created once a run ends).
+    db.execute("ALTER TABLE runs ADD COLUMN triggered_by TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN queued_at TEXT")
+    db.execute("ALTER TABLE flows ADD COLUMN held_until TEXT")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -316,8 +326,8 @@ class Store:
     def flow_states(self) -> list[dict[str, Any]]:
         """What the scheduler reads of every flow at each tick (not the specs)."""
         return self._rows(
-            """SELECT flow_id, paused, last_scheduled_at, error, next_fire_from, next_fire_at
-               FROM flows"""
+            """SELECT flow_id, paused, last_scheduled_at, error, next_fire_from, next_fire_at,
+               held_until FROM flows"""
         )
 
     def flow(self, flow_id: str) -> dict[str, Any]:
@@ -326,6 +336,11 @@ class Store:
             known = ", ".join(r["flow_id"] for r in self._rows("SELECT flow_id FROM flows"))
             raise NotFoundError(f"unknown flow '{flow_id}' (known: {known or 'none'})")
         return row
+
+    def set_held_until(self, flow_id: str, at: datetime) -> None:
+        """The newest fire time of the flow that max_active_runs holds back (not created yet)."""
+        with self._write():
+            self.db.execute("UPDATE flows SET held_until = ? WHERE flow_id = ?", [iso(at), flow_id])
 
     def set_paused(self, flow_id: str, paused: bool) -> None:
         self.flow(flow_id)
@@ -342,17 +357,22 @@ class Store:
         tasks: Iterable[dict[str, Any]],
         conf: dict[str, Any] | None = None,
         advance_cursor: bool = False,
+        *,
+        triggered_by: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
     ) -> int:
         """Create a queued run and its task instances in one transaction. With advance_cursor,
         the flow's last scheduled slot moves to this run's date in the same transaction, so a
-        crash can neither lose nor duplicate a scheduled run."""
+        crash can neither lose nor duplicate a scheduled run. `at`: the creation time (the
+        daemon's clock; default now); `triggered_by`: the run that triggered this one."""
         logical = iso(logical_at)
+        created = iso(at or _utcnow())
         with self._write():
             try:
                 cursor = self.db.execute(
                     """INSERT INTO runs (flow_id, logical_date, run_type, state, conf,
-                       data_interval_start, data_interval_end, created_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                       data_interval_start, data_interval_end, created_at, queued_at,
+                       triggered_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     [
                         flow_id,
                         logical,
@@ -361,7 +381,9 @@ class Store:
                         json.dumps(conf or {}),
                         iso(interval[0]),
                         iso(interval[1]),
-                        iso(_utcnow()),
+                        created,
+                        created,
+                        json.dumps(triggered_by) if triggered_by else None,
                     ],
                 )
             except sqlite3.IntegrityError:
@@ -393,6 +415,26 @@ class Store:
         with self._write():
             self._insert_tis(run["run_id"], run["flow_id"], run["logical_date"], tasks)
 
+    def start_run(
+        self,
+        run: dict[str, Any],
+        tasks: Iterable[dict[str, Any]],
+        at: datetime,
+        ended: Mapping[str, tuple[TaskState, str]] | None = None,
+    ) -> None:
+        """A queued run becomes running, in one transaction: tasks added to the flow file since
+        it was created join it, and the task instances in `ended` (task id -> (state, reason);
+        a wait that gave up) end before any of them can start."""
+        with self._write():
+            self._insert_tis(run["run_id"], run["flow_id"], run["logical_date"], tasks)
+            for task_id, (state, reason) in (ended or {}).items():
+                self.db.execute(
+                    """UPDATE task_instances SET state = ?, end_at = ?, reason = ?
+                       WHERE run_id = ? AND task_id = ? AND state = 'none'""",
+                    [state.value, iso(at), reason, run["run_id"], task_id],
+                )
+            self.set_run_state(run["run_id"], RunState.RUNNING, at)
+
     def set_last_scheduled(self, flow_id: str, at: datetime) -> None:
         with self._write():
             self.db.execute(
@@ -412,6 +454,14 @@ class Store:
             f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY logical_date, run_id", values
         )
 
+    def active_run_counts(self) -> dict[str, int]:
+        """flow id -> how many of its runs are queued or running (one indexed query)."""
+        rows = self.conn.execute(
+            """SELECT flow_id, count(*) FROM runs WHERE state IN ('queued', 'running')
+               GROUP BY flow_id"""
+        )
+        return {flow_id: count for flow_id, count in rows}
+
     def runs_between(self, flow_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Runs of a flow whose logical date is in [start, end)."""
         return self._rows(
@@ -419,6 +469,18 @@ class Store:
                ORDER BY logical_date""",
             [flow_id, iso(start), iso(end)],
         )
+
+    def run_states_between(
+        self, flow_id: str, start: datetime, end: datetime
+    ) -> list[tuple[str, str]]:
+        """(logical date, state) of a flow's runs in [start, end): what a wait for it reads at
+        every tick, so no more than that."""
+        rows = self.conn.execute(
+            """SELECT logical_date, state FROM runs WHERE flow_id = ? AND logical_date >= ?
+               AND logical_date < ?""",
+            [flow_id, iso(start), iso(end)],
+        )
+        return [(row[0], row[1]) for row in rows]
 
     def recent_runs(self, flow_id: str, limit: int) -> list[dict[str, Any]]:
         return self._rows(
@@ -443,8 +505,8 @@ class Store:
             )
         elif state.is_finished:
             sql, params = "state = ?, ended_at = ?", [iso(at)]
-        else:
-            sql, params = "state = ?, ended_at = NULL", []
+        else:  # queued again (a replay): a wait for another flow counts from now
+            sql, params = "state = ?, ended_at = NULL, queued_at = ?", [iso(at)]
         with self._write():
             self.db.execute(
                 f"UPDATE runs SET {sql} WHERE run_id = ?", [state.value, *params, run_id]
@@ -549,24 +611,31 @@ class Store:
         `selection` maps run id -> {task id: the task's retries}. The try number stays (the next
         try gets a new log) and each gets its retries again; a finished run goes back to
         queued. One transaction for everything; returns how many task instances changed."""
+        changed = 0
+        with self._write():
+            for run_id, retries in selection.items():
+                cleared = self._clear(run_id, retries, only_states)
+                if cleared:
+                    self._settle_run(run_id, at)
+                changed += cleared
+        return changed
+
+    def _clear(
+        self, run_id: int, retries: Mapping[str, int], only_states: Iterable[TaskState]
+    ) -> int:
         state_filter, extra = "", [s.value for s in only_states]
         if extra:
             state_filter = f" AND state IN ({','.join('?' * len(extra))})"
         changed = 0
-        with self._write():
-            for run_id, retries in selection.items():
-                before = changed
-                for task_id, task_retries in retries.items():
-                    cursor = self.db.execute(
-                        f"""UPDATE task_instances SET state = 'none',
-                            max_tries = try_number + ? + 1, next_try_at = NULL, reason = NULL,
-                            exit_code = NULL, pid = NULL, start_at = NULL, end_at = NULL,
-                            duration_s = NULL WHERE run_id = ? AND task_id = ?{state_filter}""",
-                        [task_retries, run_id, task_id, *extra],
-                    )
-                    changed += cursor.rowcount
-                if changed > before:
-                    self._settle_run(run_id, at)
+        for task_id, task_retries in retries.items():
+            cursor = self.db.execute(
+                f"""UPDATE task_instances SET state = 'none',
+                    max_tries = try_number + ? + 1, next_try_at = NULL, reason = NULL,
+                    exit_code = NULL, pid = NULL, start_at = NULL, end_at = NULL,
+                    duration_s = NULL WHERE run_id = ? AND task_id = ?{state_filter}""",
+                [task_retries, run_id, task_id, *extra],
+            )
+            changed += cursor.rowcount
         return changed
 
     def mark_tis(
@@ -578,9 +647,12 @@ class Store:
         *,
         except_states: Iterable[TaskState] = (),
         run_state: RunState | None = None,
+        clear: Mapping[str, int] | None = None,
     ) -> int:
         """`cronflow mark`: set task instances to a final state, then the run to `run_state`
-        or to what its task instances now say. One transaction; returns how many changed."""
+        or to what its task instances now say. `clear` (task id -> retries): task instances
+        to put back to `none` if they are upstream_failed, so the daemon decides them again.
+        One transaction; returns how many were marked."""
         ids, skip = list(task_ids), [s.value for s in except_states]
         where = f"run_id = ? AND task_id IN ({','.join('?' * len(ids))})"
         if skip:
@@ -591,6 +663,8 @@ class Store:
                     reason = ? WHERE {where}""",
                 [state.value, iso(at), f"marked {state.value} by hand", run_id, *ids, *skip],
             )
+            if clear:
+                self._clear(run_id, clear, [TaskState.UPSTREAM_FAILED])
             if run_state is not None:
                 self.set_run_state(run_id, run_state, at)
             else:

@@ -271,6 +271,23 @@ with Flow("extra"):
 """
 
 
+WAITS = """
+from cronflow import Flow, FlowDependency, Shell
+with Flow("weekly", schedule="0 5 * * 1", start_date="2030-01-07", end_date="2030-06-30"):
+    Shell("a", "true")
+with Flow("upload"):
+    Shell("a", "true")
+with Flow("report", schedule="0 7 * * *", start_date="2030-01-01",
+          wait_for=["weekly", FlowDependency("upload", offset_days=-1)]):
+    Shell("a", "true")
+with Flow("daily", schedule="0 3 * * *", start_date="2030-01-01"):
+    Shell("a", "true")
+with Flow("summary", schedule="0 9 * * *", start_date="2030-01-02",
+          wait_for=[FlowDependency("daily", offset_days=-1)]):
+    Shell("a", "true")
+"""
+
+
 def test_check_blames_the_newcomer_for_a_duplicate_flow_id(tmp_path: Path, home: Path) -> None:
     flows = tmp_path / "flows"
     original = _age(write(flows, "daily", DAILY), 3600)
@@ -337,3 +354,25 @@ def test_check_lists_every_bad_option_of_a_task(tmp_path: Path) -> None:
         "poke_interval: cannot read 'often' (use seconds or units like 30s, 5m, 2h, 90d); "
         "retries must be a whole number >= 0"
     )
+
+
+def test_check_notes_the_days_a_wait_has_nothing_to_wait_for(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    write(tmp_path, "waits", WAITS)
+    report = check_flows(tmp_path, timeout_s=30, now=datetime(2030, 1, 1, tzinfo=UTC))
+    assert not report.problems
+    notes = [n for n in report.notes if n.startswith("flow ")]
+    assert notes == [
+        "flow 'report' waits for 'weekly': its runs before 2030-01-07 have nothing to wait for "
+        "(the start date of 'weekly')",
+        "flow 'report' waits for 'weekly': its runs after 2030-06-29 have nothing to wait for "
+        "(the end date of 'weekly')",
+        "flow 'report' waits for 'weekly': 'weekly' does not fire on 149 of the 174 days waited "
+        "for in the coming year (first 2030-01-08): those runs have nothing to wait for",
+        "flow 'report' waits for 'upload', which has no schedule: each run waits until a run of "
+        "'upload' of its day succeeded (at most wait_timeout)",
+    ]  # 25 Mondays of 174 days; summary waits for every day of daily: nothing to note
+    result = invoke(tmp_path, "check", str(tmp_path))
+    assert result.exit_code == 0  # notes are no problems
+    assert "note: flow 'report' waits for 'weekly': its runs before 2030-01-07" in result.stdout

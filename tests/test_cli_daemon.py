@@ -50,6 +50,18 @@ def run_state(home: Path, flow: str) -> str:
     return json.loads(result.stdout)[0]["state"]
 
 
+def test_marking_a_failed_task_success_lets_its_downstream_run(home, daemon, write_flow):
+    write_flow("flaky", FLAKY.format(flag=home / "never"))
+    daemon()
+    assert cli(home, "trigger", "flaky", "--date", "2024-03-01", "--wait").returncode == 1
+    result = cli(home, "mark", "flaky.shaky", "--date", "2024-03-01", "--state", "success")
+    assert result.returncode == 0, result.stderr
+    assert "cleared last (upstream_failed)" in result.stdout
+    wait_for(lambda: run_state(home, "flaky") == "success", what="the run to go on")
+    states = {t: r["state"] for t, r in tasks_of(home, "flaky").items()}
+    assert states == {"first": "success", "shaky": "success", "last": "success"}
+
+
 def test_replay_of_a_failed_task_runs_it_again_with_a_new_try(home, daemon, write_flow):
     flag = home / "fixed"
     write_flow("flaky", FLAKY.format(flag=flag))
@@ -160,8 +172,15 @@ def test_why_and_top_see_what_the_daemon_does(home, daemon, write_flow):
     assert reasons[1].endswith(" (try 2 of 2)")
     frame = json.loads(cli(home, "top", "--json").stdout)
     assert [(r["task_id"], r["state"]) for r in frame["active"]] == [("fails", "up_for_retry")]
+    assert frame["active"][0]["pid"] is None  # the failed try's process is gone
+    assert tasks_of(home, "retrying")["fails"]["try_number"] == 1
     text = cli(home, "top").stdout  # not a terminal: one frame
     assert "daemon pid" in text and "up_for_retry" in text
+    assert "0 running, 1 waiting" in text
+    (row,) = [line.split() for line in text.splitlines() if " fails " in line]
+    assert row[-1] == "-"  # no pid shown
+    status = json.loads(cli(home, "status", "--json").stdout)
+    assert (status["running_tasks"], status["waiting_tasks"]) == (0, 1)  # as top says
 
 
 def test_backfill_and_pause_with_the_daemon(home, daemon, write_flow):

@@ -16,7 +16,8 @@ from cronflow.states import RunState
 from cronflow.timeparse import iso
 
 LIST_KEYS = {"flow_id", "schedule_text", "paused", "run_id", "logical_date", "state"}
-LIST_KEYS |= {"next_fire_at", "recent_states"}
+LIST_KEYS |= {"next_fire_at", "recent_states", "held_back", "held_fire_at"}
+PARIS = ZoneInfo("Europe/Paris")
 
 WAITER = """
 from cronflow import Flow, FlowDependency, Shell
@@ -134,13 +135,18 @@ def test_show_gives_doc_tree_links_next_fires_and_the_runs_grid(daily, write_flo
         "c": "upstream_failed",
         "d": "success",
     }
-    assert rows(daily, "show", "waiter")["wait_for"] == [{"flow_id": "daily", "offset_days": -1}]
+    assert [r["run_type"] for r in detail["runs"]] == ["backfill", "backfill"]
+    assert rows(daily, "show", "waiter")["wait_for"] == [
+        {"flow_id": "daily", "offset_days": -1, "wait_timeout_s": 86400.0, "soft_fail": False}
+    ]
+    waiter = ok(daily, "show", "waiter").stdout
+    assert "waits for: daily (the day before: its whole day, at most 24h00m)" in waiter
     text = ok(daily, "show", "daily", "--runs", "2").stdout
     assert "A daily flow." in text
     assert "waited for by: waiter (the day before)" in text
     assert "└── a (shell, 2 retries)" in text
     grid = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
-    assert grid["run"] == ["FAIL", "queue"]
+    assert grid["run"] == ["FAIL", "queue"] and grid["type"] == ["backf", "backf"]
     assert grid["b"] == ["FAIL", "·"] and grid["c"] == ["upfail", "·"]
 
 
@@ -219,16 +225,58 @@ def test_why_a_queued_run_waits_for_max_active_runs_and_other_flows(daily, write
     store(daily).set_run_state(1, RunState.RUNNING, _now())
     assert why(daily, "daily", "--date", "2024-03-02")[1] == (
         "the run of 2024-03-02 02:30 CET is queued: "
-        "max_active_runs (1) reached by the run(s) of 2024-03-01 02:30 CET"
+        "held back by max_active_runs=1: 1 run active (2024-03-01 02:30 CET)"
     )
     write_flow("waiter", WAITER)
     ok(daily, "backfill", "waiter", "--from", "2024-03-02", "--to", "2024-03-03")
-    assert why(daily, "waiter", "--date", "2024-03-02")[1] == (
-        "the run of 2024-03-02 05:00 CET is queued: "
-        "waiting for flow 'daily''s run of 2024-03-01 to succeed"
+    reasons = why(daily, "waiter", "--date", "2024-03-02")
+    # a backfill run counts its wait from its creation: it gives up a day later
+    created = store(daily).runs_of_flow("waiter")[-1]["created_at"]
+    gives_up = (datetime.fromisoformat(created) + timedelta(days=1)).astimezone(PARIS)
+    assert (
+        reasons[1]
+        == (
+            "the run of 2024-03-02 05:00 CET is queued: it waits for daily 2024-03-01: 0 of 1 runs "
+            f"succeeded; it gives up at {gives_up:%Y-%m-%d %H:%M %Z} (wait_timeout 1d), then its "
+            "first tasks end failed"
+        )
+        or reasons[1]
     )
-    set_tis(daily, 2, a="success", b="success", c="success", d="success")
-    assert "waiting for flow" not in why(daily, "waiter", "--date", "2024-03-03")[1]
+    assert reasons[2] == "daily 2024-03-01 02:30 running"  # no doubled quote ('daily''s)
+    assert "''" not in "\n".join(reasons)
+    set_tis(daily, 2, a="success", b="failed", c="upstream_failed", d="success")
+    reasons = why(daily, "waiter", "--date", "2024-03-03")
+    assert "it waits for daily 2024-03-02: 0 of 1 runs succeeded" in reasons[1]
+    assert reasons[2] == "daily 2024-03-02 02:30 failed"  # at once, not just "waiting"
+    (task,) = rows(daily, "tasks", "waiter", "--date", "2024-03-03")
+    assert task["reason"] == "the run waits for daily 2024-03-02: 02:30 failed"
+    assert (
+        "the run waits for daily 2024-03-02: 02:30 failed"
+        in ok(daily, "tasks", "waiter", "--date", "2024-03-03").stdout
+    )
+    set_tis(daily, 2, b="success", c="success")
+    assert "waits for" not in why(daily, "waiter", "--date", "2024-03-03")[1]
+
+
+def test_why_a_held_back_fire_time_says_so(daily, write_flow):
+    db = store(daily)
+    db.set_run_state(3, RunState.RUNNING, _now())
+    db.set_last_scheduled("daily", datetime(2024, 3, 3, 1, 30, tzinfo=UTC))
+    db.set_held_until("daily", datetime(2024, 3, 5, 1, 30, tzinfo=UTC))  # the planner's record
+    for run_id in (1, 2):
+        set_tis(daily, run_id, a="success", b="success", c="success", d="success")
+    held = "held back by max_active_runs=1: 1 run active"
+    assert why(daily, "daily", "--date", "2024-03-04")[1:] == [
+        f"flow 'daily': the run of 2024-03-04 02:30 CET is {held}; it is created when one of "
+        "them ends",
+        f"the run of 2024-03-04 is {held}: it is created when one of them ends",
+    ]
+    row = rows(daily, "list")[0]
+    assert (row["held_back"], row["held_fire_at"]) == (held, "2024-03-04T01:30:00+00:00")
+    line = ok(daily, "list").stdout.splitlines()[1]
+    assert f"2024-03-04 02:30 {held}" in line
+    db.set_run_state(3, RunState.SUCCESS, _now())  # a run ended: nothing is held back any more
+    assert rows(daily, "list")[0]["held_back"] is None
 
 
 def test_why_a_running_run_explains_each_waiting_task(daily, write_flow):
@@ -305,6 +353,7 @@ def test_top_once_shows_active_tasks_and_recent_failures(daily):
     assert active[2][:4] == ["daily", "b", "2024-03-02", "02:30"]
     assert text.rstrip().endswith("exit code 9")
     frame = rows(daily, "top")
+    assert frame["counts"] == {"running": 1, "waiting": 1}
     keys = {"flow_id", "task_id", "run_id", "logical_date", "state", "try_number"}
     assert [(r["task_id"], r["state"]) for r in frame["active"]] == [
         ("a", "running"),
@@ -324,3 +373,30 @@ def test_table_styles_are_rendered_as_rich_renders_them():
     assert set(STATE_STYLES.values()) - {"default"} <= set(SGR)
     for name, codes in SGR.items():
         assert Style.parse(name)._make_ansi_codes(ColorSystem.EIGHT_BIT) == codes, name
+
+
+def test_why_says_when_a_wait_has_nothing_to_wait_for(home, write_flow):
+    write_flow(
+        "weekly",
+        """
+        from cronflow import Flow, Shell
+        with Flow("weekly", schedule="0 5 * * 1", timezone="Europe/Paris", start_date="2024-03-04"):
+            Shell("t", "true")
+        with Flow("after", schedule="0 7 * * *", timezone="Europe/Paris", start_date="2024-03-01",
+                  wait_for=["weekly"]):
+            Shell("t", "true")
+        """,
+    )
+    ok(home, "backfill", "after", "--from", "2024-03-01", "--to", "2024-03-05")
+    assert why(home, "after", "--date", "2024-03-05")[1:] == [
+        "the run of 2024-03-05 07:00 CET is queued: it starts once the daemon runs",
+        "'weekly' does not fire on 2024-03-05 (at 05:00 on Mon Europe/Paris): nothing to wait for",
+        "t: waiting for its run to start",
+    ]
+    assert why(home, "after", "--date", "2024-03-01")[2] == (
+        "2024-03-01 is before the start date of 'weekly': nothing to wait for"
+    )
+    assert (
+        "it waits for weekly 2024-03-04: 0 of 1 runs succeeded"
+        in why(home, "after", "--date", "2024-03-04")[1]
+    )

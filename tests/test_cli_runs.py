@@ -146,6 +146,23 @@ def test_mark_a_task_and_its_downstream_then_the_run_takes_the_outcome(daily):
     assert store(daily).run(1)["state"] == "success"
 
 
+def test_marking_a_failed_task_success_clears_what_its_failure_stopped(daily, write_flow):
+    set_tis(daily, 2, a="success", b="failed", c="upstream_failed", d="success")
+    result = ok(daily, "mark", "daily.b", "--date", "2024-03-02", "--state", "success")
+    assert "cleared c (upstream_failed): the daemon runs them" in result.stdout
+    assert ti_states(daily, 2) == {"a": "success", "b": "success", "c": "none", "d": "success"}
+    assert store(daily).run(2)["state"] == "queued"
+    # a failure elsewhere keeps the run failed: the command says what to do
+    set_tis(daily, 3, a="success", b="success", c="failed", d="failed")
+    result = ok(daily, "mark", "daily.c", "--date", "2024-03-03", "--state", "success")
+    assert "cleared" not in result.stdout
+    assert store(daily).run(3)["state"] == "failed"
+    assert (
+        "note: the run stays failed: d failed or could not run; `cronflow replay daily "
+        "--date 2024-03-03T01:30:00+00:00 --only-failed` runs them again"
+    ) in " ".join(result.stdout.split())
+
+
 def test_mark_a_finished_run_back_to_work_requeues_it(daily):
     set_tis(daily, 1, a="success", b="success", c="success", d="success")
     assert store(daily).run(1)["state"] == "success"

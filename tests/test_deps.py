@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from itertools import pairwise
 
 import pytest
 
 from cronflow.deps import (
     Decision,
+    day_progress,
     decide,
     find_flow_cycle,
-    flow_wait_satisfied,
     resolve_run,
     run_outcome,
     topological_order,
@@ -374,28 +374,62 @@ def test_upstream_day(day: date, offset: int, expected: date) -> None:
     assert upstream_day(day, offset) == expected
 
 
-@pytest.mark.parametrize(
-    ("states", "expected"),
-    [
-        ([], False),  # the upstream has not run that day
-        ([RunState.SUCCESS], True),
-        (["success"], True),
-        ([RunState.SUCCESS, RunState.SUCCESS], True),
-        ([RunState.SUCCESS, RunState.FAILED], False),
-        ([RunState.FAILED], False),
-        ([RunState.RUNNING], False),
-        (["queued"], False),
-        ([RunState.SUCCESS, "running"], False),
-    ],
-)
-def test_flow_wait_satisfied(states: list[RunState | str], expected: bool) -> None:
-    assert flow_wait_satisfied(states) is expected
+# --- day_progress: a wait for another flow's whole day ------------------------------------------
+def _at(hour: int, minute: int = 0) -> str:
+    """A logical date as the store keeps it."""
+    return datetime(2026, 12, 2, hour, minute, tzinfo=UTC).isoformat()
 
 
-def test_flow_wait_satisfied_accepts_a_generator() -> None:
-    assert flow_wait_satisfied(s for s in ["success"]) is True
+EVERY_10_MIN = [_at(h, m) for h in range(24) for m in range(0, 60, 10)]  # 144 fire times
 
 
-def test_flow_wait_satisfied_rejects_an_unknown_state() -> None:
+def test_one_success_of_144_is_not_a_complete_day() -> None:
+    progress = day_progress(EVERY_10_MIN, [(_at(0), "success")])
+    assert not progress.done
+    assert (progress.expected, progress.succeeded, len(progress.missing)) == (144, 1, 143)
+    assert progress.missing[0] == _at(0, 10)
+
+
+def test_the_day_is_done_when_every_fire_time_has_a_successful_run() -> None:
+    runs = [(at, RunState.SUCCESS) for at in EVERY_10_MIN]
+    assert day_progress(EVERY_10_MIN, runs).done
+    runs[50] = (EVERY_10_MIN[50], "running")
+    progress = day_progress(EVERY_10_MIN, runs)
+    assert not progress.done and progress.unfinished == ((EVERY_10_MIN[50], "running"),)
+
+
+def test_failed_runs_are_listed_and_hold_the_wait_back() -> None:
+    fires = [_at(10, 40), _at(23, 50)]
+    progress = day_progress(fires, [(_at(10, 40), "failed"), (_at(23, 50), "success")])
+    assert not progress.done and progress.failed == (_at(10, 40),) and not progress.missing
+
+
+def test_manual_runs_count_but_cannot_replace_a_missing_fire_time() -> None:
+    fires = [_at(6), _at(18)]
+    manual = (_at(12, 3), "success")
+    progress = day_progress(fires, [(_at(6), "success"), manual])
+    assert not progress.done and progress.missing == (_at(18),)
+    assert (progress.total, progress.extra) == (3, 1)
+    assert day_progress(fires, [(_at(6), "success"), (_at(18), "success"), manual]).done
+    failed_manual = (_at(12, 3), "failed")
+    both = [(_at(6), "success"), (_at(18), "success"), failed_manual]
+    assert not day_progress(fires, both).done
+
+
+def test_a_day_without_fire_times_has_nothing_to_wait_for_unless_it_has_runs() -> None:
+    assert day_progress([], []).done and day_progress([], []).nothing_to_wait_for
+    running = day_progress([], [(_at(9), "running")])
+    assert not running.done and not running.nothing_to_wait_for
+    assert day_progress([], [(_at(9), "success")]).done
+
+
+def test_a_flow_without_schedule_needs_a_successful_run_that_day() -> None:
+    assert not day_progress([], [], scheduled=False).done
+    assert not day_progress([], [], scheduled=False).nothing_to_wait_for
+    assert day_progress([], [(_at(9), "success")], scheduled=False).done
+    assert not day_progress([], [(_at(9), "success"), (_at(10), "queued")], scheduled=False).done
+
+
+def test_day_progress_rejects_an_unknown_state() -> None:
     with pytest.raises(ValueError, match="sucess"):
-        flow_wait_satisfied(["sucess"])
+        day_progress([_at(1)], [(_at(1), "sucess")])

@@ -148,7 +148,8 @@ def test_spec_of_a_flow() -> None:
         tags=["meteo", "daily"],
         doc="Fetch the stations.",
         params={"station": "north"},
-        wait_for=["upstream", FlowDependency("weekly", -7)],
+        wait_for=["upstream", FlowDependency("weekly", -7, wait_timeout="2h", soft_fail=True)],
+        wait_timeout="6h",
     ) as flow:
         fetch = Shell("fetch", "fetch-station --day {{ ds }}", env={"N": 1}, cwd="/tmp")
         fetch >> Python("count", add, args=[1, 2], params={"k": "v"})
@@ -165,9 +166,9 @@ def test_spec_of_a_flow() -> None:
         "tags": ["meteo", "daily"],
         "doc": "Fetch the stations.",
         "params": {"station": "north"},
-        "wait_for": [
-            {"flow_id": "upstream", "offset_days": 0},
-            {"flow_id": "weekly", "offset_days": -7},
+        "wait_for": [  # the flow's wait_timeout unless the wait has its own
+            {"flow_id": "upstream", "offset_days": 0, "timeout_s": 21600.0, "soft_fail": False},
+            {"flow_id": "weekly", "offset_days": -7, "timeout_s": 7200.0, "soft_fail": True},
         ],
     }
     assert tasks == [
@@ -343,6 +344,15 @@ def test_cycle_names_flow_and_tasks() -> None:
         ({"max_active_runs": "2"}, r"flow 'meteo': max_active_runs must be"),
         ({"defaults": {"retry": 3}}, r"flow 'meteo': unknown key in defaults: 'retry'"),
         ({"wait_for": ["bad id"]}, r"bad flow id 'bad id'"),
+        ({"wait_timeout": "soon"}, r"flow 'meteo': wait_timeout: "),
+        (
+            {"wait_for": [FlowDependency("up", wait_timeout=-5)]},
+            r"flow 'meteo': wait for 'up': wait_timeout: must not be negative",
+        ),
+        (
+            {"wait_for": [FlowDependency("up", offset_days=0.5)]},  # type: ignore[arg-type]
+            r"flow 'meteo': wait for 'up': offset_days must be a whole number",
+        ),
     ],
 )
 def test_bad_flow_arguments(kwargs: dict[str, Any], pattern: str) -> None:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from clikit import ok, rows
 from conftest import wait_for
 from opskit import Runner
 
@@ -41,6 +42,11 @@ def test_file_sensor_reschedule_frees_the_slot_and_keeps_the_try(home, write_flo
     assert r.state(run_id, "arrive") == "up_for_reschedule"
     r.advance(240)  # due: pokes again, still nothing
     assert r.ti(run_id, "arrive")["first_poke_at"] == first_poke
+    # between pokes, `tasks` and `logs` show try 1, whose log has both pokes so far
+    (row,) = [t for t in rows(home, "tasks", "wait") if t["task"] == "arrive"]
+    assert (row["state"], row["try_number"]) == ("up_for_reschedule", 1)
+    shown = ok(home, "logs", "wait.arrive").stdout
+    assert shown.count("try 1 poke ended") == 2 and shown == r.log(run_id, "arrive")
     target.parent.mkdir()
     target.write_text("x")
     r.advance(300)
@@ -211,6 +217,16 @@ def test_trigger_flow_starts_the_run_once_and_waits_for_it(home, write_flow, tmp
     assert len(runs) == 1  # three tasks, one run
     target = runs[0]
     assert target["logical_date"] == "2024-03-01T05:00:00+00:00"  # its fire time that day
+    assert target["run_type"] == "triggered"
+    assert json.loads(target["triggered_by"]) == {
+        "flow_id": "first",
+        "run_id": run_id,
+        "task_id": "fire",
+        "logical_date": r.store.run(run_id)["logical_date"],
+    }
+    (listed,) = rows(home, "runs", "next")
+    assert listed["run_type"] == "triggered" and listed["triggered_by"]["flow_id"] == "first"
+    assert "triggered by first 2024-03-01" in ok(home, "runs", "next").stdout
     assert json.loads(target["conf"]) == {"source": "first"}
     assert r.xcom(run_id, "fire") == {
         "flow_id": "next",
@@ -436,3 +452,35 @@ def test_sensor_attempt_limit_follows_its_wait(mode):
     expected = 2 * 3600 + 30 + 60 if mode == "poke" else 600
     assert task["timeout_s"] == expected
     assert task["op"]["mode"] == mode and task["op"]["timeout_s"] == 7200
+
+
+def test_following_a_rescheduled_sensor_goes_on_across_its_pokes(home, write_flow, tmp_path):
+    write_flow(
+        "wait",
+        f"""
+        from cronflow import Flow, FileSensor
+        with Flow("wait"):
+            FileSensor("arrive", "{tmp_path}/{{{{ ds }}}}.csv", poke_interval="5m",
+                       timeout="1h", mode="reschedule")
+        """,
+    )
+    from cronflow import attempts
+
+    r = Runner(home)
+    run_id = r.run("wait")
+    flow = r.scheduler.catalog.get("wait")
+    attempt = attempts.find_attempt(r.settings, r.store, flow, "arrive", None, None)
+    assert attempt.try_number == 1 and attempt.ti["state"] == "up_for_reschedule"
+    pokes = []
+
+    def sleep(_: float) -> None:  # each pause of the follower lets five minutes pass
+        pokes.append(1)
+        if len(pokes) == 3:
+            (tmp_path / "2024-03-01.csv").write_text("x")
+        r.advance(300)
+
+    followed = b"".join(attempts.follow_attempt(r.settings, r.store, attempt, lambda: True, sleep))
+    text = followed.decode()
+    assert r.state(run_id, "arrive") == "success"
+    assert text.count("try 1 poke ended") >= 2 and "try 1 ended" in text
+    assert text == r.log(run_id, "arrive")

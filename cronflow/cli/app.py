@@ -151,3 +151,11 @@ def utc_now() -> Any:
 
 def state_cell(state: str | None) -> "Cell":
     return [(state, STATE_STYLES.get(state, "default"))] if state else "-"
+
+
+def run_type_text(cat: "Catalog", run_type: str, by: dict[str, Any] | None) -> str:
+    """'scheduled', 'manual', ... or 'triggered by station_day 2024-03-01 06:15 (run 42)'."""
+    if not by:
+        return run_type
+    when = short_text(cat, by["flow_id"], by["logical_date"])
+    return f"{run_type} by {by['flow_id']} {when} (run {by['run_id']})"

@@ -15,6 +15,7 @@ from cronflow.cli.app import (
     local_text,
     open_home,
     print_json,
+    run_type_text,
     settings_from_options,
     short_text,
     state_cell,
@@ -83,11 +84,20 @@ def list_flows(
                 "yes" if row["paused"] else "no",
                 short_text(cat, row["flow_id"], row["logical_date"]),
                 state_cell(row["state"]),
-                short_text(cat, row["flow_id"], row["next_fire_at"]),
+                _next_text(cat, row),
                 _counts_text(row["recent_states"]),
             ]
         )
     print_rows(headers, table, wrap=["schedule"])  # the schedule is the only column that may wrap
+
+
+def _next_text(cat: Any, row: dict[str, Any]) -> Cell:
+    """The next fire time; a fire time held back by max_active_runs comes first, and says so."""
+    if row["held_back"]:
+        return [
+            (f"{short_text(cat, row['flow_id'], row['held_fire_at'])} {row['held_back']}", "yellow")
+        ]
+    return short_text(cat, row["flow_id"], row["next_fire_at"])
 
 
 def _counts_text(counts: dict[str, int]) -> Cell:
@@ -169,29 +179,12 @@ def tasks(
 ) -> None:
     """The task instances of one run: state, try, start, end, duration, host."""
     from cronflow import control
+    from cronflow.overview import task_rows, triggered_by
 
     _s, store, cat = open_home()
     flow = cat.get(flow_id)
     run = control.find_one_run(store, flow, date)
-    order = {t: i for i, t in enumerate(flow.tasks)}
-    tis = sorted(store.tis_of_runs([run["run_id"]]), key=lambda t: order.get(t["task_id"], 1e9))
-    rows = [
-        {
-            "flow": flow_id,
-            "task": ti["task_id"],
-            "run_id": run["run_id"],
-            "logical_date": run["logical_date"],
-            "state": ti["state"],
-            "try_number": ti["try_number"],
-            "max_tries": ti["max_tries"],
-            "start": ti["start_at"],
-            "end": ti["end_at"],
-            "duration_s": ti["duration_s"],
-            "host": ti["host"],
-            "reason": ti["reason"],
-        }
-        for ti in tis
-    ]
+    rows = task_rows(store, cat, flow, run, utc_now())
     if as_json:
         print_json(rows)
         return
@@ -213,7 +206,11 @@ def tasks(
             for row in rows
         ],
         wrap=headers,
-        title=[(f"{flow_id} {local} (", ""), (run["state"], STATE_STYLES[run["state"]]), (")", "")],
+        title=[
+            (f"{flow_id} {local} (", ""),
+            (run["state"], STATE_STYLES[run["state"]]),
+            (f", {run_type_text(cat, run['run_type'], triggered_by(run))})", ""),
+        ],
     )
 
 
@@ -225,25 +222,22 @@ def status(
 ) -> None:
     """Is the daemon alive: pid, start time, last heartbeat, running and queued tasks. Exit 1 if not."""
     from cronflow.daemon import running_daemon_pid
-    from cronflow.states import TaskState
+    from cronflow.overview import live_counts
     from cronflow.store import Store
 
     settings = settings_from_options()
     pid = running_daemon_pid(settings.home)
-    record = Store(settings.db_path).daemon_record() if settings.db_path.exists() else None
-    active = []
-    if settings.db_path.exists():
-        active = Store(settings.db_path).tis_in_states(
-            [TaskState.RUNNING, TaskState.QUEUED, TaskState.SCHEDULED]
-        )
+    store = Store(settings.db_path) if settings.db_path.exists() else None
+    record = store.daemon_record() if store else None
+    counts = live_counts(store) if store else {"running": 0, "waiting": 0}
     info = {
         "running": pid is not None,
         "pid": pid,
         "home": str(settings.home),
         "started_at": record["started_at"] if record and pid else None,
         "heartbeat_at": record["heartbeat_at"] if record and pid else None,
-        "running_tasks": sum(t["state"] == TaskState.RUNNING for t in active),
-        "waiting_tasks": sum(t["state"] != TaskState.RUNNING for t in active),
+        "running_tasks": counts["running"],
+        "waiting_tasks": counts["waiting"],
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))

@@ -8,6 +8,7 @@ from cronflow.cli.app import (
     STATE_STYLES,
     app,
     console,
+    duration_text,
     handles_errors,
     open_home,
     short_text,
@@ -28,6 +29,14 @@ STATE_CELLS = {
     "upstream_failed": "upfail",
     "skipped": "skip",
     "none": "·",
+}
+
+
+RUN_TYPE_CELLS = {
+    "scheduled": "sched",
+    "manual": "manual",
+    "backfill": "backf",
+    "triggered": "trig",
 }
 
 
@@ -55,9 +64,15 @@ def show(
     if detail["doc"]:
         out.print(detail["doc"])
     out.print(_task_tree(detail["tasks"]))
-    for title, key in (("waits for", "wait_for"), ("waited for by", "waited_by")):
-        for link in detail[key]:
-            out.print(f"{title}: {link['flow_id']} ({_offset_text(link['offset_days'])})")
+    for link in detail["wait_for"]:
+        limit = duration_text(link["wait_timeout_s"])
+        soft = ", then skip" if link["soft_fail"] else ""
+        out.print(
+            f"waits for: {link['flow_id']} ({_offset_text(link['offset_days'])}: its whole "
+            f"day, at most {limit}{soft})"
+        )
+    for link in detail["waited_by"]:
+        out.print(f"waited for by: {link['flow_id']} ({_offset_text(link['offset_days'])})")
     fires = [short_text(cat, flow_id, t) for t in detail["next_fire_at"]]
     out.print("next runs: " + (", ".join(fires) if fires else "none scheduled"), soft_wrap=True)
     out.print(_grid(cat, flow_id, detail) if detail["runs"] else "no runs yet")
@@ -110,6 +125,10 @@ def _grid(cat: Any, flow_id: str, detail: dict[str, Any]) -> Any:
         day, _, time = short_text(cat, flow_id, run["logical_date"]).partition(" ")
         table.add_column(f"{day[5:]}\n{time}", no_wrap=True, justify="center")
     table.add_row("[bold]run[/]", *(_cell(run["state"]) for run in detail["runs"]))
+    table.add_row(
+        "[dim]type[/]",
+        *(RUN_TYPE_CELLS.get(run["run_type"], run["run_type"]) for run in detail["runs"]),
+    )
     for task in detail["tasks"]:
         cells = [_cell(run["task_states"].get(task["task_id"])) for run in detail["runs"]]
         table.add_row(task["task_id"], *cells)

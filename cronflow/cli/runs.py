@@ -11,6 +11,7 @@ from cronflow.cli.app import (
     handles_errors,
     open_home,
     print_json,
+    run_type_text,
     short_text,
     state_cell,
     styled_state,
@@ -56,7 +57,7 @@ def runs(
             [
                 str(row["run_id"]),
                 short_text(cat, flow_id, row["logical_date"]),
-                row["run_type"],
+                run_type_text(cat, row["run_type"], row["triggered_by"]),
                 state_cell(row["state"]),
                 short_text(cat, flow_id, row["started_at"]),
                 short_text(cat, flow_id, row["ended_at"]),
@@ -154,10 +155,23 @@ def mark(
     poke(settings.home)
     local = short_text(cat, flow_id, result.run["logical_date"])
     what = ", ".join(result.task_ids) if task_id else "every task"
-    console().print(
+    out = console()
+    out.print(
         f"marked {what} of {flow_id} {local} {styled_state(state)} "
         f"({result.changed} changed); run: {styled_state(result.run['state'])}"
     )
+    if result.cleared:
+        out.print(
+            f"cleared {', '.join(result.cleared)} (upstream_failed): the daemon runs them as "
+            "their trigger rules now allow"
+        )
+    if state == "success" and result.run["state"] == "failed" and result.failed:
+        day = result.run["logical_date"]
+        out.print(
+            f"note: the run stays failed: {', '.join(result.failed)} failed or could not run; "
+            f"`cronflow replay {flow_id} --date {day} --only-failed` runs them again",
+            soft_wrap=True,
+        )
 
 
 @app.command()

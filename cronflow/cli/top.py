@@ -60,15 +60,17 @@ def _live(out: Any, frame: Any, interval: float) -> None:
             pass
 
 
-def _render(cat: Any, data: dict[str, list[dict[str, Any]]], daemon_pid: int | None) -> Any:
+def _render(cat: Any, data: dict[str, Any], daemon_pid: int | None) -> Any:
     from rich.console import Group
     from rich.table import Table
 
-    active = data["active"]
-    running = sum(ti["state"] == "running" for ti in active)
+    active, counts = data["active"], data["counts"]
     daemon = f"daemon pid {daemon_pid}" if daemon_pid else "[red]daemon not running[/]"
     stamp = utc_now().astimezone().strftime("%H:%M:%S")
-    header = f"[bold]cronflow top[/]  {stamp}  {daemon}  {running} running, {len(active) - running} waiting"
+    header = (
+        f"[bold]cronflow top[/]  {stamp}  {daemon}  {counts['running']} running, "
+        f"{counts['waiting']} waiting"
+    )
     now_table = Table(box=None, header_style="bold", title="active", title_justify="left")
     for column in ("flow", "task", "logical date", "state", "try", "time", "pool", "pid"):
         now_table.add_column(column, no_wrap=True)

@@ -8,6 +8,7 @@ local midnight for a manual-only flow) or an ISO date-time (that exact logical d
 
 - TriggerFlow creates the target's run for that date, or finds the one that already exists
   (so a retry never starts a second run), and returns {"flow_id", "run_id", "logical_date"}.
+  The run it creates has run type `triggered` and names the run and task that created it.
   With `wait=True` it is a sensor: it waits until that run has ended, failing if the run failed
   (poke_interval, timeout, mode and soft_fail as for every sensor). The daemon starts the new
   run at its next tick (within two seconds). Waiting in poke mode holds a slot: with little
@@ -26,10 +27,10 @@ from typing import Any
 from cronflow.catalog import FlowSpec
 from cronflow.errors import CronflowError
 from cronflow.ops.sensors import Sensor
-from cronflow.states import RunState, TaskState
+from cronflow.states import RunState, RunType, TaskState
 from cronflow.store import RunExistsError, Store
 from cronflow.templates import render
-from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
 
 TINY = timedelta(microseconds=1)
 
@@ -88,8 +89,10 @@ class TriggerFlow(Sensor):
         text = render(self.date, context)
         logical_at = control.logical_date_for_trigger(flow, text, datetime.now(UTC))
         conf = {k: render(v, context) if isinstance(v, str) else v for k, v in self.conf.items()}
+        by = {k: context[k] for k in ("flow_id", "run_id", "task_id")}
+        by["logical_date"] = iso(from_iso(context["logical_date"]))
         try:
-            run_id = control.trigger(store, flow, logical_at, conf)
+            run_id = control.trigger(store, flow, logical_at, conf, RunType.TRIGGERED, by)
         except RunExistsError:
             run = store.runs_between(flow.flow_id, logical_at, logical_at + TINY)[0]
         else:
