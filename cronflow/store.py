@@ -125,6 +125,13 @@ def _flow_listing(db: Database) -> None:
         db.execute(f"ALTER TABLE flows ADD COLUMN {column} TEXT")
 
 
+@migration("0005_planning_catchup_progress")
+def _catchup_progress(db: Database) -> None:
+    # Where a flow's catch-up began (its cursor then), while it lasts: `list` and `why` count
+    # the runs created since and the fire times still due from it.
+    db.execute("ALTER TABLE flows ADD COLUMN catchup_from_at TEXT")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -316,8 +323,8 @@ class Store:
     def flow_states(self) -> list[dict[str, Any]]:
         """What the scheduler reads of every flow at each tick (not the specs)."""
         return self._rows(
-            """SELECT flow_id, paused, last_scheduled_at, error, next_fire_from, next_fire_at
-               FROM flows"""
+            """SELECT flow_id, paused, last_scheduled_at, error, next_fire_from, next_fire_at,
+               catchup_from_at FROM flows"""
         )
 
     def flow(self, flow_id: str) -> dict[str, Any]:
@@ -392,6 +399,13 @@ class Store:
         """Tasks added to a flow file after its run was created join the run."""
         with self._write():
             self._insert_tis(run["run_id"], run["flow_id"], run["logical_date"], tasks)
+
+    def set_catchup_from(self, flow_id: str, at: datetime | None) -> None:
+        """Record where the flow's catch-up began (None: it has caught up)."""
+        with self._write():
+            self.db.execute(
+                "UPDATE flows SET catchup_from_at = ? WHERE flow_id = ?", [iso(at), flow_id]
+            )
 
     def set_last_scheduled(self, flow_id: str, at: datetime) -> None:
         with self._write():

@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from cronflow.errors import ScheduleError
+from cronflow.matchcount import MatchCounter
 
 _TICK = timedelta(microseconds=1)
 _SAMPLE = timedelta(hours=12)  # no zone changes its offset twice within 12 hours
@@ -102,12 +103,14 @@ class Schedule:
     _spec: _Spec = field(init=False, repr=False, compare=False)
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _cron: croniter = field(init=False, repr=False, compare=False)
+    _counter: MatchCounter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = _parse(self.expression)
         object.__setattr__(self, "_zone", parse_timezone(self.timezone))
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_cron", _croniter_for(spec))
+        object.__setattr__(self, "_counter", MatchCounter(spec.values, spec.day_or))
 
     @classmethod
     def parse(cls, expression: str, timezone: str = "UTC") -> Schedule:
@@ -141,6 +144,20 @@ class Schedule:
         """Every fire instant t with after < t <= until, ascending, aware UTC."""
         start, end = _utc(after, "fires"), _utc(until, "fires")  # checked now, not lazily
         return self._iter_fires(start, end)
+
+    def count_fires(self, after: datetime, until: datetime) -> int:
+        """How many fire instants t have after < t <= until: len(list(fires(after, until))),
+        at a cost that grows with the calendar months spanned, not with the fires."""
+        start, end = _utc(after, "count_fires"), _utc(until, "count_fires")
+        total = 0
+        try:
+            seg = _segment_at(self._zone, start)
+            while seg.start <= end:  # a segment's fires are in [seg.start, seg.end)
+                total += self._count_in(seg, start, end)
+                seg = _segment_at(self._zone, seg.end)
+        except OverflowError:
+            pass  # next_after stops at the end of year 9998 too
+        return total
 
     def fires_on(self, day: date) -> list[datetime]:
         """The fire instants whose local date, in the schedule's timezone, is `day`."""
@@ -179,6 +196,17 @@ class Schedule:
             return seg.start  # skipped fixed-time fires all collapse into the first instant
         wall = walker.next(max(self._floor(seg) - _TICK, _wall(after, seg.offset)))
         return _instant(wall, seg.offset) if wall < _wall(seg.end, seg.offset) else None
+
+    def _count_in(self, seg: _Segment, after: datetime, until: datetime) -> int:
+        """_first_in's fires of `seg` in (after, until], counted rather than walked."""
+        lowest = max(self._floor(seg), _wall(after, seg.offset) + _TICK)
+        beyond = min(_wall(seg.end, seg.offset), _wall(until, seg.offset) + _TICK)
+        jumped = 0
+        gap = self._gap(seg)
+        if gap and after < seg.start <= until and self._counter.count(*gap):
+            # the skipped fixed times, and one right at the jump, fire once at seg.start
+            jumped, lowest = 1, max(lowest, gap[1] + _TICK)
+        return jumped + self._counter.count(lowest, beyond)
 
     def _last_in(self, seg: _Segment, before: datetime, walker: _Walker) -> datetime | None:
         wall = walker.prev(_wall(min(before, seg.end), seg.offset))
