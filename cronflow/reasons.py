@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from cronflow import control, deps
-from cronflow.catalog import Catalog, FlowSpec
+from cronflow.catalog import Catalog, FlowSpec, catchup_progress
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
 from cronflow.executor import LocalExecutor
@@ -53,11 +53,25 @@ class Explainer:
                 f"flow '{self.flow.flow_id}' is paused: no run starts until "
                 f"`cronflow unpause {self.flow.flow_id}`"
             )
+        reasons += self._catching_up()
         try:
             run = control.find_one_run(self.store, self.flow, date_text)
         except NotFoundError:
             return reasons + self._no_run(date_text)
         return reasons + self._run(run, task_id)
+
+    def _catching_up(self) -> list[str]:
+        flow = self.flow
+        row = next((r for r in self.store.flow_states() if r["flow_id"] == flow.flow_id), None)
+        progress = catchup_progress(flow, row, self.now) if row else None
+        if row is None or progress is None or flow.schedule is None:
+            return []
+        first = self.when(flow.schedule.next_after(from_iso(row["catchup_from_at"]) or self.now))
+        return [
+            f"flow '{flow.flow_id}' is catching up: {progress[0]:,} of {progress[1]:,} runs "
+            f"created (catchup=True: each fire time from {first} on gets a run, oldest first, "
+            f"{flow.max_active_runs} at a time)"
+        ]
 
     # --- no run ---------------------------------------------------------------------------
     def _no_run(self, date_text: str | None) -> list[str]:

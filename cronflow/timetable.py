@@ -20,7 +20,7 @@ import copy
 import functools
 import re
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -240,14 +240,25 @@ class _Walker:
     def next(self, wall: datetime) -> datetime:
         """The first matching wall time strictly after `wall`."""
         if self._next is None or not self._next[0] <= wall < self._next[1]:
-            self._next = (wall, self._cron.get_next(datetime, start_time=wall))
+            self._next = (wall, _beyond_years(self._cron.get_next, wall))
         return self._next[1]
 
     def prev(self, wall: datetime) -> datetime:
         """The last matching wall time strictly before `wall`."""
         if self._prev is None or not self._prev[1] < wall <= self._prev[0]:
-            self._prev = (wall, self._cron.get_prev(datetime, start_time=wall))
+            self._prev = (wall, _beyond_years(self._cron.get_prev, wall))
         return self._prev[1]
+
+
+def _beyond_years(query: Callable[..., datetime], wall: datetime) -> datetime:
+    """croniter's answer; its ValueError for a year past 9999 (or before 1) is an OverflowError,
+    which next_after and prev_before turn into None."""
+    try:
+        return query(datetime, start_time=wall)
+    except ValueError as exc:
+        if "out of range" not in str(exc):
+            raise
+        raise OverflowError(str(exc)) from None
 
 
 # --- instants and wall clocks -------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from cronflow.cli.app import (
     utc_now,
 )
 from cronflow.cli.tables import Cell, Spans, print_rows
+
+if TYPE_CHECKING:
+    from cronflow.catalog import Catalog
 
 
 @app.command()
@@ -83,11 +86,18 @@ def list_flows(
                 "yes" if row["paused"] else "no",
                 short_text(cat, row["flow_id"], row["logical_date"]),
                 state_cell(row["state"]),
-                short_text(cat, row["flow_id"], row["next_fire_at"]),
+                _next_text(cat, row),
                 _counts_text(row["recent_states"]),
             ]
         )
     print_rows(headers, table, wrap=["schedule"])  # the schedule is the only column that may wrap
+
+
+def _next_text(cat: "Catalog", row: dict[str, Any]) -> str:
+    progress = row["catching_up"]
+    if progress:  # its next run is the next of the backlog, at once
+        return f"catching up: {progress['created']:,} of {progress['total']:,}"
+    return short_text(cat, row["flow_id"], row["next_fire_at"])
 
 
 def _counts_text(counts: dict[str, int]) -> Cell:
