@@ -12,6 +12,8 @@ times to instants itself, following cron(8) "Daylight Saving Time and other time
 croniter (imported only here) only ever sees naive wall-clock datetimes and a normalised numeric
 expression. The time line is cut into segments of constant UTC offset (one per transition, plus
 one per UTC year), and each query asks croniter for one wall time per segment, never per minute.
+`count_fires` counts over the same segments without croniter (matchcount.py): a planner that
+skips or catches up years of fire times pays per calendar month, not per fire.
 """
 
 from __future__ import annotations
