@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
+from cronflow.catalog import Catalog, FlowSpec, catchup_progress, recorded_fire_holds
 from cronflow.errors import InvalidInputError
 from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
@@ -53,6 +53,7 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
                 "logical_date": last.get("logical_date"),
                 "state": last.get("state"),
                 "next_fire_at": _next_fire_text(cat, flow_id, state, now),
+                "catching_up": _catching_up(cat, flow_id, state, now),
                 "recent_states": counts.get(flow_id, {}),
                 "held_back": held[1] if held else None,
                 "held_fire_at": iso(held[0]) if held else None,
@@ -89,6 +90,16 @@ def _next_fire_text(cat: Catalog, flow_id: str, state: dict[str, Any], now: date
         return state["next_fire_at"]
     upcoming = cat.flows[flow_id].next_fires(now, 1)
     return iso(upcoming[0]) if upcoming else None
+
+
+def _catching_up(
+    cat: Catalog, flow_id: str, state: dict[str, Any], now: datetime
+) -> dict[str, int] | None:
+    """A catch-up under way: how many of its runs exist; the spec is parsed only then."""
+    if not state.get("catchup_from_at"):
+        return None
+    progress = catchup_progress(cat.flows[flow_id], state, now)
+    return {"created": progress[0], "total": progress[1]} if progress else None
 
 
 def parse_run_states(texts: list[str]) -> list[RunState]:

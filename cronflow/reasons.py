@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cronflow import control, deps
-from cronflow.catalog import Catalog, FlowSpec
+from cronflow.catalog import Catalog, FlowSpec, catchup_progress
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
 from cronflow.overview import held_back
@@ -60,11 +60,25 @@ class Explainer:
                 f"flow '{self.flow.flow_id}': the run of {self.when(held[0])} is {held[1]}; "
                 "it is created when one of them ends"
             )
+        reasons += self._catching_up()
         try:
             run = control.find_one_run(self.store, self.flow, date_text)
         except NotFoundError:
             return reasons + self._no_run(date_text)
         return reasons + self._run(run, task_id)
+
+    def _catching_up(self) -> list[str]:
+        flow = self.flow
+        row = next((r for r in self.store.flow_states() if r["flow_id"] == flow.flow_id), None)
+        progress = catchup_progress(flow, row, self.now) if row else None
+        if row is None or progress is None or flow.schedule is None:
+            return []
+        first = self.when(flow.schedule.next_after(from_iso(row["catchup_from_at"]) or self.now))
+        return [
+            f"flow '{flow.flow_id}' is catching up: {progress[0]:,} of {progress[1]:,} runs "
+            f"created (catchup=True: each fire time from {first} on gets a run, oldest first, "
+            f"{flow.max_active_runs} at a time)"
+        ]
 
     # --- no run ---------------------------------------------------------------------------
     def _no_run(self, date_text: str | None) -> list[str]:

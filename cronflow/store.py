@@ -135,6 +135,13 @@ def _waits_run_origin_and_holds(db: Database) -> None:
     db.execute("ALTER TABLE flows ADD COLUMN held_until TEXT")
 
 
+@migration("0006_planning_catchup_progress")
+def _catchup_progress(db: Database) -> None:
+    # Where a flow's catch-up began (its cursor then), while it lasts: `list` and `why` count
+    # the runs created since and the fire times still due from it.
+    db.execute("ALTER TABLE flows ADD COLUMN catchup_from_at TEXT")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -327,7 +334,7 @@ class Store:
         """What the scheduler reads of every flow at each tick (not the specs)."""
         return self._rows(
             """SELECT flow_id, paused, last_scheduled_at, error, next_fire_from, next_fire_at,
-               held_until FROM flows"""
+               held_until, catchup_from_at FROM flows"""
         )
 
     def flow(self, flow_id: str) -> dict[str, Any]:
@@ -434,6 +441,13 @@ class Store:
                     [state.value, iso(at), reason, run["run_id"], task_id],
                 )
             self.set_run_state(run["run_id"], RunState.RUNNING, at)
+
+    def set_catchup_from(self, flow_id: str, at: datetime | None) -> None:
+        """Record where the flow's catch-up began (None: it has caught up)."""
+        with self._write():
+            self.db.execute(
+                "UPDATE flows SET catchup_from_at = ? WHERE flow_id = ?", [iso(at), flow_id]
+            )
 
     def set_last_scheduled(self, flow_id: str, at: datetime) -> None:
         with self._write():

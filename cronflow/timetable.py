@@ -12,6 +12,8 @@ times to instants itself, following cron(8) "Daylight Saving Time and other time
 croniter (imported only here) only ever sees naive wall-clock datetimes and a normalised numeric
 expression. The time line is cut into segments of constant UTC offset (one per transition, plus
 one per UTC year), and each query asks croniter for one wall time per segment, never per minute.
+`count_fires` counts over the same segments without croniter (matchcount.py): a planner that
+skips or catches up years of fire times pays per calendar month, not per fire.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import copy
 import functools
 import re
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -31,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from cronflow.errors import ScheduleError
+from cronflow.matchcount import MatchCounter
 
 _TICK = timedelta(microseconds=1)
 _SAMPLE = timedelta(hours=12)  # no zone changes its offset twice within 12 hours
@@ -102,12 +105,14 @@ class Schedule:
     _spec: _Spec = field(init=False, repr=False, compare=False)
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _cron: croniter = field(init=False, repr=False, compare=False)
+    _counter: MatchCounter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = _parse(self.expression)
         object.__setattr__(self, "_zone", parse_timezone(self.timezone))
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_cron", _croniter_for(spec))
+        object.__setattr__(self, "_counter", MatchCounter(spec.values, spec.day_or))
 
     @classmethod
     def parse(cls, expression: str, timezone: str = "UTC") -> Schedule:
@@ -141,6 +146,20 @@ class Schedule:
         """Every fire instant t with after < t <= until, ascending, aware UTC."""
         start, end = _utc(after, "fires"), _utc(until, "fires")  # checked now, not lazily
         return self._iter_fires(start, end)
+
+    def count_fires(self, after: datetime, until: datetime) -> int:
+        """How many fire instants t have after < t <= until: len(list(fires(after, until))),
+        at a cost that grows with the calendar months spanned, not with the fires."""
+        start, end = _utc(after, "count_fires"), _utc(until, "count_fires")
+        total = 0
+        try:
+            seg = _segment_at(self._zone, start)
+            while seg.start <= end:  # a segment's fires are in [seg.start, seg.end)
+                total += self._count_in(seg, start, end)
+                seg = _segment_at(self._zone, seg.end)
+        except OverflowError:
+            pass  # next_after stops at the end of year 9998 too
+        return total
 
     def fires_on(self, day: date) -> list[datetime]:
         """The fire instants whose local date, in the schedule's timezone, is `day`."""
@@ -180,6 +199,17 @@ class Schedule:
         wall = walker.next(max(self._floor(seg) - _TICK, _wall(after, seg.offset)))
         return _instant(wall, seg.offset) if wall < _wall(seg.end, seg.offset) else None
 
+    def _count_in(self, seg: _Segment, after: datetime, until: datetime) -> int:
+        """_first_in's fires of `seg` in (after, until], counted rather than walked."""
+        lowest = max(self._floor(seg), _wall(after, seg.offset) + _TICK)
+        beyond = min(_wall(seg.end, seg.offset), _wall(until, seg.offset) + _TICK)
+        jumped = 0
+        gap = self._gap(seg)
+        if gap and after < seg.start <= until and self._counter.count(*gap):
+            # the skipped fixed times, and one right at the jump, fire once at seg.start
+            jumped, lowest = 1, max(lowest, gap[1] + _TICK)
+        return jumped + self._counter.count(lowest, beyond)
+
     def _last_in(self, seg: _Segment, before: datetime, walker: _Walker) -> datetime | None:
         wall = walker.prev(_wall(min(before, seg.end), seg.offset))
         if wall >= self._floor(seg):
@@ -212,14 +242,25 @@ class _Walker:
     def next(self, wall: datetime) -> datetime:
         """The first matching wall time strictly after `wall`."""
         if self._next is None or not self._next[0] <= wall < self._next[1]:
-            self._next = (wall, self._cron.get_next(datetime, start_time=wall))
+            self._next = (wall, _beyond_years(self._cron.get_next, wall))
         return self._next[1]
 
     def prev(self, wall: datetime) -> datetime:
         """The last matching wall time strictly before `wall`."""
         if self._prev is None or not self._prev[1] < wall <= self._prev[0]:
-            self._prev = (wall, self._cron.get_prev(datetime, start_time=wall))
+            self._prev = (wall, _beyond_years(self._cron.get_prev, wall))
         return self._prev[1]
+
+
+def _beyond_years(query: Callable[..., datetime], wall: datetime) -> datetime:
+    """croniter's answer; its ValueError for a year past 9999 (or before 1) is an OverflowError,
+    which next_after and prev_before turn into None."""
+    try:
+        return query(datetime, start_time=wall)
+    except ValueError as exc:
+        if "out of range" not in str(exc):
+            raise
+        raise OverflowError(str(exc)) from None
 
 
 # --- instants and wall clocks -------------------------------------------------------------------

@@ -15,6 +15,7 @@ PURE = {
     "config",
     "timeparse",
     "timetable",
+    "matchcount",
     "deps",
     "flow",
     "templates",

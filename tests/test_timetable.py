@@ -322,6 +322,7 @@ def test_the_ends_of_time_give_none() -> None:
     schedule = Schedule.parse("@yearly", "Europe/Paris")
     assert schedule.next_after(utc(9998, 6, 1)) == utc(9998, 12, 31, 23)
     assert schedule.next_after(utc(9999, 6, 1)) is None  # datetime stops at 9999
+    assert schedule.next_after(utc(9998, 12, 31, 23)) is None  # croniter would look in 10000
     assert Schedule.parse("@daily").prev_before(utc(1, 1, 1, 12)) == utc(1, 1, 1)
     assert Schedule.parse("@daily").prev_before(utc(1, 1, 1)) is None
 

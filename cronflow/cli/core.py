@@ -92,7 +92,12 @@ def list_flows(
 
 
 def _next_text(cat: Any, row: dict[str, Any]) -> Cell:
-    """The next fire time; a fire time held back by max_active_runs comes first, and says so."""
+    """The next fire time. During a catch-up, its progress instead (the next run is the next of
+    the backlog, as soon as max_active_runs allows); otherwise a fire time held back by
+    max_active_runs comes first, and says so."""
+    progress = row["catching_up"]
+    if progress:
+        return f"catching up: {progress['created']:,} of {progress['total']:,}"
     if row["held_back"]:
         return [
             (f"{short_text(cat, row['flow_id'], row['held_fire_at'])} {row['held_back']}", "yellow")
