@@ -13,6 +13,7 @@ from typing import Any
 
 from cronflow.catalog import Catalog, FlowSpec, recorded_fire_holds
 from cronflow.errors import InvalidInputError
+from cronflow.limits import checked_count
 from cronflow.states import RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
@@ -85,8 +86,7 @@ def run_rows(
     store: Store, flow: FlowSpec, states: list[str], since: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """`cronflow runs`: the flow's runs, newest first."""
-    if limit < 1:
-        raise InvalidInputError(f"--limit must be at least 1, got {limit}")
+    checked_count("--limit", limit)
     runs = store.runs_of_flow(
         flow.flow_id,
         states=parse_run_states(states),
@@ -122,8 +122,7 @@ def flow_detail(
 ) -> dict[str, Any]:
     """`cronflow show`: the flow's definition, its links to other flows, its next fire times
     and a grid of its last `runs` runs by task."""
-    if runs < 1:
-        raise InvalidInputError(f"--runs must be at least 1, got {runs}")
+    checked_count("--runs", runs)
     downstream: dict[str, list[str]] = {t: [] for t in flow.tasks}
     for task in flow.tasks.values():
         for up in task.upstream:
@@ -194,6 +193,7 @@ LIVE_STATES = (
 
 def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, list[dict[str, Any]]]:
     """`cronflow top`: task instances running or about to, and the latest failures."""
+    checked_count("--failures", failures, low=0)
     order = {s.value: i for i, s in enumerate(LIVE_STATES)}
     active = sorted(
         store.tis_in_states(LIVE_STATES),

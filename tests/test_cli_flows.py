@@ -162,7 +162,12 @@ def test_show_a_diamond_draws_a_shared_task_once(home, write_flow):
 
 def test_show_bad_input(daily):
     assert error(daily, "show", "nope") == "unknown flow 'nope' (known: daily)"
-    assert error(daily, "show", "daily", "--runs", "0") == "--runs must be at least 1, got 0"
+    assert error(daily, "show", "daily", "--runs", "0") == (
+        "--runs must be between 1 and 10,000, got 0"
+    )
+    assert error(daily, "show", "daily", "--runs", "99999999999999999999") == (
+        "--runs must be between 1 and 10,000, got 99999999999999999999"
+    )
 
 
 # --- pause ---------------------------------------------------------------------------------------

@@ -52,14 +52,9 @@ def db_backup(
     target: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the copy.")],
 ) -> None:
     """Copy the database while the daemon runs (SQLite online backup); the copy is owner-only."""
-    from cronflow.errors import InvalidInputError
     from cronflow.store import Store
 
     settings = settings_from_options()
-    if target.resolve() == settings.db_path.resolve():
-        raise InvalidInputError(f"{target} is the live database itself; choose another file")
-    if not target.parent.is_dir():
-        raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
     Store(settings.db_path).backup(target)
     typer.echo(f"backed up {settings.db_path} to {target} ({target.stat().st_size / 1e6:.1f} MB)")
 
