@@ -9,6 +9,7 @@ all is not diagnosed: the command says so, as every other command does.
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 from collections.abc import Callable
@@ -45,6 +46,7 @@ def diagnose(home: Path) -> list[Finding]:
         return [Finding("config", "fail", str(exc))]
     findings = [
         *_home_permissions(settings),
+        *_writable(settings),
         Finding("config", "ok", f"{home / CONFIG_NAME} is valid"),
     ]
     try:
@@ -94,6 +96,25 @@ def _home_permissions(settings: Settings) -> list[Finding]:
             "permissions",
             "ok",
             f"{settings.home}, its config, database and flows are private to their owner",
+        )
+    ]
+
+
+def _writable(settings: Settings) -> list[Finding]:
+    """The daemon and every change write the database, its journal beside it, and logs."""
+    read_only = [
+        p
+        for p in (settings.home, settings.db_path, settings.logs_dir)
+        if p.exists() and not os.access(p, os.W_OK)
+    ]
+    if not read_only:
+        return []
+    shown = ", ".join(str(p) for p in read_only)
+    return [
+        Finding(
+            "permissions",
+            "fail",
+            f"not writable by you: {shown}; run cronflow as the home's owner, or fix them",
         )
     ]
 

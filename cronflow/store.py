@@ -756,8 +756,10 @@ class Store:
         os.replace(partial, target)
 
     def integrity_problems(self) -> list[str]:
+        """What SQLite's quick_check finds, one problem a line (none: the database is sound)."""
         rows = self.conn.execute("PRAGMA quick_check").fetchall()
-        return [row[0] for row in rows if row[0] != "ok"]
+        lines = [line for row in rows for line in str(row[0]).splitlines()]
+        return [line for line in lines if line != "ok" and not line.startswith("*** ")]
 
     # --- variables, xcom ------------------------------------------------------------------
     def variables(self) -> dict[str, str]:
