@@ -329,3 +329,41 @@ def test_table_styles_are_rendered_as_rich_renders_them():
     assert set(STATE_STYLES.values()) - {"default"} <= set(SGR)
     for name, codes in SGR.items():
         assert Style.parse(name)._make_ansi_codes(ColorSystem.EIGHT_BIT) == codes, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["top", "--once", "--failures", "99999999999999999999"],
+            "--failures must be between 0 and 10,000, got 99999999999999999999",
+        ),
+        (["top", "--once", "--failures", "-1"], "--failures must be between 0 and 10,000, got -1"),
+        (
+            ["top", "--once", "--interval", "nan"],
+            "--interval must be between 0.1 and 3,600, got nan",
+        ),
+        (
+            ["top", "--once", "--interval", "1e308"],
+            "--interval must be between 0.1 and 3,600, got 1e+308",
+        ),
+        (["next", "--limit", "1000000"], "--limit must be between 1 and 10,000, got 1000000"),
+        (["next", "daily", "--limit", "10001"], "--limit must be between 1 and 10,000, got 10001"),
+    ],
+)
+def test_counts_and_intervals_are_bounded(daily, args, message):
+    assert error(daily, *args) == message
+
+
+@pytest.mark.parametrize(
+    ("args", "bound"),
+    [
+        (["runs"], "(1 to 10,000)"),
+        (["show"], "(1 to 10,000)"),
+        (["next"], "(1 to 10,000)"),
+        (["top"], "(0 to 10,000)"),
+        (["top"], "(0.1 to 3,600)"),
+    ],
+)
+def test_the_help_says_the_bounds(daily, args, bound):
+    assert bound in " ".join(ok(daily, *args, "--help").stdout.split())
