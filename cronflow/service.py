@@ -161,7 +161,6 @@ class UnitSpec:
         ]
         return "\n".join(lines) + "\n"
 
-
     def _user_hardening(self) -> str:
         """The user unit's sandbox: the home is writable (and reachable behind
         ProtectHome=tmpfs) wherever CRONFLOW_HOME puts it."""

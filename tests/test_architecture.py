@@ -20,6 +20,7 @@ PURE = {
     "templates",
     "states",
     "crontab",
+    "limits",
 }
 IO_AND_UP = {
     "store",
