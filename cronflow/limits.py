@@ -10,6 +10,7 @@ from cronflow.errors import InvalidInputError
 
 MAX_LISTED = 10_000  # runs, fire times, failures, grid columns: more is no longer a listing
 REFRESH_S = (0.1, 3600.0)  # `top --interval`
+MAX_AGE_DAYS = 36_500  # `db clean --older-than`: past that, a date before year 1
 
 
 def checked(option: str, value: float, low: float, high: float) -> float:
@@ -23,3 +24,12 @@ def checked(option: str, value: float, low: float, high: float) -> float:
 def checked_count(option: str, value: int, low: int = 1) -> int:
     """A number of items to list: from `low` to MAX_LISTED."""
     return int(checked(option, value, low, MAX_LISTED))
+
+
+def checked_age(option: str, seconds: float) -> float:
+    """An age given as a duration: at most MAX_AGE_DAYS."""
+    if not seconds <= MAX_AGE_DAYS * 86_400:
+        raise InvalidInputError(
+            f"{option} must be at most {MAX_AGE_DAYS:,} days, got {seconds / 86_400:,.0f} days"
+        )
+    return seconds

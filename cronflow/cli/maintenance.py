@@ -27,10 +27,11 @@ def db_clean(
 
     from cronflow.daemon import poke
     from cronflow.housekeeping import Report, clean_history
+    from cronflow.limits import checked_age
     from cronflow.store import Store
     from cronflow.timeparse import parse_duration
 
-    age_s = parse_duration(older_than, "--older-than")
+    age_s = checked_age("--older-than", parse_duration(older_than, "--older-than"))
     settings = settings_from_options()
     store = Store(settings.db_path)
     report = Report()
