@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cronflow import control
 from cronflow.catalog import FlowSpec
 from cronflow.config import Settings
 from cronflow.errors import DaemonError, InvalidInputError, NotFoundError
-from cronflow.logs import attempt_log_path, read_log
+from cronflow.logs import CHUNK_BYTES, attempt_log_path, open_log
 from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, TaskState
 from cronflow.store import Store
@@ -78,8 +78,9 @@ def find_attempt(
     return AttemptLog(flow, run, ti, chosen, path)
 
 
-def read_attempt(attempt: AttemptLog) -> bytes:
-    """The whole log of a try (compressed or not)."""
+def read_attempt(attempt: AttemptLog) -> Iterator[bytes]:
+    """The whole log of a try (compressed or not), in chunks, so that printing a log of any
+    size holds one chunk in memory. Errors (no such log) are raised here, before any chunk."""
     if attempt.path is None:
         state, run = attempt.ti["state"], attempt.run["logical_date"]
         if TaskState(state).is_finished:
@@ -92,9 +93,16 @@ def read_attempt(attempt: AttemptLog) -> bytes:
             "use -f to wait for it"
         )
     try:
-        return read_log(attempt.path)
+        handle = open_log(attempt.path)
     except FileNotFoundError:
         raise NotFoundError(f"no log for try {attempt.try_number} of {attempt.name}") from None
+    return _chunks(handle)
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            yield chunk
 
 
 def follow_attempt(
@@ -127,7 +135,7 @@ def follow_attempt(
         )
         attempt = AttemptLog(attempt.flow, attempt.run, ti, ti["try_number"], path)
     elif not current or attempt.ti["state"] not in ACTIVE_TASK_STATES:
-        yield read_attempt(attempt)
+        yield from read_attempt(attempt)
         return
     assert attempt.path is not None
 
@@ -170,8 +178,7 @@ def follow_file(
     offset, tail, grace_end = 0, b"", None
     while True:
         active = is_active()
-        chunk = _read_from(path, offset)
-        if chunk:
+        for chunk in _chunks_from(path, offset):
             offset += len(chunk)
             tail = (tail + chunk)[-4096:]
             yield chunk
@@ -182,10 +189,11 @@ def follow_file(
         sleep(POLL_S)
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def _chunks_from(path: Path, offset: int) -> Iterator[bytes]:
+    """What the file holds past `offset` now, in chunks (nothing while it does not exist)."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read()
+        handle = open(path, "rb")  # noqa: SIM115 - closed by _chunks
     except FileNotFoundError:
-        return b""
+        return iter(())
+    handle.seek(offset)
+    return _chunks(handle)

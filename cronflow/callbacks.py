@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -238,7 +239,7 @@ def _mail_failure(
             f"Log:          {ti['log_path'] or '-'}",
             "",
             f"The last {LOG_TAIL_LINES} lines of the log are attached.",
-            f"See it all with: cronflow logs {flow.flow_id} {ti['task_id']}",
+            f"See it all with: {logs_command(settings.home, flow.flow_id, ti, local)}",
         ]
     )
     tail = log_tail(Path(ti["log_path"]), masker) if ti["log_path"] else b""
@@ -246,6 +247,24 @@ def _mail_failure(
     message = build_message(server.sender, recipients, subject, body, [(name, tail)])
     send(server, message, recipients)
     log.info("failure mail sent to %s", ", ".join(recipients))
+
+
+def logs_command(home: Path, flow_id: str, ti: dict[str, Any], local_date: str) -> str:
+    """The `cronflow logs` command line that shows this very try, from any directory and as
+    any user who may read the home (hence --home)."""
+    return shlex.join(
+        [
+            "cronflow",
+            "--home",
+            str(home),
+            "logs",
+            f"{flow_id}.{ti['task_id']}",
+            "--date",
+            local_date,
+            "--try",
+            str(ti["try_number"]),
+        ]
+    )
 
 
 def log_tail(

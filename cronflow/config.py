@@ -1,20 +1,28 @@
 """CRONFLOW_HOME and cronflow.toml -> one Settings object.
 
 The home holds cronflow.toml, the state database, logs/ and (by default) flows/. Every setting
-has an embedded default, so an empty or missing cronflow.toml is a valid configuration.
+has an embedded default, so an empty or missing cronflow.toml is a valid configuration, and
+every number has sane bounds, so a slip of the keyboard is an error on load naming the key and
+the file. A directory is a home once `cronflow init` made it one (it holds cronflow.toml or
+cronflow.db): only `init` creates a home, so a typo in CRONFLOW_HOME is an error, never a new
+empty home that runs nothing.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cronflow.errors import ConfigError
+from cronflow.errors import ConfigError, HomeAccessError, HomeNotFoundError
 
 CONFIG_NAME = "cronflow.toml"
+DB_NAME = "cronflow.db"
 DEFAULT_POOL = "default"
 
 DEFAULT_CONFIG_TEXT = """\
@@ -105,7 +113,7 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.home / "cronflow.db"
+        return self.home / DB_NAME
 
     @property
     def logs_dir(self) -> Path:
@@ -142,14 +150,53 @@ def home_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return personal
 
 
+def is_home(home: Path) -> bool:
+    """Whether `cronflow init` made this directory a home (it holds cronflow.toml or
+    cronflow.db). HomeAccessError if this user may not even look into it."""
+    try:
+        return (home / CONFIG_NAME).exists() or (home / DB_NAME).exists()
+    except PermissionError:
+        raise HomeAccessError(home, denied_text(home)) from None
+
+
+def require_home(home: Path) -> None:
+    """What every command but `init` (and `check`, which needs none) asks first."""
+    if not is_home(home):
+        raise HomeNotFoundError(home)
+
+
+def denied_text(path: Path) -> str:
+    """'permission denied (owner root, mode 0700; you are nobody)', as far as can be seen."""
+    you = _user_name(os.geteuid())
+    try:
+        info = os.stat(path)
+    except OSError:
+        return f"permission denied (you are {you})"
+    mode = oct(stat.S_IMODE(info.st_mode)).replace("0o", "0")
+    return f"permission denied (owner {_user_name(info.st_uid)}, mode {mode}; you are {you})"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def load_settings(home: Path | None = None) -> Settings:
     """Read cronflow.toml of a home (missing file = defaults); ConfigError names file and key."""
     home = home or home_path()
     path = home / CONFIG_NAME
     data: dict[str, object] = {}
-    if path.exists():
+    try:
+        present = path.exists()
+    except PermissionError:
+        raise HomeAccessError(home, denied_text(home)) from None
+    if present:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except PermissionError:
+            raise HomeAccessError(path, denied_text(path)) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
@@ -176,21 +223,41 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {known})")
     flows_dir = Path(str(_typed(path, data, "flows_dir", str, "flows"))).expanduser()
     pools = _typed(path, data, "pools", dict, {})
+    low, high = BOUNDS["pools"]
     for name, slots in pools.items():
-        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
-            raise ConfigError(f"{path}: pools.{name} must be a positive integer, got {slots!r}")
+        if not isinstance(slots, int) or isinstance(slots, bool) or not low <= slots <= high:
+            raise ConfigError(
+                f"{path}: pools.{name} must be an integer between {low} and {high:,}, got {slots!r}"
+            )
     pools.setdefault(DEFAULT_POOL, 128)
     return Settings(
         home=home,
         flows_dir=flows_dir if flows_dir.is_absolute() else home / flows_dir,
-        parallelism=_positive(path, data, "parallelism", int, os.cpu_count() or 2),
+        parallelism=_bounded(path, data, "parallelism", int, min(os.cpu_count() or 2, 1024)),
         pools=pools,
-        import_timeout_s=_positive(path, data, "import_timeout_s", float, 30.0),
-        grace_period_s=_positive(path, data, "grace_period_s", float, 30.0),
+        import_timeout_s=_bounded(path, data, "import_timeout_s", float, 30.0),
+        grace_period_s=_bounded(path, data, "grace_period_s", float, 30.0),
         retention=_retention(path, _typed(path, data, "retention", dict, {})),
         smtp=_smtp(path, _typed(path, data, "smtp", dict, {})),
-        xcom_max_bytes=_positive(path, data, "xcom_max_bytes", int, 64 * 1024),
+        xcom_max_bytes=_bounded(path, data, "xcom_max_bytes", int, 64 * 1024),
     )
+
+
+# The bounds of every number of cronflow.toml, both included (a low bound of 0 for a duration
+# or a size means "more than 0"). Retention's days and megabytes may be 0: kept forever / no cap.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "parallelism": (1, 1024),
+    "pools": (1, 10_000),
+    "import_timeout_s": (0, 3600),
+    "grace_period_s": (0, 86_400),
+    "xcom_max_bytes": (1, 16 * 1024 * 1024),
+    "retention.compress_logs_after_days": (0, 36_500),
+    "retention.delete_logs_after_days": (0, 36_500),
+    "retention.max_logs_mb": (0, 100_000_000),
+    "retention.delete_runs_after_days": (0, 36_500),
+    "smtp.timeout_s": (0, 3600),
+}
+_MAY_BE_ZERO = {key for key in BOUNDS if key.startswith("retention.")}
 
 
 def _retention(path: Path, data: dict[str, object]) -> Retention:
@@ -203,9 +270,7 @@ def _retention(path: Path, data: dict[str, object]) -> Retention:
     values = {}
     for key, field_info in known.items():
         value = _typed(path, data, key, float, field_info.default)
-        if value < 0:
-            raise ConfigError(f"{path}: retention.{key} must be >= 0, got {value!r}")
-        values[key] = value
+        values[key] = _check_bounds(path, f"retention.{key}", value)
     return Retention(**values)
 
 
@@ -263,7 +328,7 @@ def _smtp(path: Path, data: dict[str, object]) -> SmtpSettings | None:
         password_env=data.get("password_env"),  # type: ignore[arg-type]
         sender=str(data.get("from") or f"cronflow@{os.uname().nodename}"),
         ca_file=data.get("ca_file"),  # type: ignore[arg-type]
-        timeout_s=float(data.get("timeout_s") or 30.0),  # type: ignore[arg-type]
+        timeout_s=_check_bounds(path, "smtp.timeout_s", data.get("timeout_s", 30.0)),
     )
 
 
@@ -276,8 +341,19 @@ def _typed(path: Path, data: dict[str, object], key: str, kind: type, default: o
     return value
 
 
-def _positive(path: Path, data: dict[str, object], key: str, kind: type, default: object):
-    value = _typed(path, data, key, kind, default)
-    if value <= 0:
-        raise ConfigError(f"{path}: {key} must be positive, got {value!r}")
+def _bounded(path: Path, data: dict[str, object], key: str, kind: type, default: object):
+    return _check_bounds(path, key, _typed(path, data, key, kind, default))
+
+
+def _check_bounds(path: Path, key: str, value: Any) -> Any:
+    """The value if it is within BOUNDS[key], else one line naming the file, key and bounds
+    (NaN is within no bounds)."""
+    low, high = BOUNDS[key]
+    if low == 0 and key not in _MAY_BE_ZERO:
+        if not 0 < value <= high:
+            raise ConfigError(
+                f"{path}: {key} must be more than 0 and at most {high:,}, got {value!r}"
+            )
+    elif not low <= value <= high:
+        raise ConfigError(f"{path}: {key} must be between {low} and {high:,}, got {value!r}")
     return value

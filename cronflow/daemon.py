@@ -29,7 +29,7 @@ from cronflow.catalog import Catalog
 from cronflow.config import Settings
 from cronflow.errors import DaemonError
 from cronflow.executor import LocalExecutor
-from cronflow.home import init_home
+from cronflow.home import daemon_home
 from cronflow.housekeeping import run_housekeeping
 from cronflow.importer import Importer
 from cronflow.scheduler import Clock, Scheduler, SystemClock
@@ -120,7 +120,6 @@ class Daemon:
 
     def run(self) -> None:
         lock = acquire_lock(self.settings.lock_path)
-        init_home(self.settings.home, example=False)  # e.g. a fresh systemd StateDirectory
         store = Store(self.settings.db_path)
         scheduler = Scheduler(
             store, self.settings, LocalExecutor(self.settings.parallelism), self.clock
@@ -287,6 +286,7 @@ def configure_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def run_daemon(settings: Settings) -> None:
+def run_daemon(home: Path) -> None:
+    """The daemon on an existing home, or on an empty directory it sets up (see home.py)."""
     configure_logging()
-    Daemon(settings).run()
+    Daemon(daemon_home(home)).run()

@@ -1,11 +1,15 @@
 """`cronflow doctor`: look over a home and say what is wrong, and what to do about it.
 
-Each check returns Findings (ok, warn or fail); a failure makes the command exit 1. Checks only
-read, except that opening the store applies pending migrations as any command would.
+Each check returns Findings (ok, warn or fail); a failure makes the command exit 1. A check that
+runs into a cronflow error (a damaged database, a missing flows directory) becomes that check's
+failure, with the error's advice, and the other checks still run. Checks only read, except that
+opening the store applies pending migrations as any command would. A path that is no home at
+all is not diagnosed: the command says so, as every other command does.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 from collections.abc import Callable
@@ -14,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cronflow import catalog
-from cronflow.config import CONFIG_NAME, Settings, load_settings
+from cronflow.config import CONFIG_NAME, Settings, load_settings, require_home
 from cronflow.daemon import HEARTBEAT_S, running_daemon_pid
-from cronflow.errors import CronflowError
+from cronflow.errors import CronflowError, StoreCorruptError
 from cronflow.housekeeping import log_files
 from cronflow.states import TaskState
 from cronflow.store import Store
@@ -34,14 +38,15 @@ class Finding:
 
 
 def diagnose(home: Path) -> list[Finding]:
-    if not home.is_dir():
-        return [Finding("home", "fail", f"{home} does not exist: run `cronflow init`")]
+    """Every check of a home; HomeNotFoundError / HomeAccessError if it is none, or not ours."""
+    require_home(home)
     try:
         settings = load_settings(home)
     except CronflowError as exc:
         return [Finding("config", "fail", str(exc))]
     findings = [
-        _home_permissions(settings),
+        *_home_permissions(settings),
+        *_writable(settings),
         Finding("config", "ok", f"{home / CONFIG_NAME} is valid"),
     ]
     try:
@@ -49,16 +54,19 @@ def diagnose(home: Path) -> list[Finding]:
     except CronflowError as exc:
         return [*findings, Finding("database", "fail", str(exc))]
     try:
-        checks: list[Callable[[Settings, Store], list[Finding]]] = [
-            _database,
-            _daemon,
-            _disk,
-            _stale_state,
-            _flows,
-            _logs,
+        checks: list[tuple[str, Callable[[Settings, Store], list[Finding]]]] = [
+            ("database", _database),
+            ("daemon", _daemon),
+            ("disk", _disk),
+            ("stale state", _stale_state),
+            ("flows", _flows),
+            ("logs", _logs),
         ]
-        for check in checks:
-            findings += check(settings, store)
+        for name, check in checks:
+            try:
+                findings += check(settings, store)
+            except CronflowError as exc:  # e.g. damaged pages met by this check's reads
+                findings.append(Finding(name, "fail", str(exc)))
     finally:
         store.close()
     return findings
@@ -68,30 +76,54 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def _home_permissions(settings: Settings) -> Finding:
-    open_to_others = [
-        p for p in (settings.home, settings.db_path) if p.exists() and _mode(p) & 0o077
-    ]
+def _home_permissions(settings: Settings) -> list[Finding]:
+    """The home, its config (it may hold the SMTP password), database (connection secrets)
+    and flows directory (code the daemon runs) are for their owner only, as `init` makes them."""
+    private = (
+        settings.home,
+        settings.home / CONFIG_NAME,
+        settings.db_path,
+        settings.flows_dir,
+    )
+    open_to_others = [p for p in private if p.exists() and _mode(p) & 0o077]
     if open_to_others:
         shown = ", ".join(f"{p} ({oct(_mode(p))})" for p in open_to_others)
-        return Finding(
-            "permissions", "warn", f"readable by others: {shown}; run chmod go-rwx on them"
+        return [
+            Finding("permissions", "warn", f"open to others: {shown}; run chmod go-rwx on them")
+        ]
+    return [
+        Finding(
+            "permissions",
+            "ok",
+            f"{settings.home}, its config, database and flows are private to their owner",
         )
-    return Finding(
-        "permissions", "ok", f"{settings.home} and its database are private to their owner"
-    )
+    ]
+
+
+def _writable(settings: Settings) -> list[Finding]:
+    """The daemon and every change write the database, its journal beside it, and logs."""
+    read_only = [
+        p
+        for p in (settings.home, settings.db_path, settings.logs_dir)
+        if p.exists() and not os.access(p, os.W_OK)
+    ]
+    if not read_only:
+        return []
+    shown = ", ".join(str(p) for p in read_only)
+    return [
+        Finding(
+            "permissions",
+            "fail",
+            f"not writable by you: {shown}; run cronflow as the home's owner, or fix them",
+        )
+    ]
 
 
 def _database(settings: Settings, store: Store) -> list[Finding]:
     problems = store.integrity_problems()
     if problems:
-        return [
-            Finding(
-                "database",
-                "fail",
-                f"integrity check failed: {problems[0]} (restore a `cronflow db backup`)",
-            )
-        ]
+        found = f"quick_check found {len(problems)} problem(s), first: {problems[0]}"
+        return [Finding("database", "fail", str(StoreCorruptError(settings.db_path, found)))]
     size = settings.db_path.stat().st_size
     return [Finding("database", "ok", f"{settings.db_path}: integrity ok, {size / 1e6:.1f} MB")]
 

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronflow.catalog import FlowSpec
+from cronflow.limits import checked_count
 from cronflow.timeparse import parse_date_or_datetime, start_of_day, to_utc
 
 _TICK = timedelta(microseconds=1)
@@ -50,6 +51,7 @@ def next_fires(
     flows: Iterable[FlowSpec], after_text: str | None, now: datetime, limit: int
 ) -> list[Fire]:
     """The `limit` soonest fire times of all `flows`, soonest first (ties by flow id)."""
+    checked_count("--limit", limit)
     streams = [
         [Fire(flow.flow_id, at, flow.tz) for at in flow.next_fires(after, limit)]
         for flow in sorted(flows, key=lambda f: f.flow_id)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cronflow.errors import CronflowError, FlowLoadError
+from cronflow.errors import ConfigError, CronflowError, FlowLoadError
 
 if TYPE_CHECKING:
     from cronflow.flow import Flow
@@ -51,12 +51,20 @@ def flow_file_paths(flows_dir: Path) -> list[Path]:
 
 
 def flow_file_names(flows_dir: Path) -> list[str]:
-    """flow_file_paths as sorted strings: what the catalog stats every few seconds."""
+    """flow_file_paths as sorted strings: what the catalog stats every few seconds. A missing
+    directory is an error, never "no files": that would forget every flow and its state."""
     try:
         entries = list(os.scandir(flows_dir))  # not Path.glob: 4x faster over 500 files
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:  # never "no files": that would forget every flow and its state
+    except FileNotFoundError:
+        raise ConfigError(
+            f"the flows directory {flows_dir} does not exist: create it "
+            f"(mkdir -m 700 {flows_dir}), or fix flows_dir in cronflow.toml"
+        ) from None
+    except NotADirectoryError:
+        raise ConfigError(
+            f"the flows directory {flows_dir} is not a directory: fix flows_dir in cronflow.toml"
+        ) from None
+    except OSError as exc:
         raise FlowLoadError(f"{flows_dir}: cannot list flow files: {exc.strerror}") from None
     return sorted(
         e.path

@@ -2,9 +2,10 @@
 
 The task's own stdout and stderr go straight to the file (the daemon holds no pipe to a task);
 cronflow adds a timestamped header and footer line per attempt. Retention may later replace a
-log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `read_log`. The
-last line a failed task wrote is part of its reason ("exit code 4: no such table"), read from the
-log's end only.
+log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `open_log`,
+and read in chunks of CHUNK_BYTES: a log may be far bigger than the memory a reader should use.
+The last line a failed task wrote is part of its reason ("exit code 4: no such table"), read
+from the log's end only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from cronflow.timeparse import from_iso, to_utc
 
@@ -44,15 +46,23 @@ def existing_log(path: Path) -> Path | None:
     return None
 
 
-def read_log(path: Path) -> bytes:
-    """A task log's bytes, compressed or not; FileNotFoundError if neither exists."""
+CHUNK_BYTES = 64 * 1024
+
+
+def open_log(path: Path) -> BinaryIO:
+    """A task log opened for reading, compressed or not; FileNotFoundError if neither exists."""
     found = existing_log(path)
     if found is None:
         raise FileNotFoundError(path)
     if found.suffix == ".gz":
-        with gzip.open(found, "rb") as handle:
-            return handle.read()
-    return found.read_bytes()
+        return gzip.open(found, "rb")  # type: ignore[return-value]
+    return open(found, "rb")
+
+
+def read_log(path: Path) -> bytes:
+    """A (small) task log's bytes, compressed or not; FileNotFoundError if neither exists."""
+    with open_log(path) as handle:
+        return handle.read()
 
 
 def _make_private_dirs(directory: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from cronflow.catalog import Catalog, FlowSpec, catchup_progress, recorded_fire_holds
 from cronflow.errors import InvalidInputError
+from cronflow.limits import checked_count
 from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
@@ -126,8 +127,7 @@ def run_rows(
     store: Store, flow: FlowSpec, states: list[str], since: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """`cronflow runs`: the flow's runs, newest first."""
-    if limit < 1:
-        raise InvalidInputError(f"--limit must be at least 1, got {limit}")
+    checked_count("--limit", limit)
     runs = store.runs_of_flow(
         flow.flow_id,
         states=parse_run_states(states),
@@ -211,8 +211,7 @@ def flow_detail(
 ) -> dict[str, Any]:
     """`cronflow show`: the flow's definition, its links to other flows, its next fire times
     and a grid of its last `runs` runs by task."""
-    if runs < 1:
-        raise InvalidInputError(f"--runs must be at least 1, got {runs}")
+    checked_count("--runs", runs)
     downstream: dict[str, list[str]] = {t: [] for t in flow.tasks}
     for task in flow.tasks.values():
         for up in task.upstream:
@@ -293,6 +292,7 @@ LIVE_STATES = (
 
 def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
     """`cronflow top`: task instances running or about to, and the latest failures."""
+    checked_count("--failures", failures, low=0)
     order = {s.value: i for i, s in enumerate(LIVE_STATES)}
     active = sorted(
         store.tis_in_states(LIVE_STATES),

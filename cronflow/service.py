@@ -2,8 +2,9 @@
 
 The system unit runs the daemon as a dedicated user with its home in systemd's StateDirectory,
 Type=notify (the daemon sends READY=1 once flows are loaded and WATCHDOG=1 with each heartbeat),
-Restart=on-failure, and as much sandboxing as running users' flows allows. The settings left out
-on purpose, and why, are listed in README.md ("Running as a service").
+Restart=on-failure, and as much sandboxing as running users' flows allows. The user unit gets
+every sandboxing option a user manager honours (in a user namespace it sets up itself). The
+settings left out on purpose, and why, are listed in README.md ("Running as a service").
 """
 
 from __future__ import annotations
@@ -72,6 +73,41 @@ RemoveIPC=yes
 """
 
 
+# What a user manager (systemctl --user) honours, as the user who owns it: these options make
+# it run the service in a user namespace of its own (PrivateUsers). The user's home (%h) stays
+# writable and its runtime directory (%t: systemd's notify socket) reachable; other users'
+# homes are hidden (ProtectHome=tmpfs). Left out, and why: README.md, "Running as a service".
+_USER_HARDENING = """\
+# Sandboxing: see README.md, "Running as a service", for what is left out and why.
+NoNewPrivileges=yes
+PrivateUsers=yes
+ProtectSystem=strict
+ReadWritePaths={writable}
+ProtectHome=tmpfs
+BindPaths={bound}
+PrivateTmp=yes
+PrivateMounts=yes
+PrivateDevices=yes
+PrivateIPC=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+CapabilityBoundingSet=
+AmbientCapabilities=
+KeyringMode=private
+"""
+
+
 @dataclass(frozen=True)
 class UnitSpec:
     executable: Path
@@ -117,13 +153,23 @@ class UnitSpec:
         if self.user:
             lines.append(_HARDENING.format(home=self.home, protect_home=self.protect_home).rstrip())
         else:
-            lines += ["NoNewPrivileges=yes"]
+            lines.append(self._user_hardening())
         lines += [
             "",
             "[Install]",
             "WantedBy=multi-user.target" if self.user else "WantedBy=default.target",
         ]
         return "\n".join(lines) + "\n"
+
+    def _user_hardening(self) -> str:
+        """The user unit's sandbox: the home is writable (and reachable behind
+        ProtectHome=tmpfs) wherever CRONFLOW_HOME puts it."""
+        writable, bound = ["%h"], ["%h", "%t"]
+        if not (str(self.home).startswith("%h") or self.home.is_relative_to(Path.home())):
+            writable.append(str(self.home))
+            if _under_home(self.home):
+                bound.append(str(self.home))
+        return _USER_HARDENING.format(writable=" ".join(writable), bound=" ".join(bound)).rstrip()
 
 
 def _under_home(path: Path) -> bool:

@@ -3,10 +3,17 @@
 The only importer of sqlite_utils. WAL lets the CLI read while the daemon writes; every state
 change is one short IMMEDIATE transaction, so a crash at any instant leaves the previous or the
 next consistent state, never half of one. Datetimes are stored as UTC ISO 8601 text.
+
+Every public method goes through one guard (`_guarded`): a failure of the database or its file
+(locked past the busy timeout, damaged pages, read-only, disk full, no permission) becomes a
+typed StoreError that says what to do, for the CLI to show as one line; any other SQLite error
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import sqlite3
@@ -18,7 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cronflow.deps import run_outcome
-from cronflow.errors import CronflowError, NotFoundError, StoreError
+from cronflow.errors import (
+    CronflowError,
+    InvalidInputError,
+    NotFoundError,
+    StoreAccessError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+)
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.timeparse import iso
 
@@ -26,7 +41,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
     from sqlite_utils.migrations import Migrations
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_S = 30.0
 
 MIGRATION_SET = "cronflow"
 # (name, function) in order. Applied through sqlite-utils' Migrations, which is imported only
@@ -149,28 +164,96 @@ class RunExistsError(CronflowError):
     """A run already exists for that flow and logical date."""
 
 
+_FIX_ACCESS = (
+    "run cronflow as the owner of the home, or make the database and its directory writable"
+)
+# What a user can do about an OS error (errno) or a SQLite result code; the rest are bugs.
+_OS_ACTIONS = {
+    errno.EACCES: _FIX_ACCESS,
+    errno.EPERM: _FIX_ACCESS,
+    errno.EROFS: "the file system is read-only: remount it read-write, or move the home",
+    errno.ENOSPC: "the disk is full: free some space (`cronflow db clean`, old logs)",
+    errno.EDQUOT: "the disk quota is exhausted: free some space (`cronflow db clean`, old logs)",
+    errno.EIO: "the disk reports I/O errors: check it (dmesg), then restore a backup",
+}
+_SQLITE_ACTIONS = {
+    sqlite3.SQLITE_READONLY: _FIX_ACCESS,
+    sqlite3.SQLITE_CANTOPEN: _FIX_ACCESS,
+    sqlite3.SQLITE_PERM: _FIX_ACCESS,
+    sqlite3.SQLITE_FULL: _OS_ACTIONS[errno.ENOSPC],
+    sqlite3.SQLITE_IOERR: _OS_ACTIONS[errno.EIO],
+}
+
+
+def store_error(path: Path, exc: BaseException, busy_timeout_s: float) -> StoreError | None:
+    """The typed error for a failure of the database or its file, or None for a bug."""
+    if isinstance(exc, OSError):
+        action = _OS_ACTIONS.get(exc.errno or 0)
+        if action is None:
+            return None
+        where = Path(exc.filename) if exc.filename else path
+        return StoreAccessError(where, exc.strerror or str(exc), action)
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    ):
+        return None
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreLockedError(path, busy_timeout_s)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreCorruptError(path, str(exc))
+    if code in _SQLITE_ACTIONS:
+        return StoreAccessError(path, str(exc), _SQLITE_ACTIONS[code])
+    return None
+
+
+def _guarded(cls: type[Store]) -> type[Store]:
+    """Wrap every public method (and __init__) of the store in the translation above: one
+    place for every query, present and future, instead of a try around each."""
+
+    def guard(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlite3.Error, OSError) as exc:
+                error = store_error(self.path, exc, self.busy_timeout_s)
+                if error is None:
+                    raise
+                raise error from exc
+
+        return guarded
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and (name == "__init__" or not name.startswith("_")):
+            setattr(cls, name, guard(member))
+    return cls
+
+
+@_guarded
 class Store:
     """Typed access to the state database. One instance per process; not thread-safe."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             # Owner-only from the first byte: the database holds connection secrets.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self.conn = conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+        self._secrets_epoch = 0
+        self._secrets_cache: tuple[tuple[int, int], list[str]] | None = None
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the state database {path}: {exc}") from None
-        self.conn = conn
-        self._secrets_epoch = 0
-        self._secrets_cache: tuple[tuple[int, int], list[str]] | None = None
-        self._migrate()
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
 
     @cached_property
     def db(self) -> Database:
@@ -735,18 +818,36 @@ class Store:
 
     def backup(self, target: Path) -> None:
         """An online, consistent copy of the database (SQLite's backup API), owner-only."""
+        if target.is_dir():
+            raise InvalidInputError(
+                f"{target} is a directory: name the copy's file, e.g. {target / 'cronflow.db'}"
+            )
+        if target.resolve() == self.path.resolve():
+            raise InvalidInputError(f"{target} is the live database itself; choose another file")
+        if not target.parent.is_dir():
+            raise InvalidInputError(
+                f"cannot write {target}: directory {target.parent} does not exist"
+            )
         partial = target.with_name(target.name + ".partial")
         os.close(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
         destination = sqlite3.connect(partial)
         try:
             self.conn.backup(destination)
+        except sqlite3.Error as exc:
+            partial.unlink(missing_ok=True)
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code in _SQLITE_ACTIONS:  # the copy's side: its disk, its directory
+                raise StoreAccessError(target, str(exc), _SQLITE_ACTIONS[code]) from exc
+            raise
         finally:
             destination.close()
         os.replace(partial, target)
 
     def integrity_problems(self) -> list[str]:
+        """What SQLite's quick_check finds, one problem a line (none: the database is sound)."""
         rows = self.conn.execute("PRAGMA quick_check").fetchall()
-        return [row[0] for row in rows if row[0] != "ok"]
+        lines = [line for row in rows for line in str(row[0]).splitlines()]
+        return [line for line in lines if line != "ok" and not line.startswith("*** ")]
 
     # --- variables, xcom ------------------------------------------------------------------
     def variables(self) -> dict[str, str]:

@@ -21,6 +21,7 @@ PURE = {
     "templates",
     "states",
     "crontab",
+    "limits",
 }
 IO_AND_UP = {
     "store",

@@ -105,7 +105,11 @@ def test_next_of_a_flow_without_schedule_says_so(home: Path, name: str, source: 
     [
         (["next", "nope"], "Error: unknown flow 'nope'"),
         (["next", "daily", "--after", "yesterday"], "Error: bad date 'yesterday'"),
-        (["next", "daily", "--limit", "0"], "Invalid value for '--limit'"),
+        (["next", "daily", "--limit", "0"], "Error: --limit must be between 1 and 10,000, got 0"),
+        (
+            ["next", "--limit", "99999999999999999999"],
+            "Error: --limit must be between 1 and 10,000, got 99999999999999999999",
+        ),
     ],
 )
 def test_next_errors_exit_2(home: Path, args: list[str], message: str) -> None:

@@ -168,7 +168,12 @@ def test_show_a_diamond_draws_a_shared_task_once(home, write_flow):
 
 def test_show_bad_input(daily):
     assert error(daily, "show", "nope") == "unknown flow 'nope' (known: daily)"
-    assert error(daily, "show", "daily", "--runs", "0") == "--runs must be at least 1, got 0"
+    assert error(daily, "show", "daily", "--runs", "0") == (
+        "--runs must be between 1 and 10,000, got 0"
+    )
+    assert error(daily, "show", "daily", "--runs", "99999999999999999999") == (
+        "--runs must be between 1 and 10,000, got 99999999999999999999"
+    )
 
 
 # --- pause ---------------------------------------------------------------------------------------
@@ -400,3 +405,41 @@ def test_why_says_when_a_wait_has_nothing_to_wait_for(home, write_flow):
         "it waits for weekly 2024-03-04: 0 of 1 runs succeeded"
         in why(home, "after", "--date", "2024-03-04")[1]
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["top", "--once", "--failures", "99999999999999999999"],
+            "--failures must be between 0 and 10,000, got 99999999999999999999",
+        ),
+        (["top", "--once", "--failures", "-1"], "--failures must be between 0 and 10,000, got -1"),
+        (
+            ["top", "--once", "--interval", "nan"],
+            "--interval must be between 0.1 and 3,600, got nan",
+        ),
+        (
+            ["top", "--once", "--interval", "1e308"],
+            "--interval must be between 0.1 and 3,600, got 1e+308",
+        ),
+        (["next", "--limit", "1000000"], "--limit must be between 1 and 10,000, got 1000000"),
+        (["next", "daily", "--limit", "10001"], "--limit must be between 1 and 10,000, got 10001"),
+    ],
+)
+def test_counts_and_intervals_are_bounded(daily, args, message):
+    assert error(daily, *args) == message
+
+
+@pytest.mark.parametrize(
+    ("args", "bound"),
+    [
+        (["runs"], "(1 to 10,000)"),
+        (["show"], "(1 to 10,000)"),
+        (["next"], "(1 to 10,000)"),
+        (["top"], "(0 to 10,000)"),
+        (["top"], "(0.1 to 3,600)"),
+    ],
+)
+def test_the_help_says_the_bounds(daily, args, bound):
+    assert bound in " ".join(ok(daily, *args, "--help").stdout.split())

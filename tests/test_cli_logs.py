@@ -4,11 +4,15 @@ with the real daemon is in test_cli_daemon.py)."""
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 
 import pytest
 from clikit import DAILY, error, invoke, ok, store
 
-from cronflow.logs import attempt_log_path
+from cronflow.attempts import follow_file
+from cronflow.logs import CHUNK_BYTES, attempt_log_path
 
 
 @pytest.fixture
@@ -73,3 +77,76 @@ def test_logs_bad_input(daily):
 def test_logs_try_must_be_a_number(daily):
     result = invoke(daily, "logs", "daily.b", "--try", "last")
     assert result.exit_code == 2  # typer's own check of an int option
+
+
+# --- big logs: streamed, never read whole ----------------------------------------------------------
+
+BIG_LOG_BYTES = 96 * 1024 * 1024  # read whole, it takes the RSS well over MAX_RSS_BYTES
+MAX_RSS_BYTES = 100 * 1024 * 1024  # Python, typer and cronflow take about 50 MB
+
+
+def _write_big_log(path, compressed: bool, size: int = BIG_LOG_BYTES) -> int:
+    """A log of `size` bytes of numbered lines; returns its uncompressed size."""
+    line = b"x" * 1000 + b"\n"
+    block = b"".join(b"%08d " % n + line for n in range(1000))
+    target = path.with_name(path.name + ".gz") if compressed else path
+    written = 0
+    with gzip.open(target, "wb", compresslevel=1) if compressed else open(target, "wb") as handle:
+        while written < size:
+            handle.write(block)
+            written += len(block)
+    if compressed:
+        path.unlink(missing_ok=True)
+    return written
+
+
+def _peak_rss_of(home, *args: str, out_path) -> tuple[int, int]:
+    """Run `cronflow ARGS` with stdout to a file: (exit code, peak RSS in bytes of that process)."""
+    env = {**os.environ, "CRONFLOW_HOME": str(home), "NO_COLOR": "1"}
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cronflow", *args], stdout=out, stderr=subprocess.PIPE, env=env
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024
+
+
+@pytest.mark.parametrize(
+    ("compressed", "follow"),
+    [(False, False), (True, False), (False, True)],
+    ids=["plain", "gzip", "follow"],
+)
+def test_a_big_log_is_streamed_in_bounded_memory(daily, tmp_path, compressed, follow):
+    path = attempt_log_path(daily / "logs", "daily", "b", store(daily).run(1)["logical_date"], 2)
+    size = _write_big_log(path, compressed)
+    out = tmp_path / "shown.log"
+    args = ["logs", "daily.b", *(["-f"] if follow else [])]
+    code, peak = _peak_rss_of(daily, *args, out_path=out)
+    assert code == 0
+    assert out.stat().st_size == size
+    assert peak < MAX_RSS_BYTES, f"peak RSS {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB log"
+
+
+def test_following_a_growing_log_yields_bounded_chunks(tmp_path):
+    path = tmp_path / "try-1.log"
+    path.write_bytes(b"a" * (3 * CHUNK_BYTES + 10) + b"cronflow: try 1 ended\n")
+    chunks = list(follow_file(path, lambda: False, b"cronflow: try 1 ", sleep=lambda _s: None))
+    assert max(len(c) for c in chunks) <= CHUNK_BYTES
+    assert b"".join(chunks) == path.read_bytes()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(daily):
+    path = attempt_log_path(daily / "logs", "daily", "b", store(daily).run(1)["logical_date"], 2)
+    _write_big_log(path, compressed=False, size=8 * 1024 * 1024)  # far more than a pipe holds
+    env = {**os.environ, "CRONFLOW_HOME": str(daily)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cronflow", "logs", "daily.b"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"00000000 ")
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(60) == 0
+    assert proc.stderr is not None and proc.stderr.read() == b""

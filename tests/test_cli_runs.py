@@ -49,7 +49,12 @@ def test_runs_bad_input_is_one_line_and_exit_2(daily):
     assert error(daily, "runs", "daily", "--since", "2024-02-30") == (
         "bad date '2024-02-30': no such day"
     )
-    assert error(daily, "runs", "daily", "--limit", "0") == "--limit must be at least 1, got 0"
+    assert error(daily, "runs", "daily", "--limit", "0") == (
+        "--limit must be between 1 and 10,000, got 0"
+    )
+    assert error(daily, "runs", "daily", "--limit", "99999999999999999999") == (
+        "--limit must be between 1 and 10,000, got 99999999999999999999"
+    )
 
 
 def test_list_queries_use_indexes(daily):

@@ -162,12 +162,18 @@ def test_unknown_key_names_it_and_the_known_keys(tmp_path: Path) -> None:
         ('parallelism = "4"', r"parallelism must be int, got '4'"),
         ("parallelism = 2.5", r"parallelism must be int, got 2.5"),
         ("parallelism = true", r"parallelism must be int, got True"),
-        ("parallelism = 0", r"parallelism must be positive, got 0"),
-        ("parallelism = -3", r"parallelism must be positive, got -3"),
+        ("parallelism = 0", r"parallelism must be between 1 and 1,024, got 0"),
+        ("parallelism = -3", r"parallelism must be between 1 and 1,024, got -3"),
         ('import_timeout_s = "30s"', r"import_timeout_s must be float, got '30s'"),
         ("import_timeout_s = false", r"import_timeout_s must be float, got False"),
-        ("import_timeout_s = 0", r"import_timeout_s must be positive, got 0.0"),
-        ("grace_period_s = -1.5", r"grace_period_s must be positive, got -1.5"),
+        (
+            "import_timeout_s = 0",
+            r"import_timeout_s must be more than 0 and at most 3,600, got 0.0",
+        ),
+        (
+            "grace_period_s = -1.5",
+            r"grace_period_s must be more than 0 and at most 86,400, got -1.5",
+        ),
         ("grace_period_s = [30]", r"grace_period_s must be float, got \[30\]"),
         ("flows_dir = 3", r"flows_dir must be str, got 3"),
         ("flows_dir = true", r"flows_dir must be str, got True"),
@@ -190,15 +196,98 @@ def test_wrong_types_name_file_key_and_value(tmp_path: Path, text: str, pattern:
         ("1.5", "1.5"),
         ("true", "True"),
         ("{ slots = 3 }", r"\{'slots': 3\}"),
+        ("10001", "10001"),
+        ("99999999999999999999", "99999999999999999999"),
     ],
 )
 def test_bad_pool_slots(tmp_path: Path, slots: str, shown: str) -> None:
     path = write_config(tmp_path, f"[pools]\nstation = {slots}\n")
     with pytest.raises(
         ConfigError,
-        match=rf"^{re.escape(str(path))}: pools.station must be a positive integer, got {shown}$",
+        match=rf"^{re.escape(str(path))}: pools.station must be an integer between 1 and 10,000, "
+        rf"got {shown}$",
     ):
         load_settings(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("parallelism = 100000", "parallelism must be between 1 and 1,024, got 100000"),
+        (
+            "parallelism = 99999999999999999999",
+            "parallelism must be between 1 and 1,024, got 99999999999999999999",
+        ),
+        (
+            "import_timeout_s = nan",
+            "import_timeout_s must be more than 0 and at most 3,600, got nan",
+        ),
+        (
+            "import_timeout_s = inf",
+            "import_timeout_s must be more than 0 and at most 3,600, got inf",
+        ),
+        (
+            "import_timeout_s = 3601",
+            "import_timeout_s must be more than 0 and at most 3,600, got 3601.0",
+        ),
+        (
+            "grace_period_s = 1e12",
+            "grace_period_s must be more than 0 and at most 86,400, got 1000000000000.0",
+        ),
+        (
+            "grace_period_s = -inf",
+            "grace_period_s must be more than 0 and at most 86,400, got -inf",
+        ),
+        ("xcom_max_bytes = 0", "xcom_max_bytes must be between 1 and 16,777,216, got 0"),
+        (
+            "xcom_max_bytes = 1073741824",
+            "xcom_max_bytes must be between 1 and 16,777,216, got 1073741824",
+        ),
+        (
+            "[retention]\ndelete_runs_after_days = 1e10",
+            "retention.delete_runs_after_days must be between 0 and 36,500, got 10000000000.0",
+        ),
+        (
+            "[retention]\ncompress_logs_after_days = nan",
+            "retention.compress_logs_after_days must be between 0 and 36,500, got nan",
+        ),
+        (
+            "[retention]\nmax_logs_mb = -1",
+            "retention.max_logs_mb must be between 0 and 100,000,000, got -1.0",
+        ),
+        (
+            '[smtp]\nhost = "mail"\ntimeout_s = 0',
+            "smtp.timeout_s must be more than 0 and at most 3,600, got 0.0",
+        ),
+        (
+            '[smtp]\nhost = "mail"\ntimeout_s = nan',
+            "smtp.timeout_s must be more than 0 and at most 3,600, got nan",
+        ),
+    ],
+)
+def test_numbers_out_of_bounds_are_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write_config(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tmp_path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_numbers_at_their_bounds_are_accepted(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        "parallelism = 1024\nimport_timeout_s = 3600\ngrace_period_s = 0.5\n"
+        "xcom_max_bytes = 16777216\n[pools]\nbig = 10000\n"
+        "[retention]\ndelete_runs_after_days = 0\nmax_logs_mb = 0\n",
+    )
+    settings = load_settings(tmp_path)
+    assert (settings.parallelism, settings.import_timeout_s, settings.grace_period_s) == (
+        1024,
+        3600.0,
+        0.5,
+    )
+    assert settings.pools["big"] == 10_000 and settings.retention.max_logs_mb == 0
 
 
 def test_config_error_is_a_value_error(tmp_path: Path) -> None:

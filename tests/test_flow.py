@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cronflow import Flow, FlowDependency, Python, Shell, Task
-from cronflow.errors import FlowDefinitionError, FlowLoadError, TemplateError
+from cronflow.errors import ConfigError, FlowDefinitionError, FlowLoadError, TemplateError
 from cronflow.flow import TASK_DEFAULTS, collecting_flows
 from cronflow.loader import LoadResult, describe_file, flow_file_paths, load_files
 from cronflow.ops import Launch, launch_for
@@ -591,8 +591,15 @@ def test_flow_file_paths_skips_private_hidden_and_non_python(tmp_path: Path) -> 
     assert flow_file_paths(tmp_path) == [tmp_path / "a.py", tmp_path / "b.py"]
 
 
-def test_flow_file_paths_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
-    assert flow_file_paths(tmp_path / "missing") == []
+def test_a_missing_or_non_directory_flows_dir_is_an_error_not_an_empty_list(
+    tmp_path: Path,
+) -> None:
+    # "No files" would make the catalog forget every flow, with its pause state and cursor.
+    with pytest.raises(ConfigError, match=r"flows directory .*/missing does not exist: create it"):
+        flow_file_paths(tmp_path / "missing")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"flows directory .*/file is not a directory"):
+        flow_file_paths(tmp_path / "file")
 
 
 @pytest.mark.usefixtures("clean_imports")

@@ -101,6 +101,11 @@ def test_db_clean_rejects_a_bad_age(home):
     result = cli(home, "db", "clean", "--older-than", "soon")
     assert result.returncode == 2
     assert result.stderr.startswith("Error: --older-than: cannot read 'soon'")
+    huge = cli(home, "db", "clean", "--older-than", "99999999999d")
+    assert huge.returncode == 2
+    assert huge.stderr == (
+        "Error: --older-than must be at most 36,500 days, got 99,999,999,999 days\n"
+    )
 
 
 def test_db_backup_is_a_consistent_private_copy(home, write_flow, tmp_path):

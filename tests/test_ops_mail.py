@@ -3,6 +3,10 @@ STARTTLS (or TLS from the first byte) and a login, and receives and parses every
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+
 from clikit import invoke
 from opskit import Runner
 
@@ -174,7 +178,28 @@ def test_failure_mail_from_cronflow_toml_with_the_log_tail(home, write_flow, smt
     )
     body = message.get_body().get_content()
     assert "Reason:       exit code 4: boom with ***\n" in body  # the last line, masked
-    assert "See it all with: cronflow logs nightly load" in body
+    # The command the mail gives works as written: the whole log of that very try.
+    (command,) = [line.split(": ", 1)[1] for line in body.splitlines() if "See it all" in line]
+    argv = shlex.split(command)
+    assert argv[0] == "cronflow"
+    assert argv[1:] == [
+        "--home",
+        str(home),
+        "logs",
+        "nightly.load",
+        "--date",
+        "2024-03-01T00:00:00+00:00",
+        "--try",
+        "2",
+    ]
+    shown = subprocess.run(
+        [sys.executable, "-m", "cronflow", *argv[1:]], capture_output=True, text=True, cwd="/"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "line 1\n" in shown.stdout and "line 50\n" in shown.stdout and "try 2 ended" in shown.stdout
+    )
+    assert "db-secret-4242" not in shown.stdout
     (attachment,) = message.iter_attachments()
     assert attachment.get_filename() == "nightly.load.try-2.log.txt"
     tail = attachment.get_content()

@@ -234,7 +234,7 @@ def test_smtp_section_errors_name_the_file_and_key(tmp_path, text, message):
 
 def test_xcom_max_bytes_must_be_positive(tmp_path):
     (tmp_path / "cronflow.toml").write_text("xcom_max_bytes = 0\n")
-    with pytest.raises(ConfigError, match="xcom_max_bytes must be positive"):
+    with pytest.raises(ConfigError, match="xcom_max_bytes must be between 1 and 16,777,216, got 0"):
         load_settings(tmp_path)
 
 

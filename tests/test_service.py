@@ -124,3 +124,51 @@ def test_install_service_user_dry_run(home):
 
 def test_systemctl_is_available_for_the_suite():
     assert shutil.which("systemd-analyze"), "tests/run.sh installs systemd for systemd-analyze"
+
+
+def test_user_unit_has_the_sandbox_a_user_manager_honours():
+    lines = user_unit().splitlines()
+    for line in [
+        "NoNewPrivileges=yes",
+        "PrivateUsers=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=%h",
+        "ProtectHome=tmpfs",
+        "BindPaths=%h %t",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "PrivateIPC=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectControlGroups=yes",
+        "RestrictNamespaces=yes",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=",
+    ]:
+        assert line in lines, line
+    # Accepted by a user manager but not applied (no PID namespace of its own), or harmful.
+    for absent in ("ProtectProc=", "ProcSubset=", "RemoveIPC=", "User="):
+        assert not any(line.startswith(absent) for line in lines), absent
+
+
+def test_user_unit_exposure_score_stays_low(tmp_path):
+    unit = tmp_path / "cronflow.service"
+    unit.write_text(user_unit(cronflow_executable()))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
+    )
+    score = re.search(r"Overall exposure level for cronflow.service: (\d+\.\d+)", result.stdout)
+    assert score, result.stdout + result.stderr
+    assert float(score.group(1)) <= 2.5
+
+
+@pytest.mark.parametrize(
+    ("home", "writable", "bound"),
+    [
+        (Path("/srv/carol/cronflow"), "%h /srv/carol/cronflow", "%h %t"),
+        (Path("/home/shared/cronflow"), "%h /home/shared/cronflow", "%h %t /home/shared/cronflow"),
+    ],
+)
+def test_user_unit_keeps_a_home_outside_the_users_home_writable(home, writable, bound):
+    lines = user_unit(home=home).splitlines()
+    assert f"ReadWritePaths={writable}" in lines
+    assert f"BindPaths={bound}" in lines

@@ -399,3 +399,99 @@ def test_user_unit_under_a_lingering_user(box):
     assert state
     status = box.run("/opt/cronflow/bin/cronflow", "status", "--json", user="alice", env=env)
     assert json.loads(status.stdout)["home"] == "/home/alice/.cronflow"
+
+
+USER_FLOW = """
+import os
+from cronflow import Flow, Python, Shell
+
+def compute(context):
+    return {"ds": context["ds"], "uid": os.getuid()}
+
+with Flow("mine"):
+    Shell("home", "echo ran as $(id -un) > $HOME/mine.out")
+    Python("python", compute)
+    Shell("system", "touch /usr/local/carol-was-here")
+    Shell("others", "cat /home/station/secret.txt")
+    Shell("privileges", "grep -E '^(NoNewPrivs|Seccomp|CapBnd):' /proc/self/status")
+"""
+
+
+def test_user_unit_is_sandboxed_and_runs_flows(box):
+    """`install-service --user` as an ordinary user with lingering: the sandbox a user manager
+    honours is in effect (own user namespace, seccomp, no capabilities, read-only system,
+    other homes hidden) and flows run in it; systemd-analyze scores it OK."""
+    box.run("useradd", "--create-home", "carol")
+    box.run("sh", "-c", "id station >/dev/null 2>&1 || useradd --create-home station")
+    box.run(
+        "sh",
+        "-c",
+        "echo not-for-carol > /home/station/secret.txt && chmod 755 /home/station && "
+        "chmod 644 /home/station/secret.txt",
+    )
+    uid = box.run("id", "-u", "carol").stdout.strip()
+    box.run("loginctl", "enable-linger", "carol")
+    wait_for(
+        lambda: (
+            box.run("test", "-S", f"/run/user/{uid}/systemd/private", check=False).returncode == 0
+        ),
+        what="carol's user manager",
+    )
+    env = {"XDG_RUNTIME_DIR": f"/run/user/{uid}", "HOME": "/home/carol", "COLUMNS": "200"}
+
+    def as_carol(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return box.run(*args, user="carol", env=env, check=check)
+
+    as_carol("/opt/cronflow/bin/cronflow", "install-service", "--user")
+    wait_for(
+        lambda: (
+            as_carol("systemctl", "--user", "is-active", "cronflow", check=False).stdout.strip()
+            == "active"
+        ),
+        what="carol's unit to be active",
+    )
+    box.run(
+        "sh",
+        "-c",
+        "cat > /home/carol/.cronflow/flows/mine.py && chown carol:carol "
+        "/home/carol/.cronflow/flows/mine.py",
+        input=USER_FLOW,
+    )
+    result = as_carol(
+        "/opt/cronflow/bin/cronflow",
+        "trigger",
+        "mine",
+        "--date",
+        "2024-03-01",
+        "--wait",
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # 'system' and 'others' fail
+    out = as_carol("/opt/cronflow/bin/cronflow", "tasks", "mine", "--json").stdout
+    states = {row["task"]: row["state"] for row in json.loads(out)}
+    assert states == {
+        "home": "success",
+        "python": "success",
+        "system": "failed",
+        "others": "failed",
+        "privileges": "success",
+    }
+    assert box.run("cat", "/home/carol/mine.out").stdout == "ran as carol\n"
+
+    def log(task: str) -> str:
+        cmd = ("/opt/cronflow/bin/cronflow", "logs", f"mine.{task}", "--date", "2024-03-01")
+        return as_carol(*cmd).stdout
+
+    assert "Read-only file system" in log("system")
+    assert "No such file or directory" in log("others")  # ProtectHome=tmpfs: not even there
+    privileges = log("privileges")
+    assert re.search(r"^NoNewPrivs:\s+1$", privileges, re.M)
+    assert re.search(r"^Seccomp:\s+2$", privileges, re.M)
+    assert re.search(r"^CapBnd:\s+0+$", privileges, re.M)
+    pid = as_carol("systemctl", "--user", "show", "cronflow", "-p", "MainPID", "--value").stdout
+    own_namespace = box.run("readlink", f"/proc/{pid.strip()}/ns/user").stdout
+    assert own_namespace != box.run("readlink", "/proc/1/ns/user").stdout  # PrivateUsers
+    report = as_carol("systemd-analyze", "--user", "security", "cronflow.service").stdout
+    score = re.search(r"Overall exposure level for cronflow.service: (\d+\.\d+)", report)
+    assert score and float(score.group(1)) <= 2.5, report
+    print(f"\nuser unit exposure (systemd-analyze --user security): {score.group(1)}")

@@ -72,10 +72,15 @@ def main_options(
     _options["home"] = home
 
 
-def settings_from_options() -> "Settings":
-    from cronflow.config import home_path, load_settings
+def settings_from_options(home_required: bool = True) -> "Settings":
+    """The home's settings. Only `init` creates a home: other commands on a path that is no
+    home (a typo in CRONFLOW_HOME) stop with "no cronflow home at X" instead of making one."""
+    from cronflow.config import home_path, load_settings, require_home
 
-    return load_settings(home_path(_options["home"]))
+    home = home_path(_options["home"])
+    if home_required:
+        require_home(home)
+    return load_settings(home)
 
 
 def open_home() -> tuple["Settings", "Store", "Catalog"]:

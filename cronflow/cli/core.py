@@ -45,9 +45,10 @@ def init(
 @handles_errors
 def daemon() -> None:
     """Run the scheduler in the foreground (what the systemd service runs)."""
+    from cronflow.config import home_path
     from cronflow.daemon import run_daemon
 
-    run_daemon(settings_from_options())
+    run_daemon(home_path(_options["home"]))
 
 
 @app.command("list")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cronflow.cli.app import _options, app, console, handles_errors, print_json
+from cronflow.cli.app import app, console, handles_errors, print_json, settings_from_options
 
 if TYPE_CHECKING:
     from cronflow.flowfile import ImportReport
@@ -94,9 +94,7 @@ def _read(file: str) -> tuple[str, str]:
 
 
 def _flows_dir() -> Path:
-    from cronflow.config import home_path, load_settings
-
-    return load_settings(home_path(_options["home"])).flows_dir
+    return settings_from_options().flows_dir
 
 
 def _render(report: "ImportReport", out_dir: Path, dry_run: bool) -> None:

@@ -14,6 +14,7 @@ from cronflow.cli.app import (
     short_text,
     utc_now,
 )
+from cronflow.limits import MAX_LISTED
 
 FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
 
@@ -44,7 +45,9 @@ RUN_TYPE_CELLS = {
 @handles_errors
 def show(
     flow_id: FlowArg,
-    runs: Annotated[int, typer.Option(help="How many recent runs the grid shows.")] = 10,
+    runs: Annotated[
+        int, typer.Option(help=f"How many recent runs the grid shows (1 to {MAX_LISTED:,}).")
+    ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """A flow in depth: doc, task tree, flows it waits for, next fire times, recent runs grid."""

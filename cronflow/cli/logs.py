@@ -1,6 +1,8 @@
 """`cronflow logs`: the log of a task's try, or follow it while it runs."""
 
+import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -38,10 +40,16 @@ def logs(
         _write(attempts.read_attempt(attempt))
         return
     is_running = lambda: running_daemon_pid(settings.home) is not None  # noqa: E731
-    for chunk in attempts.follow_attempt(settings, store, attempt, is_running):
-        _write(chunk)
+    _write(attempts.follow_attempt(settings, store, attempt, is_running))
 
 
-def _write(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+def _write(chunks: Iterator[bytes]) -> None:
+    """Chunk by chunk, as they come; a reader that has had enough (`| head`) ends it quietly."""
+    out = sys.stdout.buffer
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+            out.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        raise typer.Exit(0) from None

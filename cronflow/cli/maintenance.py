@@ -27,10 +27,11 @@ def db_clean(
 
     from cronflow.daemon import poke
     from cronflow.housekeeping import Report, clean_history
+    from cronflow.limits import checked_age
     from cronflow.store import Store
     from cronflow.timeparse import parse_duration
 
-    age_s = parse_duration(older_than, "--older-than")
+    age_s = checked_age("--older-than", parse_duration(older_than, "--older-than"))
     settings = settings_from_options()
     store = Store(settings.db_path)
     report = Report()
@@ -52,14 +53,9 @@ def db_backup(
     target: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the copy.")],
 ) -> None:
     """Copy the database while the daemon runs (SQLite online backup); the copy is owner-only."""
-    from cronflow.errors import InvalidInputError
     from cronflow.store import Store
 
     settings = settings_from_options()
-    if target.resolve() == settings.db_path.resolve():
-        raise InvalidInputError(f"{target} is the live database itself; choose another file")
-    if not target.parent.is_dir():
-        raise InvalidInputError(f"cannot write {target}: directory {target.parent} does not exist")
     Store(settings.db_path).backup(target)
     typer.echo(f"backed up {settings.db_path} to {target} ({target.stat().st_size / 1e6:.1f} MB)")
 

@@ -18,6 +18,7 @@ from cronflow.cli.app import (
     utc_now,
 )
 from cronflow.cli.tables import print_rows
+from cronflow.limits import MAX_LISTED
 
 FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array.")]
@@ -36,7 +37,9 @@ def runs(
     since: Annotated[
         str | None, typer.Option(help="Only runs on or after this date (YYYY-MM-DD or ISO).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 20,
+    limit: Annotated[
+        int, typer.Option(help=f"At most this many runs, newest first (1 to {MAX_LISTED:,}).")
+    ] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """The runs of a flow, newest first: id, logical date, type, state, start, end, duration."""

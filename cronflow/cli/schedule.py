@@ -15,6 +15,7 @@ from cronflow.cli.app import (
     settings_from_options,
     utc_now,
 )
+from cronflow.limits import MAX_LISTED
 
 if TYPE_CHECKING:
     from cronflow.config import Settings
@@ -34,7 +35,7 @@ def next_fires(
             "or from the start of this YYYY-MM-DD (default: now)."
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many fire times.")] = 10,
+    limit: Annotated[int, typer.Option(help=f"How many fire times (1 to {MAX_LISTED:,}).")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """The next fire times of one flow, or of all flows soonest first, as the daemon computes them."""
@@ -90,7 +91,7 @@ def check(
 
     from cronflow.checks import check_flows
 
-    settings = settings_from_options()
+    settings = settings_from_options(home_required=False)  # CI checks flows without a home
     report = check_flows(
         path or settings.flows_dir,
         timeout_s=settings.import_timeout_s,

@@ -31,7 +31,10 @@ def install_service(
 
     explicit = _options["home"] is not None or "CRONFLOW_HOME" in __import__("os").environ
     home = home_path(_options["home"]) if (user or explicit) else service.STATE_HOME
-    grace = settings_from_options().grace_period_s if (user or explicit) else 30.0
+    # The home may not exist yet: installing creates it.
+    grace = (
+        settings_from_options(home_required=False).grace_period_s if (user or explicit) else 30.0
+    )
     spec = service.UnitSpec(
         executable=service.cronflow_executable(),
         home=home,

@@ -15,14 +15,20 @@ from cronflow.cli.app import (
     styled_state,
     utc_now,
 )
+from cronflow.limits import MAX_LISTED, REFRESH_S, checked
 
 
 @app.command()
 @handles_errors
 def top(
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
-    failures: Annotated[int, typer.Option(help="How many recent failures to show.")] = 10,
+    interval: Annotated[
+        float,
+        typer.Option(help=f"Seconds between refreshes ({REFRESH_S[0]:g} to {REFRESH_S[1]:,g})."),
+    ] = 2.0,
+    failures: Annotated[
+        int, typer.Option(help=f"How many recent failures to show (0 to {MAX_LISTED:,}).")
+    ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print one frame as JSON.")] = False,
 ) -> None:
     """A live view of running and waiting tasks and the latest failures, until Ctrl-C.
@@ -33,6 +39,7 @@ def top(
     from cronflow.daemon import running_daemon_pid
     from cronflow.overview import live_tasks
 
+    checked("--interval", interval, *REFRESH_S)
     settings, store, cat = open_home()
     out = console()
 
