@@ -106,6 +106,9 @@ def _configure_logging() -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # `cronflow logs -f` sees prints at once
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # text with no UTF-8 form prints as \udXXX
+            stream.reconfigure(errors="backslashreplace")
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ PURE = {
     "templates",
     "states",
     "crontab",
+    "processtext",
 }
 IO_AND_UP = {
     "store",

@@ -331,6 +331,8 @@ def test_cycle_names_flow_and_tasks() -> None:
     [
         ({"schedule": "61 * * * *"}, r"flow 'meteo': .*61"),
         ({"schedule": "not a cron"}, r"flow 'meteo': "),
+        ({"schedule": ""}, r"flow 'meteo': schedule is empty; write schedule=None for a flow"),
+        ({"schedule": 5}, r"flow 'meteo': schedule must be text or None, not 5"),
         ({"timezone": "Mars/Olympus"}, r"flow 'meteo': unknown timezone 'Mars/Olympus'"),
         ({"timezone": "localtime"}, r"flow 'meteo': unknown timezone 'localtime'"),
         ({"start_date": "2024-02-30"}, r"flow 'meteo': bad date '2024-02-30'"),

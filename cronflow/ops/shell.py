@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cronflow.flow import Task
+from cronflow.processtext import check_argument, check_env_name
 from cronflow.templates import render
 
 DEFAULT_SHELL = "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh"
@@ -54,8 +55,12 @@ class Shell(Task):
 def shell_launch(
     op: Mapping[str, Any], context: Mapping[str, Any]
 ) -> tuple[list[str], dict[str, str], str | None]:
-    """argv, environment and cwd of one attempt, templates rendered."""
-    command = render(op["command"], context, quote=shlex.quote)
-    env = {k: render(v, context) for k, v in op["env"].items()}
-    cwd = render(op["cwd"], context) if op["cwd"] else None
-    return [op["shell"], "-c", command], env, cwd
+    """argv, environment and cwd of one attempt, templates rendered; InvalidInputError if a
+    rendered value is text no process can take (NUL, a lone surrogate: processtext)."""
+    command = check_argument(render(op["command"], context, quote=shlex.quote), "the command")
+    env = {
+        check_env_name(k): check_argument(render(v, context), f"environment variable {k}")
+        for k, v in op["env"].items()
+    }
+    cwd = check_argument(render(op["cwd"], context), "the working directory") if op["cwd"] else None
+    return [check_argument(op["shell"], "the shell"), "-c", command], env, cwd
