@@ -106,12 +106,14 @@ def _configure_logging() -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # `cronflow logs -f` sees prints at once
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):  # text with no UTF-8 form prints as \udXXX
-            stream.reconfigure(errors="backslashreplace")
 
 
 def main() -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # Text with no UTF-8 form (a lone surrogate) prints as \udXXX instead of raising. Done
+        # first: once masked_output has put a pipe under fd 1, the change would seek it.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     env = os.environ
     home = Path(env["CRONFLOW_HOME"])
     try:
