@@ -140,7 +140,7 @@ class FaultyExecutor(LocalExecutor):
 
     def start(self, attempt: Attempt) -> int:
         if (self.where, attempt.task_id) == ("spawn", self.task_id):
-            raise RuntimeError("injected fault before the spawn")
+            raise RuntimeError(f"injected fault before the spawn of {attempt.argv[-1]!r}")
         pid = super().start(attempt)
         self.pids.append(pid)
         if (self.where, attempt.task_id) == ("spawned", self.task_id):
@@ -236,7 +236,7 @@ def task_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.mark.parametrize(
     ("where", "error"),
     [
-        ("spawn", "RuntimeError: injected fault before the spawn"),
+        ("spawn", "RuntimeError: injected fault before the spawn of 'true'"),
         ("spawned", "RuntimeError: injected fault after the spawn"),
         ("reap", "TypeError: '<' not supported between instances of 'NoneType' and 'int'"),
     ],
@@ -313,3 +313,16 @@ def test_a_try_whose_end_cannot_be_recorded_is_given_back_once_the_store_takes_i
         "given back; it will run again (the try is not counted)"
         in Path(bad["log_path"].replace("try-2", "try-1")).read_text()
     )
+
+
+def test_a_secret_in_the_error_stays_out_of_the_daemon_log_and_the_reason(home, write_flow, caplog):
+    Store(load_settings(home).db_path).set_variable("token", "s3cr3t-value", is_secret=True)
+    h = Boundary(
+        home, write_flow, command="echo {{ var.token }}", executor=FaultyExecutor(4, "spawn", "bad")
+    )
+    h.settle()
+    reason = h.ti("bad")["reason"]
+    assert "injected fault before the spawn of" in reason and "***" in reason
+    [logged] = task_errors(caplog)
+    assert "***" in logged
+    assert "s3cr3t-value" not in reason + logged + h.log("bad")
