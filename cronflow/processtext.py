@@ -32,14 +32,15 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-def check_argument(text: str, what: str, *, nul_ok: bool = False) -> str:
+def check_argument(text: str, what: str, *, nul_ok: bool = False, rendered: bool = False) -> str:
     """`text` if a process can take it (as an argument, environment value or path; `nul_ok`
-    for data such as standard input), else InvalidInputError naming `what`."""
+    for data such as standard input), else InvalidInputError naming `what` (and, if it was
+    `rendered` from a template, where its values come from)."""
     found = _flaw(text, system_bytes_ok=True, nul_ok=nul_ok)
     if found is not None:
+        hint = "; check the values rendered into it (conf, params, variables, XComs)"
         raise InvalidInputError(
-            f"{what} holds {found}, which no process can take; check the values rendered "
-            "into it (conf, params, variables, XComs)"
+            f"{what} holds {found}, which no process can take" + (hint if rendered else "")
         )
     return text
 
