@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from cronflow.errors import InvalidInputError, NotFoundError
+from cronflow.processtext import check_text
 from cronflow.store import Store
 
 ENV_PREFIX = "CRONFLOW_CONN_"
@@ -228,6 +229,13 @@ def save_connection(store: Store, conn: Connection) -> None:
             f"connection '{conn.conn_id}': unknown type {conn.conn_type!r} "
             f"(known: {', '.join(CONN_TYPES)})"
         )
+    where = f"connection '{conn.conn_id}'"
+    for name, value in (("host", conn.host), ("login", conn.login), ("password", conn.password)):
+        if value is not None:
+            check_text(value, f"the {name} of {where}")
+    for key, value in conn.extra.items():
+        check_text(key, f"an extra's name of {where}")
+        check_text(value, f"the extra {key} of {where}")
     store.set_connection(
         conn.conn_id, conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.extra
     )

@@ -7,27 +7,73 @@ nothing is written when the input is bad; each change is one store transaction.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cronflow.catalog import FlowSpec
 from cronflow.errors import InvalidInputError, NotFoundError
+from cronflow.processtext import check_text
 from cronflow.states import RunType
 from cronflow.store import Store
 from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
 from cronflow.timetable import data_interval
 
+MAX_CONF_DEPTH = 100  # far beyond any real conf; deeper JSON overflows the stack somewhere
+
 
 def parse_conf(text: str | None) -> dict[str, Any]:
-    if not text:
+    """The JSON object of --conf (none: {}). Refused, with one line: text that is not a JSON
+    object; NaN, Infinity and numbers too large for a float (not JSON); nesting deeper than
+    MAX_CONF_DEPTH; and strings no task could take (lone surrogates, NUL: processtext)."""
+    if text is None:
         return {}
+    if not text.strip():
+        raise InvalidInputError(
+            '--conf is empty: give a JSON object, e.g. \'{"station": "north"}\', or leave it out'
+        )
     try:
-        conf = json.loads(text)
-    except json.JSONDecodeError as exc:
+        conf = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidInputError(_too_deep()) from None
+    except ValueError as exc:  # JSONDecodeError, a refused constant, a number too long
         raise InvalidInputError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise InvalidInputError('--conf must be a JSON object, e.g. \'{"station": "north"}\'')
+    _check_conf_strings(conf)
     return conf
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (write a number, a string or null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
+def _too_deep() -> str:
+    return f"--conf is nested more than {MAX_CONF_DEPTH} levels deep"
+
+
+def _check_conf_strings(conf: dict[str, Any]) -> None:
+    """Every key and string of the conf, walked without recursion; depth bounded."""
+    pending: list[tuple[Any, str, int]] = [(conf, "--conf", 1)]
+    while pending:
+        value, where, depth = pending.pop()
+        if isinstance(value, dict | list) and depth > MAX_CONF_DEPTH:
+            raise InvalidInputError(_too_deep())
+        if isinstance(value, str):
+            check_text(value, where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                check_text(key, f"a key of {where}")
+                pending.append((item, f"{where}[{json.dumps(key)}]", depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
 
 
 def logical_date_for_trigger(flow: FlowSpec, text: str | None, now: datetime) -> datetime:

@@ -105,6 +105,11 @@ def read_crontab(
         stripped = raw.lstrip(_BLANKS)
         if not stripped or stripped.startswith("#"):
             continue
+        if "\0" in raw:  # no command, variable or flow file can hold it
+            reason = "the line holds a NUL character, which no command can take"
+            shown = raw.replace("\0", "\\0")
+            jobs.append(CronJob(line_no, shown, LineStatus.REJECTED, reason, env=dict(env)))
+            continue
         variable = parse_env_line(stripped)
         if variable is not None:
             env[variable[0]] = variable[1]

@@ -324,6 +324,12 @@ class Flow:
     ) -> None:
         self.flow_id = _check_id("flow", flow_id)
         where = f"flow '{flow_id}'"
+        if schedule is not None and not isinstance(schedule, str):
+            raise FlowDefinitionError(f"{where}: schedule must be text or None, not {schedule!r}")
+        if schedule == "":
+            raise FlowDefinitionError(
+                f"{where}: schedule is empty; write schedule=None for a flow run only by hand"
+            )
         try:
             self.tz = parse_timezone(timezone)
             # "@reboot" is no time schedule: a manual-only flow the daemon runs at each start

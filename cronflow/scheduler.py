@@ -17,7 +17,9 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +32,7 @@ from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, Finished, LocalExecutor, kill_orphans
 from cronflow.logs import attempt_log_path, last_output_line, write_note
+from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, one_line
 from cronflow.planner import RunPlanner
@@ -81,6 +84,7 @@ class Scheduler:
         self._timers: dict[tuple[int, str], datetime] = {}  # retries and pokes not yet due
         self._ready: list[tuple[Any, ...]] = []  # heap of scheduled TIs, best first
         self._unfinished: dict[int, int] = {}  # run -> how many of its TIs have not finished
+        self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
 
     @property
     def catalog(self) -> Catalog:
@@ -113,6 +117,7 @@ class Scheduler:
         """Do everything due at `now`; return the instant of the next thing to do."""
         now = now or self.clock.now()
         self.reap()
+        self._record_given_back(now)
         self.callbacks.reap()
         self.executor.enforce()
         wakes = [now + timedelta(seconds=IDLE_WAKE_S)]
@@ -291,7 +296,8 @@ class Scheduler:
             pool = ti["pool"]
             slots = self.settings.pool_slots(pool)
             if slots is None:
-                self._fail_unstartable(ti, f"pool '{pool}' is not configured in cronflow.toml")
+                with self._attempt_step("start", run_id, task_id, ti["try_number"] + 1):
+                    self._fail_unstartable(ti, f"pool '{pool}' is not configured in cronflow.toml")
                 continue
             if (run_id, task_id) in busy or usage.get(pool, 0) >= slots:
                 held_back.append(entry)
@@ -302,6 +308,13 @@ class Scheduler:
             heapq.heappush(self._ready, entry)
 
     def _start_attempt(self, ti: TI) -> bool:
+        """Start one try, inside the attempt boundary (rendering, the log, the process, the
+        write): whatever goes wrong fails that try and the dispatch goes on."""
+        with self._attempt_step("start", ti["run_id"], ti["task_id"], ti["try_number"] + 1):
+            return self._start(ti)
+        return False
+
+    def _start(self, ti: TI) -> bool:
         """scheduled -> running in one write, once the process exists. The local executor starts
         processes synchronously, so it never leaves a TI queued; after a crash between the start
         and the write, the orphan is killed by its marker and the TI simply starts again."""
@@ -312,30 +325,13 @@ class Scheduler:
             return False
         task = flow.tasks[ti["task_id"]]
         try_number = ti["try_number"] + 1
-        log_path = attempt_log_path(
-            self.settings.logs_dir, flow.flow_id, task.task_id, run["logical_date"], try_number
-        )
-        started = {
-            "try_number": try_number,
-            "log_path": str(log_path),
-            "host": self.host,
-            "queued_at": iso(now),
-            "start_at": iso(now),
-            "end_at": None,
-            "duration_s": None,
-            "exit_code": None,
-            "reason": None,
-            "next_try_at": None,
-        }
+        started = self._start_fields(ti, try_number, now)
+        log_path = Path(started["log_path"])
         try:
             attempt = self._attempt(flow, task, run, ti, try_number, log_path, now)
             pid = self.executor.start(attempt)
         except (CronflowError, OSError) as exc:
-            ended, note = self._outcome(
-                ti, try_number, now, ok=False, reason=f"cannot start: {exc}"
-            )
-            if self._write(ti, TaskState.SCHEDULED, **{**started, **ended, "duration_s": 0.0}):
-                self._after_end(ti, ended, note, now, 0.0)
+            self._fail_start(ti, try_number, now, f"cannot start: {exc}")
             return False
         if not self._write(ti, TaskState.SCHEDULED, **started, state=TaskState.RUNNING, pid=pid):
             self.executor.kill(
@@ -351,6 +347,31 @@ class Scheduler:
             pid,
         )
         return True
+
+    def _start_fields(self, ti: TI, try_number: int, now: datetime) -> dict[str, Any]:
+        """What the write that starts a try sets (also when the try ends at once)."""
+        log_path = attempt_log_path(
+            self.settings.logs_dir, ti["flow_id"], ti["task_id"], ti["logical_date"], try_number
+        )
+        return {
+            "try_number": try_number,
+            "log_path": str(log_path),
+            "host": self.host,
+            "queued_at": iso(now),
+            "start_at": iso(now),
+            "end_at": None,
+            "duration_s": None,
+            "exit_code": None,
+            "reason": None,
+            "next_try_at": None,
+        }
+
+    def _fail_start(self, ti: TI, try_number: int, now: datetime, reason: str) -> None:
+        """A try that could not start ends at once, and counts: a retry follows if any is left."""
+        ended, note = self._outcome(ti, try_number, now, ok=False, reason=reason)
+        started = self._start_fields(ti, try_number, now)
+        if self._write(ti, TaskState.SCHEDULED, **{**started, **ended, "duration_s": 0.0}):
+            self._after_end(ti, ended, note, now, 0.0)
 
     def _attempt(
         self,
@@ -416,7 +437,9 @@ class Scheduler:
     # --- ended attempts -------------------------------------------------------------------
     def reap(self, now: datetime | None = None) -> None:
         for finished in self.executor.reap():
-            self._on_finished(finished, now or self.clock.now())
+            attempt = finished.attempt
+            with self._attempt_step("reap", attempt.run_id, attempt.task_id, attempt.try_number):
+                self._on_finished(finished, now or self.clock.now())
 
     def _on_finished(self, finished: Finished, now: datetime) -> None:
         attempt = finished.attempt
@@ -559,10 +582,11 @@ class Scheduler:
 
     def _run_callbacks(self, ti: TI, state: TaskState, reason: str | None) -> None:
         """Start the task's callbacks / failure mail for this state, if it has any."""
-        event = EVENT_FOR_STATE.get(state)
-        task = self._task_spec(ti)
-        if event is not None and task is not None and wanted(task, event):
-            self.callbacks.start(ti, event, reason)
+        with self._attempt_step("callback", ti["run_id"], ti["task_id"], ti["try_number"]):
+            event = EVENT_FOR_STATE.get(state)
+            task = self._task_spec(ti)
+            if event is not None and task is not None and wanted(task, event):
+                self.callbacks.start(ti, event, reason)
 
     def _note(self, log_path: str | None, now: datetime, text: str) -> None:
         """A line in a task log; a log that cannot be written (disk full) never stops the daemon."""
@@ -577,6 +601,96 @@ class Scheduler:
         task = self._task_spec(ti)
         return task.retry_delay_after(try_number) if task else 300.0
 
+    # --- the attempt boundary -------------------------------------------------------------
+    # Each per-attempt step (start: render, log, spawn, write; reap: record the end; callback;
+    # recover) runs inside `_attempt_step`. Whatever one of them raises stays with that attempt:
+    # it is logged with its traceback (event=task_error), the try is failed with the reason in
+    # words, and the tick goes on. One bad value once killed the daemon at every start.
+
+    @contextmanager
+    def _attempt_step(
+        self, step: str, run_id: int, task_id: str, try_number: int
+    ) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # the boundary: no task may stop the daemon
+            self._contain(step, (run_id, task_id), try_number, exc)
+
+    def _contain(self, step: str, key: tuple[int, str], try_number: int, exc: Exception) -> None:
+        """Log the error, stop the try's process if it runs, and fail the try. If even that
+        cannot be recorded (e.g. the store is locked), the try is given back: a try not yet
+        recorded as started stays scheduled and starts again at a later tick; a running one is
+        recorded as given back (not counted) once the store takes it."""
+        mask = self._masker()
+        error = mask(_error_text(exc))
+        cached = self._tis.get(key[0], {}).get(key[1]) or {}
+        log.error(
+            "event=task_error step=%s flow=%s task=%s run=%s try=%s error=%r traceback=%r",
+            step,
+            cached.get("flow_id", "?"),
+            key[1],
+            key[0],
+            try_number,
+            error,
+            mask(_traceback_text(exc)),
+        )
+        reason = f"cronflow could not {_STEP_WORDS[step]}: {error} (see the daemon's log)"
+        try:
+            self._fail_try(key, try_number, reason)
+        except Exception as again:  # the same boundary: give the try back
+            log.error(
+                "event=task_error_unrecorded step=%s task=%s run=%s try=%s error=%r",
+                step,
+                key[1],
+                key[0],
+                try_number,
+                mask(_error_text(again)),
+            )
+            self._given_back[key] = (try_number, reason)
+            self._version = None  # read everything again at the next tick
+
+    def _fail_try(self, key: tuple[int, str], try_number: int, reason: str) -> None:
+        """End a try that went wrong inside the daemon as failed, wherever it was."""
+        now = self.clock.now()
+        if any(a.key == key and a.try_number == try_number for a in self.executor.running()):
+            self.executor.kill(key, reason)  # its end, when reaped, finds the try recorded
+        ti = self._ti(*key)
+        if ti is None:
+            return
+        if ti["state"] == TaskState.SCHEDULED and ti["try_number"] == try_number - 1:
+            self._fail_start(ti, try_number, now, reason)
+        elif (
+            ti["state"] in (TaskState.RUNNING, TaskState.QUEUED) and ti["try_number"] == try_number
+        ):
+            self._end_attempt(ti, now, ok=False, reason=reason, duration_s=None)
+        else:  # its outcome was recorded before the error (e.g. in a callback): it stands
+            self._note(ti["log_path"], now, reason)
+
+    def _record_given_back(self, now: datetime) -> None:
+        """Tries given back by `_contain`: a running one ends as given back (not counted, it
+        runs again) once the store takes the write; a scheduled one simply starts again."""
+        for key, (try_number, reason) in list(self._given_back.items()):
+            try:
+                ti = self._ti(*key)
+                if (
+                    ti is not None
+                    and ti["state"] in (TaskState.RUNNING, TaskState.QUEUED)
+                    and ti["try_number"] == try_number
+                ):
+                    self._return_try(ti, now, f"{reason}; given back", None)
+            except Exception:  # still not writable: try again at the next tick
+                continue
+            del self._given_back[key]
+
+    def _masker(self) -> Callable[[str], str]:
+        """Secret values out of what the daemon logs; if they cannot be read, only the error's
+        type is shown (the message could hold a secret)."""
+        try:
+            masker = Masker(secret_values(self.store, self.settings))
+        except Exception:  # the store itself may be what failed
+            return lambda text: text.split(":", 1)[0] + ": (message hidden: secrets unreadable)"
+        return masker.mask
+
     # --- shutdown and recovery ------------------------------------------------------------
     def interrupt_all(self, reason: str) -> None:
         """Stop every running attempt; each will run again without losing a try."""
@@ -585,6 +699,12 @@ class Scheduler:
             self.executor.kill(attempt.key, reason)
 
     def _give_back(self, ti: TI, now: datetime, finished: Finished) -> None:
+        self._return_try(ti, now, finished.reason, finished.duration_s)
+
+    def _return_try(
+        self, ti: TI, now: datetime, reason: str | None, duration_s: float | None
+    ) -> None:
+        """A running try ends without counting: it runs again at once."""
         self._write(
             ti,
             TaskState.RUNNING,
@@ -593,13 +713,13 @@ class Scheduler:
             next_try_at=iso(now),
             max_tries=ti["max_tries"] + 1,
             end_at=iso(now),
-            duration_s=finished.duration_s,
-            reason=finished.reason,
+            duration_s=duration_s,
+            reason=reason,
         )
         self._note(
             ti["log_path"],
             now,
-            f"try {ti['try_number']} {finished.reason}; it will run again (the try is not counted)",
+            f"try {ti['try_number']} {reason}; it will run again (the try is not counted)",
         )
         log.info(
             "event=task_interrupted flow=%s task=%s run=%s try=%s",
@@ -624,7 +744,8 @@ class Scheduler:
         for ti in orphans:
             pid = f" (pid {ti['pid']})" if ti["pid"] else ""
             reason = f"the daemon stopped while this try ran{pid}; the try was killed"
-            self._end_attempt(ti, now, ok=False, reason=reason, duration_s=None)
+            with self._attempt_step("recover", ti["run_id"], ti["task_id"], ti["try_number"]):
+                self._end_attempt(ti, now, ok=False, reason=reason, duration_s=None)
         if orphans or killed:
             log.warning(
                 "event=orphans_recovered task_instances=%s processes_killed=%s",
@@ -662,10 +783,48 @@ class Scheduler:
         return ti
 
 
+_STEP_WORDS = {
+    "start": "start this try",
+    "reap": "record the end of this try",
+    "callback": "start the callbacks of this try",
+    "recover": "settle this try after a restart",
+}
+
+
+def _error_text(exc: BaseException) -> str:
+    """An exception as one line of text the store and a log can hold (no NUL, no surrogate)."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose str() fails is still reported
+        text = type(exc).__name__
+    return _plain(text.replace("\n", " "))[:500]
+
+
+def _traceback_text(exc: BaseException) -> str:
+    try:
+        return _plain("".join(traceback.format_exception(exc)))
+    except Exception:
+        return _error_text(exc)
+
+
+def _plain(text: str) -> str:
+    return text.replace("\0", "\\x00").encode("utf-8", "backslashreplace").decode()
+
+
 def _exit_text(code: int) -> str:
     if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
+        return f"killed by signal {_signal_name(-code)}"
     return f"exit code {code}"
+
+
+def _signal_name(number: int) -> str:
+    """SIGTERM, SIGRTMIN+1 (real-time signals have no name of their own), else the number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN < number < signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return str(number)
 
 
 class _States(Mapping[str, TaskState]):

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from cronflow.errors import TemplateError
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)?)\s*\}\}")
+_TOKEN = re.compile(r"\{\{\{\{|" + _PLACEHOLDER.pattern)  # the escape, or a placeholder
 
 
 def date_context(
@@ -54,12 +55,14 @@ def render(
     """Replace every placeholder; `quote` (e.g. shlex.quote) wraps each value for a shell."""
 
     def replace(match: re.Match[str]) -> str:
+        if match.group(1) is None:  # the escape {{{{
+            return "{{"
         value = lookup(match.group(1), context)
         text_value = value if isinstance(value, str) else _as_text(value)
         return quote(text_value) if quote else text_value
 
-    escaped = text.replace("{{{{", "\x00")
-    return _PLACEHOLDER.sub(replace, escaped).replace("\x00", "{{")
+    # one pass over the template only: a value is never read as a template or an escape
+    return _TOKEN.sub(replace, text)
 
 
 def lookup(name: str, context: Mapping[str, Any]) -> Any:

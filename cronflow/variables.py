@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cronflow.errors import InvalidInputError, NotFoundError
+from cronflow.processtext import check_text
 from cronflow.store import Store
 
 ENV_PREFIX = "CRONFLOW_VAR_"
@@ -82,6 +83,7 @@ def get_variable(store: Store, name: str, environ: Mapping[str, str] | None = No
 def set_variable(store: Store, name: str, value: str, is_secret: bool | None = None) -> bool:
     """Store a variable; `is_secret=None` keeps what it was (not secret for a new one).
     Returns whether it is secret."""
+    check_text(value, f"the value of variable '{check_name(name)}'")
     if is_secret is None:
         row = store.variable(check_name(name))
         is_secret = bool(row and row["is_secret"])

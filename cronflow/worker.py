@@ -111,6 +111,11 @@ def _configure_logging() -> None:
 
 
 def main() -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # Text with no UTF-8 form (a lone surrogate) prints as \udXXX instead of raising. Done
+        # first: once masked_output has put a pipe under fd 1, the change would seek it.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     env = os.environ
     home = Path(env["CRONFLOW_HOME"])
     try:

@@ -22,6 +22,7 @@ PURE = {
     "states",
     "crontab",
     "limits",
+    "processtext",
 }
 IO_AND_UP = {
     "store",

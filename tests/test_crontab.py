@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,15 @@ def test_a_command_cron_would_truncate_is_rejected() -> None:
     [job] = read_crontab("0 0 * * * echo " + "x" * 1000)
     assert job.status is LineStatus.REJECTED
     assert "command too long" in job.reason
+
+
+def test_a_line_holding_nul_is_rejected_and_shown_escaped() -> None:
+    variable, job, fine = read_crontab("A=x\0y\n0 0 * * * echo a\0b\n0 0 * * * true\n")
+    for rejected in (variable, job):
+        assert rejected.status is LineStatus.REJECTED
+        assert rejected.reason == "the line holds a NUL character, which no command can take"
+    assert job.line == "0 0 * * * echo a\\0b"
+    assert (fine.status, fine.env) == (LineStatus.OK, {})
 
 
 # --- names --------------------------------------------------------------------------------------
@@ -329,6 +340,22 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], mes
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)], input="", env=ENV)
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+def test_standard_input_that_is_not_utf8_is_one_line(home: Path, errors: str) -> None:
+    env = {**os.environ, "CRONFLOW_HOME": str(home), "PYTHONIOENCODING": f"utf-8:{errors}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cronflow", "import-crontab", "-", "--dry-run"],
+        input=b"0 0 * * * echo caf\xe9\n",
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        "Error: cannot read the crontab on standard input: not UTF-8 text\n"
+    )
 
 
 def test_system_crontabs_are_read_with_their_user_field(tmp_path: Path) -> None:

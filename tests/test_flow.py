@@ -332,6 +332,8 @@ def test_cycle_names_flow_and_tasks() -> None:
     [
         ({"schedule": "61 * * * *"}, r"flow 'meteo': .*61"),
         ({"schedule": "not a cron"}, r"flow 'meteo': "),
+        ({"schedule": ""}, r"flow 'meteo': schedule is empty; write schedule=None for a flow"),
+        ({"schedule": 5}, r"flow 'meteo': schedule must be text or None, not 5"),
         ({"timezone": "Mars/Olympus"}, r"flow 'meteo': unknown timezone 'Mars/Olympus'"),
         ({"timezone": "localtime"}, r"flow 'meteo': unknown timezone 'localtime'"),
         ({"start_date": "2024-02-30"}, r"flow 'meteo': bad date '2024-02-30'"),
@@ -881,3 +883,31 @@ def test_an_unreadable_flows_directory_is_an_error_not_an_empty_one(tmp_path: Pa
     flows.symlink_to(flows)  # a loop: listing fails even for root, unlike a chmod 0 directory
     with pytest.raises(FlowLoadError, match="cannot list flow files: Too many levels"):
         flow_file_paths(flows)
+
+
+@pytest.mark.parametrize(
+    ("shell_args", "message"),
+    [
+        ({"command": "echo a\0b"}, "the command holds a NUL character (U+0000) at character 7"),
+        ({"command": "echo \ud800"}, "the command holds a lone surrogate (U+D800) at character 6"),
+        ({"env": {"A": "x\0"}}, "environment variable A holds a NUL character (U+0000)"),
+        ({"env": {"A=B": "x"}}, "bad environment variable name 'A=B': empty or with '='"),
+        ({"cwd": "/tmp\0"}, "the working directory holds a NUL character (U+0000)"),
+        ({"stdin": "\udfff"}, "the standard input text holds a lone surrogate (U+DFFF)"),
+    ],
+)
+def test_shell_text_no_process_can_take_is_a_flow_error(
+    shell_args: dict[str, Any], message: str
+) -> None:
+    with Flow("meteo") as flow:
+        Shell("fetch", **{"command": "true", **shell_args})
+    with pytest.raises(FlowDefinitionError) as caught:
+        flow.spec()
+    assert str(caught.value).startswith(f"flow 'meteo': task 'fetch': {message}")
+
+
+def test_shell_text_a_process_can_take_is_fine() -> None:
+    """NUL in standard input is data; U+DCxx is how Python carries a byte that is not UTF-8."""
+    with Flow("meteo") as flow:
+        Shell("fetch", "cat > caf\udce9.txt", env={"É": "ü"}, stdin="a\0b")
+    assert flow.spec()["tasks"][0]["op"]["stdin"] == "a\0b"

@@ -128,6 +128,12 @@ def test_four_braces_stay_two_literal_braces(
     assert render(text, context) == expected
 
 
+def test_values_are_never_read_as_escapes_or_templates() -> None:
+    """A value is put in as it is: a NUL in it was once turned into '{{' (the escape's marker)."""
+    values = {"a": "x\0y", "b": "{{{{ {{ a }}"}
+    assert render("{{ a }} {{{{ {{ b }}", values) == "x\0y {{ {{{{ {{ a }}"
+
+
 def test_placeholders_lists_names_but_not_escaped_ones() -> None:
     text = "{{ ds }} {{{{ not_me }} {{params.station}} {{ var.x }}"
     assert placeholders(text) == ["ds", "params.station", "var.x"]

@@ -62,6 +62,19 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def stdin_text(what: str) -> str:
+    """Standard input as text without its final newline (a value kept out of shell history);
+    bytes that are not UTF-8 are a one-line error, not a traceback."""
+    import sys
+
+    from cronflow.errors import InvalidInputError
+
+    try:
+        return sys.stdin.read().removesuffix("\n")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{what} read from stdin is not valid UTF-8: {exc}") from None
+
+
 @app.callback()
 def main_options(
     home: Annotated[

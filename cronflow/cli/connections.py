@@ -1,12 +1,18 @@
 """`cronflow conn add|list|show|delete|test`: named connections to servers; passwords print as
 ***."""
 
-import sys
 from typing import Annotated
 
 import typer
 
-from cronflow.cli.app import app, console, handles_errors, print_json, settings_from_options
+from cronflow.cli.app import (
+    app,
+    console,
+    handles_errors,
+    print_json,
+    settings_from_options,
+    stdin_text,
+)
 
 conn_app = typer.Typer(
     help="Connections to servers (ssh, sftp, ftp, ftps, smtp, smtps, http, https); "
@@ -52,7 +58,7 @@ def conn_add(
     store = _store()
     conn = parse_uri(conn_id, uri)
     if password_stdin:
-        conn = with_fields(conn, password=sys.stdin.read().removesuffix("\n"))
+        conn = with_fields(conn, password=stdin_text(f"the password of connection '{conn_id}'"))
     if store.connection(conn_id) is not None and not replace:
         raise InvalidInputError(
             f"connection '{conn_id}' already exists; add --replace to change it"

@@ -84,7 +84,14 @@ def _read(file: str) -> tuple[str, str]:
             raise InvalidInputError(
                 "no crontab given: name a FILE, or pipe one (crontab -l | cronflow import-crontab)"
             )
-        return sys.stdin.read(), "standard input"
+        try:
+            text = sys.stdin.read()
+            text.encode()  # bytes that are not UTF-8 may arrive as surrogate escapes
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise InvalidInputError(
+                "cannot read the crontab on standard input: not UTF-8 text"
+            ) from None
+        return text, "standard input"
     path = Path(file).expanduser()
     try:
         return path.read_text(encoding="utf-8"), str(path.absolute())

@@ -1,11 +1,17 @@
 """`cronflow var get|set|list|delete`: the variables templates read as {{ var.NAME }}."""
 
-import sys
 from typing import Annotated
 
 import typer
 
-from cronflow.cli.app import app, console, handles_errors, print_json, settings_from_options
+from cronflow.cli.app import (
+    app,
+    console,
+    handles_errors,
+    print_json,
+    settings_from_options,
+    stdin_text,
+)
 
 var_app = typer.Typer(
     help="Variables for templates ({{ var.NAME }}); secret values always print as ***.",
@@ -55,7 +61,7 @@ def var_set(
     if stdin == (value is not None):
         raise InvalidInputError("give the value as an argument or with --stdin (one of the two)")
     if stdin:
-        value = sys.stdin.read().removesuffix("\n")
+        value = stdin_text(f"the value of variable '{name}'")
     assert value is not None
     is_secret = set_variable(_store(), name, value, secret)
     typer.echo(f"variable '{name}' set" + (" (secret)" if is_secret else ""))

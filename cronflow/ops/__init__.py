@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cronflow.ops.python import Python
 from cronflow.ops.shell import Shell, shell_launch
+from cronflow.processtext import check_argument
 
 if TYPE_CHECKING:
     from cronflow.connections import Connection
@@ -49,12 +50,16 @@ class Launch:
 
 
 def launch_for(kind: str, op: dict[str, Any], context: dict[str, Any]) -> Launch:
-    """How to start one attempt of a task of this kind. TemplateError if an argument is bad."""
+    """How to start one attempt of a task of this kind. TemplateError if an argument is bad,
+    InvalidInputError if one is text no process can take."""
     if kind == Shell.kind:
         argv, env, cwd = shell_launch(op, context)
         if context.get("secrets"):  # any secret known: output goes through the masking filter
             argv = [sys.executable, "-m", "cronflow.masking", "--", *argv]
-        return Launch(argv, env, cwd, stdin=op.get("stdin"))
+        stdin = op.get("stdin")
+        if stdin is not None:
+            check_argument(stdin, "the standard input text", nul_ok=True)
+        return Launch(argv, env, cwd, stdin=stdin)
     return Launch([sys.executable, "-m", "cronflow.worker"])
 
 

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cronflow.errors import FlowDefinitionError, InvalidInputError
 from cronflow.flow import Task
+from cronflow.processtext import check_argument, check_env_name
 from cronflow.templates import render
 
 DEFAULT_SHELL = "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh"
@@ -45,6 +47,12 @@ class Shell(Task):
         self.stdin = None if stdin is None else str(stdin)
 
     def op_spec(self) -> dict[str, Any]:
+        try:  # what the flow file wrote; rendered values are checked again before each start
+            _check(self.command, self.env, self.cwd, self.shell, rendered=False)
+            if self.stdin is not None:
+                check_argument(self.stdin, "the standard input text", nul_ok=True)
+        except InvalidInputError as exc:
+            raise FlowDefinitionError(f"task '{self.task_id}': {exc}") from None
         spec = {"command": self.command, "env": self.env, "cwd": self.cwd, "shell": self.shell}
         if self.stdin is not None:
             spec["stdin"] = self.stdin
@@ -54,8 +62,22 @@ class Shell(Task):
 def shell_launch(
     op: Mapping[str, Any], context: Mapping[str, Any]
 ) -> tuple[list[str], dict[str, str], str | None]:
-    """argv, environment and cwd of one attempt, templates rendered."""
+    """argv, environment and cwd of one attempt, templates rendered; InvalidInputError if a
+    rendered value is text no process can take (NUL, a lone surrogate: processtext)."""
     command = render(op["command"], context, quote=shlex.quote)
     env = {k: render(v, context) for k, v in op["env"].items()}
     cwd = render(op["cwd"], context) if op["cwd"] else None
+    _check(command, env, cwd, op["shell"], rendered=True)
     return [op["shell"], "-c", command], env, cwd
+
+
+def _check(
+    command: str, env: Mapping[str, str], cwd: str | None, shell: str, *, rendered: bool
+) -> None:
+    """InvalidInputError if a piece is text no process can take (NUL, a lone surrogate)."""
+    check_argument(command, "the command", rendered=rendered)
+    for name, value in env.items():
+        check_argument(value, f"environment variable {check_env_name(name)}", rendered=rendered)
+    if cwd:
+        check_argument(cwd, "the working directory", rendered=rendered)
+    check_argument(shell, "the shell")

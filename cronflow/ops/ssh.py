@@ -30,6 +30,7 @@ from cronflow.errors import CronflowError
 from cronflow.flow import Task
 from cronflow.logs import last_line
 from cronflow.ops.network import UnreachableError, unreachable_words
+from cronflow.processtext import check_text
 from cronflow.templates import render
 
 log = logging.getLogger("cronflow.ssh")
@@ -243,6 +244,7 @@ class SSHCommand(Task):
             {k: render(v, context) for k, v in self.env.items()},
             render(self.cwd, context) if self.cwd else None,
         )
+        check_text(command, "the remote command")  # SSH carries it as UTF-8; NUL would cut it
         log.info("on %s: %s", conn.describe(), command)
         with open_client(conn) as client:
             code, last = run_remote(client, command, self.get_pty)
