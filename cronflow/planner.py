@@ -103,7 +103,7 @@ class RunPlanner:
                 self._start_catchup(flow, row, cursor, fire, now)
             if active >= flow.max_active_runs:
                 self._hold_back(flow, fire, now)
-                return None  # a run ending wakes the daemon anyway
+                return None  # the scheduler ticks again at once when a run ends
             if not flow.catchup and not self._was_held(flow, fire):
                 fire = self._latest_due(flow, fire, now)
             self._create_scheduled_run(flow, fire, now)

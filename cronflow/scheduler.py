@@ -84,6 +84,7 @@ class Scheduler:
         self._timers: dict[tuple[int, str], datetime] = {}  # retries and pokes not yet due
         self._ready: list[tuple[Any, ...]] = []  # heap of scheduled TIs, best first
         self._unfinished: dict[int, int] = {}  # run -> how many of its TIs have not finished
+        self._run_ended = False  # a run ended in this tick: the planner may start another now
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
 
     @property
@@ -116,6 +117,7 @@ class Scheduler:
     def tick(self, now: datetime | None = None) -> datetime:
         """Do everything due at `now`; return the instant of the next thing to do."""
         now = now or self.clock.now()
+        self._run_ended = False
         self.reap()
         self._record_given_back(now)
         self.callbacks.reap()
@@ -134,6 +136,11 @@ class Scheduler:
         if not self.stopping:
             self._dispatch()
         wakes += self._timers.values()
+        if self._dirty or self._run_ended:
+            # Something changed after this tick's planning and resolving (a run ended and may
+            # free a max_active_runs slot; a task failed as it started): look again at once
+            # rather than at the idle wake-up.
+            wakes.append(now)
         deadline = self.executor.next_deadline()
         if deadline is not None:
             wakes.append(now + timedelta(seconds=max(0.0, deadline - time.monotonic())))
@@ -271,6 +278,7 @@ class Scheduler:
         if outcome is not None:
             self.store.set_run_state(run["run_id"], outcome, now)
             del self._runs[run["run_id"]]
+            self._run_ended = True
             log.info(
                 "event=run_finished flow=%s run=%s logical_date=%s state=%s",
                 flow.flow_id,

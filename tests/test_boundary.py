@@ -100,7 +100,12 @@ def test_a_run_left_by_a_daemon_that_died_on_it_is_settled_at_the_next_start(hom
         try:
             rows = wait_until_ended(process, home, "echo")
             assert {r["state"] for r in rows.values()} == {"failed"}
-            assert json.loads(cli(home, "runs", "echo", "--json").stdout)[0]["state"] == "failed"
+            wait_for(
+                lambda: (
+                    json.loads(cli(home, "runs", "echo", "--json").stdout)[0]["state"] == "failed"
+                ),
+                what="the run to end failed",
+            )
         finally:
             process.stop()
         assert process.proc.returncode == 0, process.output()[-3000:]

@@ -478,3 +478,30 @@ def test_the_planner_records_each_flows_next_fire_for_cronflow_list(make, write_
     row = h.store.flow("f")
     assert (row["next_fire_from"], row["next_fire_at"]) == (iso(utc(2024, 4, 3)), None)
     assert listed(utc(2024, 4, 5)) is None
+
+
+def test_a_run_ending_makes_the_scheduler_look_again_at_once(make, write_flow):
+    # A catch-up held to one run at a time: when a run ends, the next one is due now, not at the
+    # idle wake-up 5 s later (which made such a catch-up create one run every 5 s).
+    write_flow(
+        "one_by_one",
+        """
+        from cronflow import Flow, Shell
+        with Flow("one_by_one", schedule="0 3 * * *", timezone="UTC", start_date="2024-03-01",
+                  catchup=True, max_active_runs=1):
+            Shell("t", "true")
+        """,
+    )
+    h = make(utc(2024, 3, 3, 12))
+    seen = []
+
+    def second_run_created() -> bool:
+        before = sum(r["state"] == "success" for r in h.runs("one_by_one"))
+        wake = h.tick()
+        after = sum(r["state"] == "success" for r in h.runs("one_by_one"))
+        if after > before:
+            seen.append(wake)
+        return len(h.runs("one_by_one")) >= 2
+
+    wait_for(second_run_created, what="the first run to end and the second to be created")
+    assert seen == [h.clock.now()]
