@@ -227,7 +227,9 @@ class Daemon:
 
     def _drain(self, scheduler: Scheduler, selector: selectors.BaseSelector) -> None:
         """SIGTERM: no new work; let running tasks finish within the grace period, then stop
-        them and leave them to run again at the next start."""
+        them and leave them to run again at the next start. The daemon stops every process of
+        its tasks itself: the systemd unit's KillMode=process leaves them to it, so that a
+        crash (not a stop) leaves running tasks to the next daemon."""
         scheduler.stopping = True
         running = len(scheduler.executor.running())
         log.info(
@@ -245,6 +247,11 @@ class Daemon:
                 scheduler.tick(self.clock.now())
                 self._wait(selector, 0.2)
         scheduler.tick(self.clock.now())
+        # Under systemd's KillMode=process nothing else ends what tasks left outside their
+        # session; a crash, unlike this stop, leaves running tasks to the next daemon.
+        stray = scheduler.stop_strays()
+        if stray:
+            log.warning("event=stray_processes_killed count=%s", stray)
 
 
 def configure_logging() -> None:

@@ -17,18 +17,25 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from cronflow import deps
+from cronflow import deps, supervisor
 from cronflow.callbacks import EVENT_FOR_STATE, CallbackRunner, wanted
 from cronflow.catalog import Catalog, FlowSpec, TaskSpec
 from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
-from cronflow.executor import Attempt, Finished, LocalExecutor, kill_orphans
+from cronflow.executor import (
+    Attempt,
+    Finished,
+    LocalExecutor,
+    kill_processes,
+    marked_processes,
+    process_start_time,
+)
 from cronflow.logs import attempt_log_path, write_note
 from cronflow.ops import launch_for
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED
@@ -302,7 +309,7 @@ class Scheduler:
     def _start_attempt(self, ti: TI) -> bool:
         """scheduled -> running in one write, once the process exists. The local executor starts
         processes synchronously, so it never leaves a TI queued; after a crash between the start
-        and the write, the orphan is killed by its marker and the TI simply starts again."""
+        and the write, the next daemon finds the attempt by its marker or its exit record."""
         now = self.clock.now()
         run = self._runs[ti["run_id"]]
         flow = self.catalog.flows.get(run["flow_id"])
@@ -383,6 +390,8 @@ class Scheduler:
             task.timeout_s,
             self.marker(run["run_id"], task.task_id, try_number),
             stdin=launch.stdin,
+            script=launch.script,
+            keep_background=launch.keep_background,
         )
 
     def _fail_unstartable(self, ti: TI, reason: str) -> None:
@@ -414,7 +423,29 @@ class Scheduler:
     # --- ended attempts -------------------------------------------------------------------
     def reap(self, now: datetime | None = None) -> None:
         for finished in self.executor.reap():
-            self._on_finished(finished, now or self.clock.now())
+            at = now or self.clock.now()
+            if finished.ended_at is not None:  # it ended while no daemon watched: when it did
+                at = min(at, datetime.fromtimestamp(finished.ended_at, UTC))
+            self._note_leftovers(finished, at)
+            self._on_finished(finished, at)
+            supervisor.discard(finished.attempt.log_path)  # its outcome is in the store now
+
+    def _note_leftovers(self, finished: Finished, now: datetime) -> None:
+        """What the task log, and the daemon's log, say beside the try's end."""
+        path = str(finished.attempt.log_path)
+        for note in finished.notes:
+            attempt = finished.attempt
+            log.error(
+                "event=task_note run=%s task=%s try=%s note=%r",
+                attempt.run_id,
+                attempt.task_id,
+                attempt.try_number,
+                note,
+            )
+        if finished.stopped:
+            self._note(path, now, f"stopped {_processes(finished.stopped)} the task left behind")
+        if finished.kept:
+            self._note(path, now, f"{_processes(finished.kept)} left running (keep_background)")
 
     def _on_finished(self, finished: Finished, now: datetime) -> None:
         attempt = finished.attempt
@@ -432,6 +463,7 @@ class Scheduler:
                 return
         ok = finished.exit_code == 0 and finished.reason is None
         reason = finished.reason or (None if ok else _exit_text(finished.exit_code))
+        reason = "; ".join(filter(None, [reason, *finished.notes])) or None
         self._end_attempt(
             ti,
             now,
@@ -594,59 +626,157 @@ class Scheduler:
         )
 
     def recover_orphans(self, now: datetime) -> int:
-        """After a crash: kill what the previous daemon left running and settle those tries,
-        including a try whose process started just before the crash but was not yet recorded
-        (its marker says which try it was)."""
-        killed = kill_orphans(self.marker_prefix)
-        orphans = self.store.tis_in_states([TaskState.QUEUED, TaskState.RUNNING])
-        seen = {(ti["run_id"], ti["task_id"]) for ti in orphans}
-        for pid, marker in killed.items():
-            ti = self._unrecorded_try(pid, marker, seen, now)
-            if ti is not None:
-                orphans.append(ti)
-                seen.add((ti["run_id"], ti["task_id"]))
-        for ti in orphans:
-            pid = f" (pid {ti['pid']})" if ti["pid"] else ""
-            reason = f"the daemon stopped while this try ran{pid}; the try was killed"
-            self._end_attempt(ti, now, ok=False, reason=reason, duration_s=None)
-        if orphans or killed:
+        """After a crash, take over the attempts the previous daemon left unsettled: one whose
+        supervisor still runs is adopted (tracked to its end, its timeout counted from its real
+        start); one that ended meanwhile is settled from its exit record by the next reap, and
+        one with neither fails as lost. A try started but not yet recorded as running is
+        recorded first (its marker or its record says which try it was). What attempts already
+        settled left running is stopped, unless their task keeps its background processes.
+        Returns how many attempts were taken over."""
+        by_marker: dict[str, list[int]] = {}
+        for found, marker in marked_processes(self.marker_prefix, prefix=True).items():
+            by_marker.setdefault(marker, []).append(found)
+        tis = self.store.tis_in_states([TaskState.QUEUED, TaskState.RUNNING])
+        seen = {(ti["run_id"], ti["task_id"]) for ti in tis}
+        tis += self._unrecorded_tries(by_marker, seen)
+        still_running = 0
+        for ti in tis:
+            if not ti["log_path"]:
+                ti["log_path"] = str(self._log_path(ti, ti["try_number"]))
+            attempt = self._recovered_attempt(ti)
+            pids = by_marker.pop(attempt.marker, [])
+            pid = next((p for p in pids if supervisor.is_supervisor(p, attempt.log_path)), None)
+            started = from_iso(ti["start_at"])
+            self.executor.adopt(attempt, pid, started.timestamp() if started else now.timestamp())
+            still_running += pid is not None
+        stray = [
+            found
+            for marker, pids in by_marker.items()
+            if not self._keeps_background(marker)
+            for found in pids
+        ]
+        kill_processes(stray)
+        if tis or stray:
             log.warning(
-                "event=orphans_recovered task_instances=%s processes_killed=%s",
-                len(orphans),
-                len(killed),
+                "event=attempts_recovered attempts=%s still_running=%s stray_processes_killed=%s",
+                len(tis),
+                still_running,
+                len(stray),
             )
-        return len(orphans)
+        return len(tis)
 
-    def _unrecorded_try(
-        self, pid: int, marker: str, seen: set[tuple[int, str]], now: datetime
-    ) -> TI | None:
-        """Record a try that was started but not yet written as running, so it ends like any
-        orphan (its log says so, and it counts as a try)."""
+    def _recovered_attempt(self, ti: TI) -> Attempt:
+        """The executor's view of an attempt an earlier daemon started."""
+        task = self._task_spec(ti)
+        return Attempt(
+            ti["run_id"],
+            ti["task_id"],
+            ti["try_number"],
+            ti["pool"],
+            [],
+            {},
+            None,
+            Path(ti["log_path"]),
+            task.timeout_s if task else None,
+            self.marker(ti["run_id"], ti["task_id"], ti["try_number"]),
+            keep_background=bool(task and task.op.get("keep_background")),
+        )
+
+    def _keeps_background(self, marker: str) -> bool:
+        parsed = self._parse_marker(marker)
+        ti = self.store.ti(parsed[0], parsed[1]) if parsed else None
+        task = self._task_spec(ti) if ti else None
+        return bool(task and task.op.get("keep_background"))
+
+    def _parse_marker(self, marker: str) -> tuple[int, str, int] | None:
         try:
             run_text, task_id, try_text = marker.removeprefix(self.marker_prefix).split("|")
-            run_id, try_number = int(run_text), int(try_text)
+            return int(run_text), task_id, int(try_text)
         except ValueError:
             return None
-        ti = self.store.ti(run_id, task_id)
-        if ti is None or (run_id, task_id) in seen or ti["try_number"] >= try_number:
-            return None
-        run = self.store.run(run_id)
-        log_path = attempt_log_path(
-            self.settings.logs_dir, ti["flow_id"], task_id, run["logical_date"], try_number
+
+    def _unrecorded_tries(
+        self, by_marker: dict[str, list[int]], seen: set[tuple[int, str]]
+    ) -> list[TI]:
+        """Tries started just before a crash but not yet written as running: found by their
+        processes' marker, or by the exit record of one that ended since. Each is recorded
+        as running, so that it ends like any other (its log says so, and it counts as a try)."""
+        found = []
+        for marker, pids in by_marker.items():
+            parsed = self._parse_marker(marker)
+            if parsed is None or parsed[:2] in seen:
+                continue
+            ti = self._record_unrecorded(*parsed, pids=pids)
+            if ti is not None:
+                found.append(ti)
+                seen.add(parsed[:2])
+        for ti in self.store.tis_in_states([TaskState.SCHEDULED]):
+            if (ti["run_id"], ti["task_id"]) in seen:
+                continue
+            next_try = ti["try_number"] + 1
+            ending = supervisor.read_ending(self._log_path(ti, next_try))
+            if ending is not None:
+                recorded = self._record_unrecorded(
+                    ti["run_id"], ti["task_id"], next_try, started_at=ending.ended_at
+                )
+                if recorded is not None:
+                    found.append(recorded)
+        return found
+
+    def _log_path(self, ti: TI, try_number: int) -> Path:
+        return attempt_log_path(
+            self.settings.logs_dir, ti["flow_id"], ti["task_id"], ti["logical_date"], try_number
         )
-        fields = {
+
+    def _record_unrecorded(
+        self,
+        run_id: int,
+        task_id: str,
+        try_number: int,
+        pids: Sequence[int] = (),
+        started_at: float | None = None,
+    ) -> TI | None:
+        """Write a try found on the machine as running: its supervisor's pid and start time
+        when it still runs, else (it ended) the time its record was written."""
+        ti = self.store.ti(run_id, task_id)
+        if ti is None or ti["try_number"] >= try_number:
+            return None
+        log_path = self._log_path(ti, try_number)
+        pid = next((p for p in pids if supervisor.is_supervisor(p, log_path)), None)
+        started_at = (process_start_time(pid) if pid else None) or started_at
+        start = datetime.fromtimestamp(started_at, UTC) if started_at else self.clock.now()
+        fields: dict[str, Any] = {
             "try_number": try_number,
             "log_path": str(log_path),
             "pid": pid,
             "host": self.host,
-            "start_at": iso(now),
+            "start_at": iso(start),
         }
         if not self._write(ti, TaskState.SCHEDULED, state=TaskState.RUNNING, **fields):
             return None
         return ti
 
+    def stop_strays(self) -> int:
+        """Stop every process left with this home's marker that no running attempt owns
+        (tasks that left their session), unless its task keeps background processes. At the
+        end of a clean stop: under systemd's KillMode=process nothing else would."""
+        running = {attempt.marker for attempt in self.executor.running()}
+        stray = [
+            pid
+            for pid, marker in marked_processes(self.marker_prefix, prefix=True).items()
+            if marker not in running and not self._keeps_background(marker)
+        ]
+        kill_processes(stray)
+        return len(stray)
 
-def _exit_text(code: int) -> str:
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit code {code}"

@@ -6,6 +6,13 @@ or a quote can never split or inject a command: write `cp {{ params.src }} /data
 
 `stdin="text"` gives the command that text on its standard input (as crontab's `%` does); it is
 passed as is, not as a template. Without it the command reads end-of-file.
+
+The rendered command never appears on a command line (`ps` shows every process's arguments to
+every user): the shell reads it from the attempt's private file (see cronflow.supervisor).
+
+When the command's main process ends, what it left running in the background (`sleep 300 &`)
+is stopped, and the log says how many processes were. `keep_background=True` leaves them
+running, for the rare job that means to start a daemon.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Shell(Task):
         cwd: str | None = None,
         shell: str = DEFAULT_SHELL,
         stdin: str | None = None,
+        keep_background: bool = False,
         **task_args: Any,
     ) -> None:
         super().__init__(task_id, **task_args)
@@ -43,19 +51,27 @@ class Shell(Task):
         self.cwd = cwd
         self.shell = shell
         self.stdin = None if stdin is None else str(stdin)
+        self.keep_background = bool(keep_background)
 
     def op_spec(self) -> dict[str, Any]:
-        spec = {"command": self.command, "env": self.env, "cwd": self.cwd, "shell": self.shell}
+        spec: dict[str, Any] = {
+            "command": self.command,
+            "env": self.env,
+            "cwd": self.cwd,
+            "shell": self.shell,
+        }
         if self.stdin is not None:
             spec["stdin"] = self.stdin
+        if self.keep_background:
+            spec["keep_background"] = True
         return spec
 
 
 def shell_launch(
     op: Mapping[str, Any], context: Mapping[str, Any]
-) -> tuple[list[str], dict[str, str], str | None]:
-    """argv, environment and cwd of one attempt, templates rendered."""
+) -> tuple[str, dict[str, str], str | None]:
+    """The command (the shell's script), environment and cwd of one attempt, rendered."""
     command = render(op["command"], context, quote=shlex.quote)
     env = {k: render(v, context) for k, v in op["env"].items()}
     cwd = render(op["cwd"], context) if op["cwd"] else None
-    return [op["shell"], "-c", command], env, cwd
+    return command, env, cwd
