@@ -13,7 +13,7 @@ file while the task runs (rewriting the file at the end would show the secret me
   thread copies to the log through a Masker (`masked_output`), so the task's prints, logging,
   tracebacks and the output of programs it starts are all masked.
 - Shell tasks are started directly by the daemon with their output on the log file. When the home
-  has any secret at all, the daemon starts them as `python -m cronflow.masking -- bash -c ...`
+  has any secret at all, the daemon starts them as `python -m cronflow.masking -- bash FILE`
   instead: a small parent that runs the command with its output on a pipe and copies it to the
   log through a Masker. The rule is "any secret known", not "a secret in the rendered command",
   because a shell task also reaches secrets the daemon cannot see: its inherited environment
