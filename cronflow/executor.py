@@ -202,11 +202,11 @@ class LocalExecutor:
         self._running[attempt.key] = _Running(attempt, child, started, deadline)
         return child.pid
 
-    def adopt(self, attempt: Attempt, pid: int | None, started_at: float) -> None:
-        """Track an attempt an earlier daemon started at `started_at` (epoch seconds): `pid` is
-        its supervisor if it still runs, else None (it ended; its record says how, if at all).
-        Its timeout counts from its real start."""
-        started = time.monotonic() - max(0.0, time.time() - started_at)
+    def adopt(self, attempt: Attempt, pid: int | None, elapsed_s: float) -> None:
+        """Track an attempt an earlier daemon started `elapsed_s` ago: `pid` is its supervisor
+        if it still runs, else None (it ended; its record says how, if at all). Its timeout
+        counts from its real start."""
+        started = time.monotonic() - max(0.0, elapsed_s)
         deadline = started + attempt.timeout_s if attempt.timeout_s else None
         process = _Adopted(pid, attempt.log_path)
         self._running[attempt.key] = _Running(attempt, process, started, deadline)

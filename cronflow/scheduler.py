@@ -646,8 +646,8 @@ class Scheduler:
             attempt = self._recovered_attempt(ti)
             pids = by_marker.pop(attempt.marker, [])
             pid = next((p for p in pids if supervisor.is_supervisor(p, attempt.log_path)), None)
-            started = from_iso(ti["start_at"])
-            self.executor.adopt(attempt, pid, started.timestamp() if started else now.timestamp())
+            started = from_iso(ti["start_at"]) or now
+            self.executor.adopt(attempt, pid, (now - started).total_seconds())
             still_running += pid is not None
         stray = [
             found

@@ -49,7 +49,6 @@ ProtectHome={protect_home}
 PrivateTmp=yes
 PrivateMounts=yes
 PrivateDevices=yes
-PrivateUsers=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes

@@ -452,6 +452,33 @@ def test_recovery_adopts_a_try_started_but_not_yet_recorded(make, write_flow, tm
     assert not log_path.with_suffix(".cmd").exists()
 
 
+def test_an_adopted_try_times_out_counted_from_its_real_start(make, write_flow, tmp_path):
+    write_flow(
+        "lost",
+        """
+        from cronflow import Flow, Shell
+        with Flow("lost"):
+            Shell("t", "true", timeout=600)
+    """,
+    )
+    first = make(utc(2024, 1, 1))
+    run_id, log_path, pid = start_unrecorded_try(first, "sleep 60")
+    first.store.update_ti(  # recorded as running since 00:00 by the daemon that crashed
+        run_id,
+        "t",
+        state=TaskState.RUNNING,
+        try_number=1,
+        log_path=str(log_path),
+        pid=pid,
+        start_at="2024-01-01T00:00:00+00:00",
+    )
+    restarted = make(utc(2024, 1, 1, 0, 15))  # back 15 minutes later: 600 s are over
+    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1, 0, 15)) == 1
+    restarted.settle()
+    ti = restarted.store.ti(run_id, "t")
+    assert (ti["state"], ti["reason"]) == ("failed", "timed out after 600s")
+
+
 @pytest.mark.parametrize(
     ("command", "state", "exit_code", "reason"),
     [("true", "success", 0, None), ("exit 3", "up_for_retry", 3, "exit code 3")],
