@@ -22,7 +22,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import IO
 
-from cronflow import catalog
+from cronflow import catalog, recovery
 from cronflow.config import Settings
 from cronflow.errors import DaemonError
 from cronflow.executor import LocalExecutor
@@ -126,7 +126,7 @@ class Daemon:
             started = self.clock.now()
             store.record_daemon(os.getpid(), scheduler.host, started)
             scheduler.catalog = catalog.sync(store, self.settings)  # retry delays come from it
-            recovered = scheduler.recover_orphans(started)
+            recovered = recovery.recover(scheduler, started)
             scheduler.run_startup_flows(started)  # flows with schedule="@reboot"
             log.info(
                 "event=daemon_started pid=%s home=%s flows=%s broken_files=%s parallelism=%s recovered=%s",
@@ -249,7 +249,7 @@ class Daemon:
         scheduler.tick(self.clock.now())
         # Under systemd's KillMode=process nothing else ends what tasks left outside their
         # session; a crash, unlike this stop, leaves running tasks to the next daemon.
-        stray = scheduler.stop_strays()
+        stray = recovery.stop_strays(scheduler)
         if stray:
             log.warning("event=stray_processes_killed count=%s", stray)
 

@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,14 +28,7 @@ from cronflow.catalog import Catalog, FlowSpec, TaskSpec
 from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
-from cronflow.executor import (
-    Attempt,
-    Finished,
-    LocalExecutor,
-    kill_processes,
-    marked_processes,
-    process_start_time,
-)
+from cronflow.executor import Attempt, Finished, LocalExecutor
 from cronflow.logs import attempt_log_path, write_note
 from cronflow.ops import launch_for
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED
@@ -309,7 +302,8 @@ class Scheduler:
     def _start_attempt(self, ti: TI) -> bool:
         """scheduled -> running in one write, once the process exists. The local executor starts
         processes synchronously, so it never leaves a TI queued; after a crash between the start
-        and the write, the next daemon finds the attempt by its marker or its exit record."""
+        and the write, the next daemon finds the attempt by its marker or its exit record
+        (cronflow.recovery)."""
         now = self.clock.now()
         run = self._runs[ti["run_id"]]
         flow = self.catalog.flows.get(run["flow_id"])
@@ -624,150 +618,6 @@ class Scheduler:
             ti["run_id"],
             ti["try_number"],
         )
-
-    def recover_orphans(self, now: datetime) -> int:
-        """After a crash, take over the attempts the previous daemon left unsettled: one whose
-        supervisor still runs is adopted (tracked to its end, its timeout counted from its real
-        start); one that ended meanwhile is settled from its exit record by the next reap, and
-        one with neither fails as lost. A try started but not yet recorded as running is
-        recorded first (its marker or its record says which try it was). What attempts already
-        settled left running is stopped, unless their task keeps its background processes.
-        Returns how many attempts were taken over."""
-        by_marker: dict[str, list[int]] = {}
-        for found, marker in marked_processes(self.marker_prefix, prefix=True).items():
-            by_marker.setdefault(marker, []).append(found)
-        tis = self.store.tis_in_states([TaskState.QUEUED, TaskState.RUNNING])
-        seen = {(ti["run_id"], ti["task_id"]) for ti in tis}
-        tis += self._unrecorded_tries(by_marker, seen)
-        still_running = 0
-        for ti in tis:
-            if not ti["log_path"]:
-                ti["log_path"] = str(self._log_path(ti, ti["try_number"]))
-            attempt = self._recovered_attempt(ti)
-            pids = by_marker.pop(attempt.marker, [])
-            pid = next((p for p in pids if supervisor.is_supervisor(p, attempt.log_path)), None)
-            started = from_iso(ti["start_at"]) or now
-            self.executor.adopt(attempt, pid, (now - started).total_seconds())
-            still_running += pid is not None
-        stray = [
-            found
-            for marker, pids in by_marker.items()
-            if not self._keeps_background(marker)
-            for found in pids
-        ]
-        kill_processes(stray)
-        if tis or stray:
-            log.warning(
-                "event=attempts_recovered attempts=%s still_running=%s stray_processes_killed=%s",
-                len(tis),
-                still_running,
-                len(stray),
-            )
-        return len(tis)
-
-    def _recovered_attempt(self, ti: TI) -> Attempt:
-        """The executor's view of an attempt an earlier daemon started."""
-        task = self._task_spec(ti)
-        return Attempt(
-            ti["run_id"],
-            ti["task_id"],
-            ti["try_number"],
-            ti["pool"],
-            [],
-            {},
-            None,
-            Path(ti["log_path"]),
-            task.timeout_s if task else None,
-            self.marker(ti["run_id"], ti["task_id"], ti["try_number"]),
-            keep_background=bool(task and task.op.get("keep_background")),
-        )
-
-    def _keeps_background(self, marker: str) -> bool:
-        parsed = self._parse_marker(marker)
-        ti = self.store.ti(parsed[0], parsed[1]) if parsed else None
-        task = self._task_spec(ti) if ti else None
-        return bool(task and task.op.get("keep_background"))
-
-    def _parse_marker(self, marker: str) -> tuple[int, str, int] | None:
-        try:
-            run_text, task_id, try_text = marker.removeprefix(self.marker_prefix).split("|")
-            return int(run_text), task_id, int(try_text)
-        except ValueError:
-            return None
-
-    def _unrecorded_tries(
-        self, by_marker: dict[str, list[int]], seen: set[tuple[int, str]]
-    ) -> list[TI]:
-        """Tries started just before a crash but not yet written as running: found by their
-        processes' marker, or by the exit record of one that ended since. Each is recorded
-        as running, so that it ends like any other (its log says so, and it counts as a try)."""
-        found = []
-        for marker, pids in by_marker.items():
-            parsed = self._parse_marker(marker)
-            if parsed is None or parsed[:2] in seen:
-                continue
-            ti = self._record_unrecorded(*parsed, pids=pids)
-            if ti is not None:
-                found.append(ti)
-                seen.add(parsed[:2])
-        for ti in self.store.tis_in_states([TaskState.SCHEDULED]):
-            if (ti["run_id"], ti["task_id"]) in seen:
-                continue
-            next_try = ti["try_number"] + 1
-            ending = supervisor.read_ending(self._log_path(ti, next_try))
-            if ending is not None:
-                recorded = self._record_unrecorded(
-                    ti["run_id"], ti["task_id"], next_try, started_at=ending.ended_at
-                )
-                if recorded is not None:
-                    found.append(recorded)
-        return found
-
-    def _log_path(self, ti: TI, try_number: int) -> Path:
-        return attempt_log_path(
-            self.settings.logs_dir, ti["flow_id"], ti["task_id"], ti["logical_date"], try_number
-        )
-
-    def _record_unrecorded(
-        self,
-        run_id: int,
-        task_id: str,
-        try_number: int,
-        pids: Sequence[int] = (),
-        started_at: float | None = None,
-    ) -> TI | None:
-        """Write a try found on the machine as running: its supervisor's pid and start time
-        when it still runs, else (it ended) the time its record was written."""
-        ti = self.store.ti(run_id, task_id)
-        if ti is None or ti["try_number"] >= try_number:
-            return None
-        log_path = self._log_path(ti, try_number)
-        pid = next((p for p in pids if supervisor.is_supervisor(p, log_path)), None)
-        started_at = (process_start_time(pid) if pid else None) or started_at
-        start = datetime.fromtimestamp(started_at, UTC) if started_at else self.clock.now()
-        fields: dict[str, Any] = {
-            "try_number": try_number,
-            "log_path": str(log_path),
-            "pid": pid,
-            "host": self.host,
-            "start_at": iso(start),
-        }
-        if not self._write(ti, TaskState.SCHEDULED, state=TaskState.RUNNING, **fields):
-            return None
-        return ti
-
-    def stop_strays(self) -> int:
-        """Stop every process left with this home's marker that no running attempt owns
-        (tasks that left their session), unless its task keeps background processes. At the
-        end of a clean stop: under systemd's KillMode=process nothing else would."""
-        running = {attempt.marker for attempt in self.executor.running()}
-        stray = [
-            pid
-            for pid, marker in marked_processes(self.marker_prefix, prefix=True).items()
-            if marker not in running and not self._keeps_background(marker)
-        ]
-        kill_processes(stray)
-        return len(stray)
 
 
 def _processes(count: int) -> str:

@@ -15,6 +15,7 @@ from conftest import FakeClock, is_alive, utc, wait_for
 from cronflow import catalog
 from cronflow.config import Settings
 from cronflow.executor import LocalExecutor
+from cronflow.recovery import recover
 from cronflow.scheduler import Scheduler
 from cronflow.states import TaskState
 from cronflow.store import Store
@@ -438,7 +439,7 @@ def test_recovery_adopts_a_try_started_but_not_yet_recorded(make, write_flow, tm
         f"while [ ! -e {gate} ]; do sleep 0.05; done; echo ran once",
     )
     restarted = make(utc(2024, 1, 1))
-    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1)) == 1
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
     ti = restarted.store.ti(run_id, "t")
     assert (ti["state"], ti["try_number"], ti["pid"]) == ("running", 1, pid)
     restarted.tick()
@@ -473,7 +474,7 @@ def test_an_adopted_try_times_out_counted_from_its_real_start(make, write_flow, 
         start_at="2024-01-01T00:00:00+00:00",
     )
     restarted = make(utc(2024, 1, 1, 0, 15))  # back 15 minutes later: 600 s are over
-    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1, 0, 15)) == 1
+    assert recover(restarted.scheduler, utc(2024, 1, 1, 0, 15)) == 1
     restarted.settle()
     ti = restarted.store.ti(run_id, "t")
     assert (ti["state"], ti["reason"]) == ("failed", "timed out after 600s")
@@ -491,7 +492,7 @@ def test_recovery_settles_an_unrecorded_try_that_ended_from_its_exit_record(
     record = log_path.with_suffix(".status")
     wait_for(lambda: record.exists() and record.read_text(), what="the exit record")
     restarted = make(utc(2024, 1, 1))
-    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1)) == 1
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
     restarted.scheduler.reap()  # settles it (a tick would also start the retry)
     ti = restarted.store.ti(run_id, "t")
     assert (ti["state"], ti["try_number"], ti["exit_code"], ti["reason"]) == (
@@ -513,7 +514,7 @@ def test_recovery_fails_a_try_with_no_process_and_no_exit_record_as_lost(make, w
         run_id, "t", state=TaskState.RUNNING, try_number=1, log_path=str(log_path), pid=None
     )
     restarted = make(utc(2024, 1, 1))
-    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1)) == 1
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
     restarted.scheduler.reap()
     ti = restarted.store.ti(run_id, "t")
     lost = "lost: the daemon stopped and the task left no exit status"
