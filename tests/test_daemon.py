@@ -148,6 +148,30 @@ def test_a_tasks_background_children_are_stopped_when_it_ends_unless_kept(home, 
         os.kill(kept_pid, signal.SIGKILL)
 
 
+def test_a_clean_stop_ends_what_a_task_left_outside_its_session(home, daemon, write_flow):
+    """Under systemd's KillMode=process the daemon is the one that ends such a process."""
+    pidfile = home / "escaped.pid"
+    write_flow(
+        "escape",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("escape"):
+            Shell("t", "setsid sleep 300 & echo $! > {pidfile}")
+    """,
+    )
+    process = daemon()
+    assert cli(home, "trigger", "escape", "--wait").returncode == 0
+    escaped = int(pidfile.read_text())
+    try:
+        assert is_alive(escaped)  # not in the task's session: not stopped when it ended
+        process.stop()
+        assert not is_alive(escaped)
+        assert "event=stray_processes_killed count=1" in process.output()
+    finally:
+        if is_alive(escaped):
+            os.kill(escaped, signal.SIGKILL)
+
+
 def test_second_daemon_on_the_same_home_is_refused(home, daemon):
     first = daemon()
     result = cli(home, "daemon", timeout=30)
