@@ -62,11 +62,11 @@ class Ending:
 
 
 def status_path(log_path: Path) -> Path:
-    return log_path.with_suffix(".status")
+    return log_path.absolute().with_suffix(".status")  # absolute: the task may change directory
 
 
 def command_path(log_path: Path) -> Path:
-    return log_path.with_suffix(".cmd")
+    return log_path.absolute().with_suffix(".cmd")
 
 
 def supervised(argv: list[str], log_path: Path) -> list[str]:
