@@ -134,10 +134,12 @@ class _Adopted:
         return True
 
     def signal(self, marker: str, sig: signal.Signals) -> None:
-        # Its group's number may be reused once it ends: the marker finds every process.
-        if self._pidfd is not None:
+        # Its group: only while it lives (its pid, the group's number, is then reserved); the
+        # marker finds the rest, and everything once it has ended.
+        if self._pidfd is not None and self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, sig)
+                os.killpg(self.pid, sig)
         _kill_marked(marker, sig)
 
 

@@ -55,6 +55,12 @@ def recover(scheduler: Scheduler, now: datetime) -> int:
         attempt = _attempt(scheduler, ti)
         pids = by_marker.pop(attempt.marker, [])
         found = next((p for p in pids if supervisor.is_supervisor(p, attempt.log_path)), None)
+        if (
+            found is None
+            and ti["pid"]
+            and supervisor.is_supervisor(ti["pid"], attempt.log_path) is None
+        ):
+            found = ti["pid"]  # this user's, hidden from us: trust the store rather than rerun
         started = from_iso(ti["start_at"]) or now
         scheduler.executor.adopt(attempt, found, (now - started).total_seconds())
         still_running += found is not None

@@ -133,13 +133,18 @@ def discard(log_path: Path) -> None:
             path.unlink()
 
 
-def is_supervisor(pid: int, log_path: Path) -> bool:
+def is_supervisor(pid: int, log_path: Path) -> bool | None:
     """Whether process `pid` is the supervisor of the attempt logging to `log_path` (and not a
-    process that reused its pid)."""
+    process that reused its pid); None when it cannot be told: the process is this user's, but
+    /proc does not show it (another user namespace, e.g. systemd's PrivateUsers=)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             cmdline = handle.read()
     except OSError:
-        return False
+        try:
+            os.kill(pid, 0)
+        except OSError:  # gone, or another user's
+            return False
+        return None
     tag = f"\0{SUPERVISOR_TAG}\0{status_path(log_path)}\0".encode()
     return tag in cmdline

@@ -321,6 +321,50 @@ with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
     print(f"\nrestart after kill -9: {restart_s:.1f}s")
 
 
+def test_kill_9_under_private_users_still_adopts_the_running_task(box):
+    """With PrivateUsers=yes (left out of the unit, but an admin may add it) each start gets a
+    new user namespace and /proc hides the tasks of the daemon before: it adopts the task by
+    the pid the store recorded rather than running it again."""
+    dropin = "/etc/systemd/system/cronflow.service.d"
+    box.run("mkdir", "-p", dropin)
+    box.run("sh", "-c", f"printf '[Service]\\nPrivateUsers=yes\\n' > {dropin}/users.conf")
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "cronflow.service")
+    try:
+        write_flow(
+            box,
+            "hidden",
+            f"""
+from cronflow import Flow, Shell
+with Flow("hidden", defaults={{"retries": 1, "retry_delay": 0}}):
+    Shell("work", "echo $CRONFLOW_TRY_NUMBER >> {HOME}/hidden.runs; sleep 15; echo done")
+""",
+        )
+        cronflow(box, "trigger", "hidden")
+        wait_for(
+            lambda: box.run("test", "-s", f"{HOME}/hidden.runs", check=False).returncode == 0,
+            what="try 1",
+        )
+        old = main_pid(box)
+        box.run("sh", "-c", f"kill -9 {old}")
+        wait_for(
+            lambda: (
+                main_pid(box) not in (0, old)
+                and box.show("cronflow.service", "ActiveState")["ActiveState"] == "active"
+            ),
+            what="systemd to restart the daemon",
+        )
+        wait_for(
+            lambda: tasks(box, "hidden")["work"]["state"] == "success", timeout=90, what="its end"
+        )
+        assert tasks(box, "hidden")["work"]["try_number"] == 1
+        assert box.run("cat", f"{HOME}/hidden.runs").stdout.split() == ["1"]
+    finally:
+        box.run("rm", "-r", dropin)
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "restart", "cronflow.service")
+
+
 def test_sigstop_is_caught_by_the_watchdog(box):
     box.run("mkdir", "-p", "/etc/systemd/system/cronflow.service.d")
     box.run(
