@@ -24,7 +24,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import IO
 
-from cronflow import catalog
+from cronflow import catalog, recovery
 from cronflow.catalog import Catalog
 from cronflow.config import Settings
 from cronflow.errors import DaemonError
@@ -130,7 +130,7 @@ class Daemon:
             store.record_daemon(os.getpid(), scheduler.host, started)
             # Recovery and @reboot flows need the catalog (retry delays come from it).
             self._swap_catalog(scheduler, catalog.sync(store, self.settings))
-            recovered = scheduler.recover_orphans(started)
+            recovered = recovery.recover(scheduler, started)
             scheduler.run_startup_flows(started)  # flows with schedule="@reboot"
             log.info(
                 "event=daemon_started pid=%s home=%s flows=%s broken_files=%s parallelism=%s recovered=%s",
@@ -256,7 +256,9 @@ class Daemon:
 
     def _drain(self, scheduler: Scheduler, selector: selectors.BaseSelector) -> None:
         """SIGTERM: no new work; let running tasks finish within the grace period, then stop
-        them and leave them to run again at the next start."""
+        them and leave them to run again at the next start. The daemon stops every process of
+        its tasks itself: the systemd unit's KillMode=process leaves them to it, so that a
+        crash (not a stop) leaves running tasks to the next daemon."""
         scheduler.stopping = True
         running = len(scheduler.executor.running())
         log.info(
@@ -274,6 +276,11 @@ class Daemon:
                 scheduler.tick(self.clock.now())
                 self._wait(selector, 0.2)
         scheduler.tick(self.clock.now())
+        # Under systemd's KillMode=process nothing else ends what tasks left outside their
+        # session; a crash, unlike this stop, leaves running tasks to the next daemon.
+        stray = recovery.stop_strays(scheduler)
+        if stray:
+            log.warning("event=stray_processes_killed count=%s", stray)
 
 
 def configure_logging() -> None:

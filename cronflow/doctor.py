@@ -173,7 +173,8 @@ def _stale_state(settings: Settings, store: Store) -> list[Finding]:
                     "stale tasks",
                     "warn",
                     f"{len(active)} task instance(s) marked running with no daemon; the next daemon "
-                    "start recovers them (kills leftovers, retries or fails them)",
+                    "start takes them over (adopts those still running, settles those that "
+                    "ended from their exit record, retries or fails those lost)",
                 )
             )
         lock = settings.lock_path

@@ -4,25 +4,39 @@ LocalExecutor starts each attempt in its own session (so its own process group),
 stderr going straight to the attempt's log file: the daemon never reads a pipe from a task, so a
 task that prints megabytes or leaves a grandchild behind cannot block it. Every attempt's
 environment carries a marker (CRONFLOW_ATTEMPT) so that processes which left the group (setsid,
-double fork) are still found and killed on a timeout, and orphans are found after a daemon crash.
+double fork) are still found and killed on a timeout, and after a daemon crash.
+
+Each attempt runs under its supervisor (cronflow.supervisor), which records the task's exit
+status where a daemon crash cannot lose it. A restarted daemon `adopt`s the attempts of the one
+before: one still running is tracked to its end (its supervisor is no longer our child, so a
+pidfd tells when it ends, and a poll every ADOPTED_POLL_S notices); one that ended meanwhile is
+settled from its record.
+
+When an attempt's main process ends, whatever it left in its process group (`sleep 300 &`) is
+stopped (SIGTERM, SIGKILL after KILL_GRACE_S), unless the attempt keeps its background processes
+(Shell's keep_background=True, for a job that starts a daemon). Finished says how many.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cronflow import supervisor
 from cronflow.logs import open_attempt_log
 
 MARKER_VAR = "CRONFLOW_ATTEMPT"
 KILL_GRACE_S = 5.0
+ADOPTED_POLL_S = 0.5  # how soon the end of an attempt started by an earlier daemon is noticed
+LOST = "lost: the daemon stopped and the task left no exit status"
 
 
 @dataclass
@@ -40,6 +54,10 @@ class Attempt:
     timeout_s: float | None
     marker: str
     stdin: str | None = None  # standard input text (Shell stdin=), else end-of-file
+    # A shell script, written to the attempt's private command file whose path ends argv:
+    # the rendered command never appears on a command line.
+    script: str | None = None
+    keep_background: bool = False  # leave what the task started in the background running
 
     @property
     def key(self) -> tuple[int, str]:
@@ -48,23 +66,31 @@ class Attempt:
 
 @dataclass
 class Finished:
-    """How an attempt ended: its exit code (negative = killed by that signal) and why."""
+    """How an attempt ended: its exit code (negative = killed by that signal; None = unknown)
+    and why; `stopped` processes it left behind were stopped, `kept` were left running."""
 
     attempt: Attempt
-    exit_code: int
+    exit_code: int | None
     duration_s: float
     reason: str | None = None
+    ended_at: float | None = None  # when the record says it ended (an adopted attempt)
+    stopped: int = 0
+    kept: int = 0
+    notes: tuple[str, ...] = ()  # from its exit record, e.g. its output could not be logged
 
 
 class _Child:
-    """A started process: its pid, and its exit code once reaped (negative = signal)."""
+    """A process we started: its pid, and its exit code once reaped (negative = signal)."""
+
+    adopted = False
+    ending: supervisor.Ending | None = None  # read from the record only for adopted ones
 
     def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._popen = popen  # kept so that subprocess never reaps it behind our back
 
-    def poll(self) -> int | None:
+    def ended(self) -> bool:
         if self._popen is not None:
             self.returncode = self._popen.poll()
         elif self.returncode is None:
@@ -72,20 +98,67 @@ class _Child:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:  # reaped elsewhere: its code is lost
                 self.returncode = -signal.SIGKILL
-                return self.returncode
+                return True
             if pid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        return self.returncode is not None
+
+    def signal(self, marker: str, sig: signal.Signals) -> None:
+        _kill_everything(self.pid, marker, sig)
+
+
+class _Adopted:
+    """The supervisor of an attempt an earlier daemon started (None: it had ended already).
+    Not our child: a pidfd tells when it ends, its record how."""
+
+    adopted = True
+
+    def __init__(self, pid: int | None, log_path: Path) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.ending: supervisor.Ending | None = None
+        self._log_path = log_path
+        self._pidfd: int | None = None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._pidfd = os.pidfd_open(pid)
+
+    def ended(self) -> bool:
+        if self._pidfd is not None:
+            if not select.select([self._pidfd], [], [], 0)[0]:
+                return False
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.ending = supervisor.read_ending(self._log_path)
+        self.returncode = self.ending.exit_code if self.ending else None
+        return True
+
+    def signal(self, marker: str, sig: signal.Signals) -> None:
+        # Its group: only while it lives (its pid, the group's number, is then reserved); the
+        # marker finds the rest, and everything once it has ended.
+        if self._pidfd is not None and self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+                os.killpg(self.pid, sig)
+        _kill_marked(marker, sig)
 
 
 @dataclass
 class _Running:
     attempt: Attempt
-    process: _Child
+    process: _Child | _Adopted
     started: float
     deadline: float | None
     kill_reason: str | None = None
     kill_at: float | None = None
+
+
+@dataclass
+class _Lingering:
+    """Processes a finished attempt left behind: SIGTERM sent, SIGKILL at `kill_at`."""
+
+    pidfds: list[int] = field(default_factory=list)
+    kill_at: float = 0.0
 
 
 class LocalExecutor:
@@ -94,6 +167,7 @@ class LocalExecutor:
     def __init__(self, parallelism: int) -> None:
         self.parallelism = parallelism
         self._running: dict[tuple[int, str], _Running] = {}
+        self._lingering: list[_Lingering] = []
         self._base_env = dict(os.environ)  # read once: os.environ decodes on every access
 
     @property
@@ -110,12 +184,17 @@ class LocalExecutor:
         return usage
 
     def start(self, attempt: Attempt) -> int:
-        """Start an attempt and return its pid; OSError if it cannot be started."""
+        """Start an attempt under its supervisor and return the supervisor's pid; OSError if it
+        cannot be started."""
         env = {**self._base_env, **attempt.env, MARKER_VAR: attempt.marker}
+        argv = attempt.argv
+        if attempt.script is not None:
+            argv = [*argv, str(supervisor.write_command(attempt.log_path, attempt.script))]
+        argv = supervisor.supervised(argv, attempt.log_path)
         log_fd = open_attempt_log(attempt.log_path)
         stdin = _stdin_file(attempt.stdin)
         try:
-            child = _spawn(attempt, env, stdin.fileno() if stdin else None, log_fd)
+            child = _spawn(argv, attempt.cwd, env, stdin.fileno() if stdin else None, log_fd)
         finally:
             os.close(log_fd)
             if stdin is not None:
@@ -125,29 +204,96 @@ class LocalExecutor:
         self._running[attempt.key] = _Running(attempt, child, started, deadline)
         return child.pid
 
+    def adopt(self, attempt: Attempt, pid: int | None, elapsed_s: float) -> None:
+        """Track an attempt an earlier daemon started `elapsed_s` ago: `pid` is its supervisor
+        if it still runs, else None (it ended; its record says how, if at all). Its timeout
+        counts from its real start."""
+        started = time.monotonic() - max(0.0, elapsed_s)
+        deadline = started + attempt.timeout_s if attempt.timeout_s else None
+        process = _Adopted(pid, attempt.log_path)
+        self._running[attempt.key] = _Running(attempt, process, started, deadline)
+
     def reap(self) -> list[Finished]:
         """Attempts that ended since the last call. Never blocks."""
         finished = []
         for key, r in list(self._running.items()):
-            code = r.process.poll()
-            if code is None:
+            if not r.process.ended():
                 continue
             del self._running[key]
+            stopped = kept = 0
             if r.kill_reason:
                 # Whatever the group left behind goes too: a timed-out task ends entirely.
-                _kill_everything(r.process.pid, r.attempt.marker, signal.SIGKILL)
-            finished.append(Finished(r.attempt, code, time.monotonic() - r.started, r.kill_reason))
+                r.process.signal(r.attempt.marker, signal.SIGKILL)
+            elif r.attempt.keep_background:
+                kept = len(self._leftovers(r))
+            else:
+                stopped = self._stop_leftovers(r)
+            finished.append(self._finished(r, stopped, kept))
         return finished
 
+    def _finished(self, r: _Running, stopped: int, kept: int) -> Finished:
+        duration_s = time.monotonic() - r.started
+        ended = Finished(r.attempt, r.process.returncode, duration_s, r.kill_reason)
+        ended.stopped, ended.kept = stopped, kept
+        ending = (
+            r.process.ending if r.process.adopted else supervisor.read_ending(r.attempt.log_path)
+        )
+        if ending is not None:
+            ended.notes = ending.notes
+        if r.process.adopted:  # its record is all there is: when it ended, and how
+            if ending is None:
+                ended.reason = ended.reason or LOST
+            else:
+                ended.ended_at = ending.ended_at
+                ended.duration_s = max(0.0, duration_s - max(0.0, time.time() - ending.ended_at))
+        return ended
+
+    def _leftovers(self, r: _Running) -> list[int]:
+        """Processes the attempt left behind: its process group, and anything with its marker.
+        The group's number stays reserved while any member lives, so a group that answers
+        still is this attempt's; the full scan of /proc runs only then (or when adopted)."""
+        pgid = r.process.pid
+        if r.process.adopted or pgid is None:
+            return find_marked(r.attempt.marker)
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return sorted(set(_group_members(pgid)) | set(find_marked(r.attempt.marker)))
+
+    def _stop_leftovers(self, r: _Running) -> int:
+        pids = self._leftovers(r)
+        if not pids:
+            return 0
+        lingering = _Lingering(kill_at=time.monotonic() + KILL_GRACE_S)
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)  # pins the process: the SIGKILL cannot hit a new one
+            except (ProcessLookupError, PermissionError):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            lingering.pidfds.append(pidfd)
+        if lingering.pidfds:
+            self._lingering.append(lingering)
+        return len(lingering.pidfds)
+
     def enforce(self) -> None:
-        """Stop attempts past their timeout: SIGTERM to the whole group, SIGKILL after a grace."""
+        """Stop attempts past their timeout: SIGTERM to the whole group, SIGKILL after a grace;
+        and SIGKILL what finished attempts left behind once its grace is over."""
         now = time.monotonic()
         for r in self._running.values():
             if r.kill_reason is None and r.deadline is not None and now >= r.deadline:
                 self._signal(r, f"timed out after {r.attempt.timeout_s:g}s", signal.SIGTERM)
             elif r.kill_at is not None and now >= r.kill_at:
-                _kill_everything(r.process.pid, r.attempt.marker, signal.SIGKILL)
+                r.process.signal(r.attempt.marker, signal.SIGKILL)
                 r.kill_at = None
+        for lingering in [entry for entry in self._lingering if now >= entry.kill_at]:
+            self._lingering.remove(lingering)
+            for pidfd in lingering.pidfds:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                os.close(pidfd)
 
     def kill(self, key: tuple[int, str], reason: str) -> None:
         """Stop one attempt (e.g. marked by the CLI, or at shutdown)."""
@@ -159,25 +305,30 @@ class LocalExecutor:
         r.kill_reason = reason
         r.deadline = None
         r.kill_at = time.monotonic() + KILL_GRACE_S
-        _kill_everything(r.process.pid, r.attempt.marker, sig)
+        r.process.signal(r.attempt.marker, sig)
 
     def next_deadline(self) -> float | None:
-        """The monotonic time at which enforce() next has something to do."""
+        """The monotonic time at which enforce() or reap() next has something to do."""
         times = [t for r in self._running.values() for t in (r.deadline, r.kill_at) if t]
+        times += [entry.kill_at for entry in self._lingering]
+        if any(r.process.adopted for r in self._running.values()):
+            times.append(time.monotonic() + ADOPTED_POLL_S)
         return min(times) if times else None
 
 
-def _spawn(attempt: Attempt, env: dict[str, str], stdin_fd: int | None, log_fd: int) -> _Child:
-    """Start the attempt in a new session with stdout and stderr on its log. posix_spawn costs
+def _spawn(
+    argv: list[str], cwd: str | None, env: dict[str, str], stdin_fd: int | None, log_fd: int
+) -> _Child:
+    """Start argv in a new session with stdout and stderr on its log. posix_spawn costs
     a fraction of subprocess.Popen's fork+exec; every descriptor the daemon holds is
     close-on-exec (Python's default, and SQLite's), so none leaks into the task."""
-    if attempt.cwd is not None:  # posix_spawn cannot change directory before Python 3.13
+    if cwd is not None:  # posix_spawn cannot change directory before Python 3.13
         popen = subprocess.Popen(
-            attempt.argv,
+            argv,
             stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
             stdout=log_fd,
             stderr=subprocess.STDOUT,
-            cwd=attempt.cwd,
+            cwd=cwd,
             env=env,
             start_new_session=True,
             close_fds=True,
@@ -190,7 +341,7 @@ def _spawn(attempt: Attempt, env: dict[str, str], stdin_fd: int | None, log_fd: 
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
             (os.POSIX_SPAWN_DUP2, log_fd, 2),
         ]
-        pid = os.posix_spawnp(attempt.argv[0], attempt.argv, env, file_actions=actions, setsid=True)
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
         return _Child(pid)
     finally:
         if null_fd is not None:
@@ -211,17 +362,49 @@ def _stdin_file(text: str | None) -> IO[bytes] | None:
 def _kill_everything(pgid: int, marker: str, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+    _kill_marked(marker, sig)
+
+
+def _kill_marked(marker: str, sig: signal.Signals) -> None:
     for pid in find_marked(marker):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group `pgid` (from /proc/PID/stat)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp
+            members.append(int(entry.name))
+    return members
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (from /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            ticks = int(handle.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def find_marked(marker: str, prefix: bool = False) -> list[int]:
     """Pids of this user's processes whose environment carries the attempt marker."""
-    return list(_marked(marker, prefix))
+    return list(marked_processes(marker, prefix))
 
 
-def _marked(marker: str, prefix: bool) -> dict[int, str]:
+def marked_processes(marker: str, prefix: bool) -> dict[int, str]:
     """pid -> the full marker value, for processes whose marker is (or starts with) `marker`."""
     needle = f"{MARKER_VAR}={marker}".encode()
     found = {}
@@ -240,12 +423,9 @@ def _marked(marker: str, prefix: bool) -> dict[int, str]:
     return found
 
 
-def kill_orphans(marker_prefix: str) -> dict[int, str]:
-    """Kill (SIGKILL, whole groups) every process left by an earlier daemon for this home;
-    returns pid -> marker, so the caller can tell which attempt each one was."""
-    found = _marked(marker_prefix, prefix=True)
-    for pid in found:
+def kill_processes(pids: list[int]) -> None:
+    """SIGKILL these processes (and the groups they lead)."""
+    for pid in pids:
         for kill in (os.killpg, os.kill):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(pid, signal.SIGKILL)
-    return found

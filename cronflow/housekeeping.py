@@ -5,6 +5,10 @@ connection); `cronflow db clean` runs the history part on demand.
 Logs of attempts still running are never touched. Compression writes `try-N.log.gz` next to the
 log and removes the original only once the compressed copy is complete, so a crash at any point
 leaves one readable copy.
+
+An attempt's exit record and command file (cronflow.supervisor) are removed when it is settled;
+a daemon crash between the two can leave them behind, so any that are a day old and belong to no
+running attempt are removed too (a command file may hold secrets).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from cronflow.store import Store
 log = logging.getLogger("cronflow.housekeeping")
 
 DAY_S = 86400.0
+ATTEMPT_FILE_SUFFIXES = (".status", ".cmd")  # see cronflow.supervisor
 
 
 @dataclass
@@ -33,6 +38,7 @@ class Report:
     freed_bytes: int = 0
     deleted_runs: int = 0
     deleted_task_instances: int = 0
+    stale_attempt_files: int = 0
     run_ids: list[int] = field(default_factory=list)
 
 
@@ -103,6 +109,23 @@ def cap_total_size(logs_dir: Path, max_bytes: float, active: set[str], report: R
         report.freed_bytes += size
 
 
+def remove_stale_attempt_files(
+    logs_dir: Path, now_ts: float, active: set[str], report: Report
+) -> None:
+    """Exit records and command files a crash left behind (a day old, no running attempt)."""
+    if not logs_dir.is_dir():
+        return
+    for path in logs_dir.rglob("try-*"):
+        if path.suffix not in ATTEMPT_FILE_SUFFIXES or str(path.with_suffix(".log")) in active:
+            continue
+        try:
+            if now_ts - path.stat().st_mtime >= DAY_S:
+                path.unlink()
+                report.stale_attempt_files += 1
+        except OSError as exc:
+            log.warning("event=attempt_file_delete_failed path=%s error=%r", path, str(exc))
+
+
 def clean_history(
     store: Store, settings: Settings, cutoff: datetime, dry_run: bool, report: Report
 ) -> None:
@@ -152,6 +175,7 @@ def run_housekeeping(settings: Settings, store: Store, now: datetime) -> Report:
         )
     if retention.max_logs_mb > 0:
         cap_total_size(settings.logs_dir, retention.max_logs_mb * 1024 * 1024, active, report)
+    remove_stale_attempt_files(settings.logs_dir, now_ts, active, report)
     log.info(
         "event=housekeeping compressed=%s deleted_logs=%s freed_bytes=%s deleted_runs=%s",
         report.compressed,

@@ -13,7 +13,7 @@ file while the task runs (rewriting the file at the end would show the secret me
   thread copies to the log through a Masker (`masked_output`), so the task's prints, logging,
   tracebacks and the output of programs it starts are all masked.
 - Shell tasks are started directly by the daemon with their output on the log file. When the home
-  has any secret at all, the daemon starts them as `python -m cronflow.masking -- bash -c ...`
+  has any secret at all, the daemon starts them as `python -m cronflow.masking -- bash FILE`
   instead: a small parent that runs the command with its output on a pipe and copies it to the
   log through a Masker. The rule is "any secret known", not "a secret in the rendered command",
   because a shell task also reaches secrets the daemon cannot see: its inherited environment
@@ -22,6 +22,10 @@ file while the task runs (rewriting the file at the end would show the secret me
   status (and death by signal), shares its process group (so timeouts and kills reach both), and
   stops copying shortly after the command exits even if a background grandchild keeps the pipe
   open, so such a grandchild does not hold the attempt open.
+
+Output that cannot be written to the log (disk full, quota) is dropped rather than blocking the
+task, but never silently: the filter and the worker add a note to the attempt's exit record
+(`OutputLoss.report`), and the daemon puts it in its own log and in the task's reason.
 
 A secret split across two reads is still caught: the Masker holds back the end of a chunk while
 it could be the start of a secret (never more than the longest secret minus one byte).
@@ -41,6 +45,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cronflow import supervisor
 
 if TYPE_CHECKING:
     from cronflow.config import Settings
@@ -199,8 +205,39 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def pump(src: int, dst: int, masker: Masker, stop_at: threading.Event | None = None) -> None:
-    """Copy src to dst through the masker until EOF (or until `stop_at` is set and src is idle)."""
+class OutputLoss:
+    """Output that could not be written to the log: how many bytes, and the first error."""
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+        self.dropped = 0
+
+    def write(self, fd: int, data: bytes) -> None:
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            self.error = self.error or exc
+            self.dropped += len(data)
+
+    def report(self) -> None:
+        """Say so in the attempt's exit record (the log cannot be written)."""
+        if self.error is not None:
+            reason = self.error.strerror or str(self.error)
+            supervisor.add_note(
+                f"output lost: {self.dropped} bytes could not be written to the log ({reason})"
+            )
+
+
+def pump(
+    src: int,
+    dst: int,
+    masker: Masker,
+    stop_at: threading.Event | None = None,
+    loss: OutputLoss | None = None,
+) -> None:
+    """Copy src to dst through the masker until EOF (or until `stop_at` is set and src is idle).
+    What cannot be written is counted in `loss`."""
+    loss = loss if loss is not None else OutputLoss()
     while True:
         if stop_at is not None:
             ready = select.select([src], [], [], 0.1)[0]
@@ -214,18 +251,18 @@ def pump(src: int, dst: int, masker: Masker, stop_at: threading.Event | None = N
             break
         if not chunk:
             break
-        with contextlib.suppress(OSError):
-            _write_all(dst, masker.feed(chunk))
-    with contextlib.suppress(OSError):
-        _write_all(dst, masker.flush())
+        loss.write(dst, masker.feed(chunk))
+    loss.write(dst, masker.flush())
 
 
 @contextlib.contextmanager
-def masked_output(masker: Masker) -> Iterator[None]:
+def masked_output(masker: Masker) -> Iterator[OutputLoss]:
     """Within the block, everything written to fds 1 and 2 (by Python or by child processes)
-    goes to the original fd 1 through the masker. A no-op when there is nothing to mask."""
+    goes to the original fd 1 through the masker. A no-op when there is nothing to mask.
+    What could not be written is counted in the OutputLoss it gives, once the block is over."""
+    loss = OutputLoss()
     if not masker:
-        yield
+        yield loss
         return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -236,10 +273,10 @@ def masked_output(masker: Masker) -> Iterator[None]:
     os.dup2(write_end, 2)
     os.close(write_end)
     done = threading.Event()
-    thread = threading.Thread(target=pump, args=(read_end, target, masker, done), daemon=True)
+    thread = threading.Thread(target=pump, args=(read_end, target, masker, done, loss), daemon=True)
     thread.start()
     try:
-        yield
+        yield loss
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -278,13 +315,14 @@ def filter_command(argv: list[str], secrets: list[str]) -> int:
     # signal too, and this filter keeps copying its last words until it has exited.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    copier = threading.Thread(target=pump, args=(read_end, 1, masker, None), daemon=True)
+    loss = OutputLoss()
+    copier = threading.Thread(target=pump, args=(read_end, 1, masker, None, loss), daemon=True)
     copier.start()
     child.wait()
     copier.join(DRAIN_AFTER_EXIT_S)
     if copier.is_alive():  # a background grandchild holds the pipe: stop copying
-        with contextlib.suppress(OSError):
-            _write_all(1, masker.flush())
+        loss.write(1, masker.flush())
+    loss.report()
     return child.returncode
 
 

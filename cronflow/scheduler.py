@@ -24,13 +24,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from cronflow import deps
+from cronflow import deps, supervisor
 from cronflow.callbacks import EVENT_FOR_STATE, CallbackRunner, wanted
 from cronflow.catalog import Catalog, FlowSpec, TaskSpec
 from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
-from cronflow.executor import Attempt, Finished, LocalExecutor, kill_orphans
+from cronflow.executor import Attempt, Finished, LocalExecutor
 from cronflow.logs import attempt_log_path, last_output_line, write_note
 from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
@@ -304,7 +304,7 @@ class Scheduler:
             pool = ti["pool"]
             slots = self.settings.pool_slots(pool)
             if slots is None:
-                with self._attempt_step("start", run_id, task_id, ti["try_number"] + 1):
+                with self.attempt_step("start", run_id, task_id, ti["try_number"] + 1):
                     self._fail_unstartable(ti, f"pool '{pool}' is not configured in cronflow.toml")
                 continue
             if (run_id, task_id) in busy or usage.get(pool, 0) >= slots:
@@ -318,14 +318,15 @@ class Scheduler:
     def _start_attempt(self, ti: TI) -> bool:
         """Start one try, inside the attempt boundary (rendering, the log, the process, the
         write): whatever goes wrong fails that try and the dispatch goes on."""
-        with self._attempt_step("start", ti["run_id"], ti["task_id"], ti["try_number"] + 1):
+        with self.attempt_step("start", ti["run_id"], ti["task_id"], ti["try_number"] + 1):
             return self._start(ti)
         return False
 
     def _start(self, ti: TI) -> bool:
         """scheduled -> running in one write, once the process exists. The local executor starts
         processes synchronously, so it never leaves a TI queued; after a crash between the start
-        and the write, the orphan is killed by its marker and the TI simply starts again."""
+        and the write, the next daemon finds the attempt by its marker or its exit record
+        (cronflow.recovery)."""
         now = self.clock.now()
         run = self._runs[ti["run_id"]]
         flow = self.catalog.flows.get(run["flow_id"])
@@ -414,6 +415,8 @@ class Scheduler:
             task.timeout_s,
             self.marker(run["run_id"], task.task_id, try_number),
             stdin=launch.stdin,
+            script=launch.script,
+            keep_background=launch.keep_background,
         )
 
     def _fail_unstartable(self, ti: TI, reason: str) -> None:
@@ -445,9 +448,31 @@ class Scheduler:
     # --- ended attempts -------------------------------------------------------------------
     def reap(self, now: datetime | None = None) -> None:
         for finished in self.executor.reap():
+            at = now or self.clock.now()
+            if finished.ended_at is not None:  # it ended while no daemon watched: when it did
+                at = min(at, datetime.fromtimestamp(finished.ended_at, UTC))
             attempt = finished.attempt
-            with self._attempt_step("reap", attempt.run_id, attempt.task_id, attempt.try_number):
-                self._on_finished(finished, now or self.clock.now())
+            with self.attempt_step("reap", attempt.run_id, attempt.task_id, attempt.try_number):
+                self._note_leftovers(finished, at)
+                self._on_finished(finished, at)
+                supervisor.discard(attempt.log_path)  # its outcome is in the store now
+
+    def _note_leftovers(self, finished: Finished, now: datetime) -> None:
+        """What the task log, and the daemon's log, say beside the try's end."""
+        path = str(finished.attempt.log_path)
+        for note in finished.notes:
+            attempt = finished.attempt
+            log.error(
+                "event=task_note run=%s task=%s try=%s note=%r",
+                attempt.run_id,
+                attempt.task_id,
+                attempt.try_number,
+                note,
+            )
+        if finished.stopped:
+            self._note(path, now, f"stopped {_processes(finished.stopped)} the task left behind")
+        if finished.kept:
+            self._note(path, now, f"{_processes(finished.kept)} left running (keep_background)")
 
     def _on_finished(self, finished: Finished, now: datetime) -> None:
         attempt = finished.attempt
@@ -465,6 +490,7 @@ class Scheduler:
                 return
         ok = finished.exit_code == 0 and finished.reason is None
         reason = finished.reason or (None if ok else self._failure_reason(ti, finished))
+        reason = "; ".join(filter(None, [reason, *finished.notes])) or None
         self._end_attempt(
             ti,
             now,
@@ -590,7 +616,7 @@ class Scheduler:
 
     def _run_callbacks(self, ti: TI, state: TaskState, reason: str | None) -> None:
         """Start the task's callbacks / failure mail for this state, if it has any."""
-        with self._attempt_step("callback", ti["run_id"], ti["task_id"], ti["try_number"]):
+        with self.attempt_step("callback", ti["run_id"], ti["task_id"], ti["try_number"]):
             event = EVENT_FOR_STATE.get(state)
             task = self._task_spec(ti)
             if event is not None and task is not None and wanted(task, event):
@@ -616,9 +642,7 @@ class Scheduler:
     # words, and the tick goes on. One bad value once killed the daemon at every start.
 
     @contextmanager
-    def _attempt_step(
-        self, step: str, run_id: int, task_id: str, try_number: int
-    ) -> Iterator[None]:
+    def attempt_step(self, step: str, run_id: int, task_id: str, try_number: int) -> Iterator[None]:
         try:
             yield
         except Exception as exc:  # the boundary: no task may stop the daemon
@@ -737,58 +761,9 @@ class Scheduler:
             ti["try_number"],
         )
 
-    def recover_orphans(self, now: datetime) -> int:
-        """After a crash: kill what the previous daemon left running and settle those tries,
-        including a try whose process started just before the crash but was not yet recorded
-        (its marker says which try it was)."""
-        killed = kill_orphans(self.marker_prefix)
-        orphans = self.store.tis_in_states([TaskState.QUEUED, TaskState.RUNNING])
-        seen = {(ti["run_id"], ti["task_id"]) for ti in orphans}
-        for pid, marker in killed.items():
-            ti = self._unrecorded_try(pid, marker, seen, now)
-            if ti is not None:
-                orphans.append(ti)
-                seen.add((ti["run_id"], ti["task_id"]))
-        for ti in orphans:
-            pid = f" (pid {ti['pid']})" if ti["pid"] else ""
-            reason = f"the daemon stopped while this try ran{pid}; the try was killed"
-            with self._attempt_step("recover", ti["run_id"], ti["task_id"], ti["try_number"]):
-                self._end_attempt(ti, now, ok=False, reason=reason, duration_s=None)
-        if orphans or killed:
-            log.warning(
-                "event=orphans_recovered task_instances=%s processes_killed=%s",
-                len(orphans),
-                len(killed),
-            )
-        return len(orphans)
 
-    def _unrecorded_try(
-        self, pid: int, marker: str, seen: set[tuple[int, str]], now: datetime
-    ) -> TI | None:
-        """Record a try that was started but not yet written as running, so it ends like any
-        orphan (its log says so, and it counts as a try)."""
-        try:
-            run_text, task_id, try_text = marker.removeprefix(self.marker_prefix).split("|")
-            run_id, try_number = int(run_text), int(try_text)
-        except ValueError:
-            return None
-        ti = self.store.ti(run_id, task_id)
-        if ti is None or (run_id, task_id) in seen or ti["try_number"] >= try_number:
-            return None
-        run = self.store.run(run_id)
-        log_path = attempt_log_path(
-            self.settings.logs_dir, ti["flow_id"], task_id, run["logical_date"], try_number
-        )
-        fields = {
-            "try_number": try_number,
-            "log_path": str(log_path),
-            "pid": pid,
-            "host": self.host,
-            "start_at": iso(now),
-        }
-        if not self._write(ti, TaskState.SCHEDULED, state=TaskState.RUNNING, **fields):
-            return None
-        return ti
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 _STEP_WORDS = {
@@ -819,9 +794,15 @@ def _plain(text: str) -> str:
     return text.replace("\0", "\\x00").encode("utf-8", "backslashreplace").decode()
 
 
-def _exit_text(code: int) -> str:
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
     if code < 0:
         return f"killed by signal {_signal_name(-code)}"
+    if 128 < code <= 128 + signal.SIGRTMAX:
+        # The supervisor is a shell: a task killed by signal N reaches it as 128 + N, which a
+        # program's own exit(128 + N) cannot be told from; the shell's convention, named.
+        return f"exit code {code} ({_signal_name(code - 128)})"
     return f"exit code {code}"
 
 

@@ -50,7 +50,6 @@ ProtectHome={protect_home}
 PrivateTmp=yes
 PrivateMounts=yes
 PrivateDevices=yes
-PrivateUsers=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -147,8 +146,10 @@ class UnitSpec:
             "RestartSec=2s",
             f"WatchdogSec={WATCHDOG_S}s",
             f"TimeoutStopSec={stop_s}s",
-            # SIGTERM to the daemon only: it stops its tasks itself after the grace period.
-            "KillMode=mixed",
+            # Signals to the daemon only. On a stop it ends its tasks itself after the grace
+            # period; after a crash, systemd kills none of them and the restarted daemon
+            # adopts the ones still running.
+            "KillMode=process",
         ]
         if self.user:
             lines.append(_HARDENING.format(home=self.home, protect_home=self.protect_home).rstrip())

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cronflow import control, deps
+from cronflow import control, deps, supervisor
 from cronflow.catalog import FlowSpec
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
@@ -124,13 +124,18 @@ class _Session:
             task.timeout_s,
             f"{self.home}|{self.run['run_id']}|{task_id}|1",
             stdin=launch.stdin,
+            script=launch.script,
+            keep_background=launch.keep_background,
         )
         executor = LocalExecutor(1)
         try:
-            executor.start(attempt)
-        except OSError as exc:
-            return TaskResult(task_id, TaskState.FAILED, 0.0, f"cannot start: {exc}")
-        return self._stream(executor, attempt)
+            try:
+                executor.start(attempt)
+            except OSError as exc:
+                return TaskResult(task_id, TaskState.FAILED, 0.0, f"cannot start: {exc}")
+            return self._stream(executor, attempt)
+        finally:
+            supervisor.discard(log_path)  # the command file may hold secrets
 
     def _stream(self, executor: LocalExecutor, attempt: Attempt) -> TaskResult:
         """Pass the log's lines on as they come, until the attempt ends."""
@@ -164,5 +169,7 @@ class _Session:
         return TaskResult(attempt.task_id, state, round(end.duration_s, 3), reason)
 
 
-def _exit_text(code: int) -> str:
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
     return f"killed by signal {-code}" if code < 0 else f"exit code {code}"

@@ -123,9 +123,11 @@ def main() -> int:
     except CronflowError as exc:
         print(f"cronflow: {exc}", file=sys.stderr)
         return 1
-    with masked_output(masker):
+    with masked_output(masker) as loss:
         _configure_logging()
-        return _guarded(home, env)
+        code = _guarded(home, env)
+    loss.report()
+    return code
 
 
 def _guarded(home: Path, env: Mapping[str, str]) -> int:

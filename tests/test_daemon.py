@@ -99,36 +99,86 @@ def test_parallelism_is_honoured(home, daemon, write_flow):
 ORPHAN_FLOW = """
 from cronflow import Flow, Shell
 with Flow("orphan", defaults={{"retry_delay": 0}}):
-    Shell("long", "if [ -f {flag} ]; then echo second try; exit 0; fi; touch {flag}; echo $$ > {pid}; sleep 600",
-          retries=1)
+    Shell("long", "echo $$ >> {runs}; while [ ! -e {gate} ]; do sleep 0.1; done; echo finished",
+          retries=1, timeout=600)
 """
 
 
-def test_kill_9_mid_run_then_restart_recovers_the_orphan(home, daemon, write_flow):
-    pidfile = home / "task.pid"
-    write_flow("orphan", ORPHAN_FLOW.format(flag=home / "flag", pid=pidfile))
+def test_kill_9_mid_run_then_restart_adopts_the_running_task(home, daemon, write_flow):
+    runs, gate = home / "runs", home / "gate"
+    write_flow("orphan", ORPHAN_FLOW.format(runs=runs, gate=gate))
     first = daemon()
     assert cli(home, "trigger", "orphan").returncode == 0
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the task to start")
-    task_pid = int(pidfile.read_text())
+    wait_for(lambda: runs.exists() and runs.read_text().strip(), what="the task to start")
+    task_pid = int(runs.read_text())
     first.signal(signal.SIGKILL)
     first.wait()
-    assert is_alive(task_pid)  # the task outlived the daemon: an orphan
-    assert tasks_json(home, "orphan")["long"]["state"] == "running"
+    assert is_alive(task_pid)  # the task outlived the daemon
     second = daemon()
-    wait_for(lambda: tasks_json(home, "orphan")["long"]["state"] == "success", what="the retry")
-    assert not is_alive(task_pid)
-    row = tasks_json(home, "orphan")["long"]
-    assert row["try_number"] == 2
-    log_dir = next((home / "logs" / "orphan" / "long").iterdir())
-    first_try = (log_dir / "try-1.log").read_text()
-    assert (
-        f"the daemon stopped while this try ran (pid {task_pid}); the try was killed" in first_try
+    wait_for(
+        lambda: "event=attempts_recovered attempts=1 still_running=1" in second.output(),
+        what="the restarted daemon to take the task over",
     )
-    assert "second try" in (log_dir / "try-2.log").read_text()
-    assert "event=orphans_recovered task_instances=1" in second.output()
-    runs = cli(home, "tasks", "orphan", "--json")
-    assert json.loads(runs.stdout)[0]["state"] == "success"
+    assert is_alive(task_pid)  # adopted, not killed
+    assert tasks_json(home, "orphan")["long"]["state"] == "running"
+    gate.touch()
+    wait_for(lambda: tasks_json(home, "orphan")["long"]["state"] == "success", what="its end")
+    row = tasks_json(home, "orphan")["long"]
+    assert row["try_number"] == 1
+    assert runs.read_text().split() == [str(task_pid)]  # it ran once
+    log = next((home / "logs" / "orphan" / "long").iterdir()) / "try-1.log"
+    assert log.read_text().count("finished") == 1
+    assert "try 1 ended after" in log.read_text()
+
+
+def test_a_tasks_background_children_are_stopped_when_it_ends_unless_kept(home, daemon, write_flow):
+    stopped, kept = home / "stopped.pid", home / "kept.pid"
+    write_flow(
+        "bg",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("bg"):
+            Shell("stops", "sleep 300 & echo $! > {stopped}")
+            Shell("keeps", "sleep 300 & echo $! > {kept}", keep_background=True)
+    """,
+    )
+    daemon()
+    assert cli(home, "trigger", "bg", "--wait").returncode == 0
+    kept_pid = int(kept.read_text())
+    try:
+        wait_for(lambda: not is_alive(int(stopped.read_text())), what="the child to be stopped")
+        assert is_alive(kept_pid)
+        logs = home / "logs" / "bg"
+        stops_log = next((logs / "stops").iterdir()) / "try-1.log"
+        keeps_log = next((logs / "keeps").iterdir()) / "try-1.log"
+        assert "cronflow: stopped 1 process the task left behind" in stops_log.read_text()
+        assert "cronflow: 1 process left running (keep_background)" in keeps_log.read_text()
+    finally:
+        os.kill(kept_pid, signal.SIGKILL)
+
+
+def test_a_clean_stop_ends_what_a_task_left_outside_its_session(home, daemon, write_flow):
+    """Under systemd's KillMode=process the daemon is the one that ends such a process."""
+    pidfile = home / "escaped.pid"
+    write_flow(
+        "escape",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("escape"):
+            Shell("t", "setsid sleep 300 & echo $! > {pidfile}")
+    """,
+    )
+    process = daemon()
+    assert cli(home, "trigger", "escape", "--wait").returncode == 0
+    escaped = int(pidfile.read_text())
+    try:
+        assert is_alive(escaped)  # not in the task's session: not stopped when it ended
+        process.stop()
+        assert not is_alive(escaped)
+        assert "event=stray_processes_killed count=1" in process.output()
+    finally:
+        if is_alive(escaped):
+            os.kill(escaped, signal.SIGKILL)
 
 
 def test_second_daemon_on_the_same_home_is_refused(home, daemon):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,38 +22,152 @@ def tis(home: Path, flow: str) -> dict[str, dict]:
     return {row["task"]: row for row in json.loads(result.stdout)}
 
 
-def test_kill_9_with_20_running_tasks_loses_nothing(home, daemon, write_flow):
+def marked_processes(home: Path) -> dict[int, str]:
+    """pid -> CRONFLOW_ATTEMPT marker, for every process of an attempt of this home."""
+    needle = f"CRONFLOW_ATTEMPT={home}|".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for value in environ:
+            if value.startswith(needle):
+                found[int(entry.name)] = value.decode().split("=", 1)[1]
+    return found
+
+
+TWENTY = """
+from cronflow import Flow, Shell
+# a*: finish while the daemon is down (a5 fails); b*: still run at the restart; c*: killed
+# with their supervisor while the daemon is down, so really lost (their second try runs at once)
+CODES = {{f"a{{i}}": 3 if i == 5 else 0 for i in range(6)}}
+with Flow("twenty", defaults={{"retries": 1, "retry_delay": 0}}):
+    for name in [f"a{{i}}" for i in range(6)] + [f"b{{i}}" for i in range(7)] + [f"c{{i}}" for i in range(7)]:
+        Shell(
+            name,
+            "echo $CRONFLOW_TRY_NUMBER >> {runs}/$CRONFLOW_TASK_ID; "
+            "[ $CRONFLOW_TRY_NUMBER -gt 1 ] || "
+            "while [ ! -e {gates}/{{group}} ]; do sleep 0.2; done; exit {{code}}".format(
+                group=name[0], code=CODES.get(name, 0)
+            ),
+            retries=0 if name == "a5" else 1,
+        )
+"""
+
+
+def test_kill_9_with_20_running_tasks_loses_nothing_and_runs_nothing_twice(
+    home, daemon, write_flow
+):
     (home / "cronflow.toml").write_text("parallelism = 20\n")
+    runs, gates = home / "runs", home / "gates"
+    runs.mkdir()
+    gates.mkdir()
+    write_flow("twenty", TWENTY.format(runs=runs, gates=gates))
+    first = daemon()
+    assert cli(home, "trigger", "twenty").returncode == 0
+    wait_for(lambda: len(list(runs.iterdir())) == 20, what="20 running tasks")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    logs = home / "logs" / "twenty"
+
+    (gates / "a").touch()  # the a* tasks end while no daemon runs
+    records = [next((logs / f"a{i}").iterdir()) / "try-1.status" for i in range(6)]
+    wait_for(lambda: all(r.exists() and r.read_text() for r in records), what="a* to end")
+
+    def kill_c() -> bool:
+        """c* die with no exit status: supervisor and all, stopped first so none can react."""
+        lost = {pid for pid, marker in marked_processes(home).items() if "|c" in marker}
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in lost:
+                with contextlib.suppress(ProcessLookupError):  # a `sleep 0.2` may just end
+                    os.kill(pid, sig)
+        return not lost
+
+    wait_for(kill_c, what="c* gone")
+
+    second = daemon()
+    wait_for(
+        lambda: "event=attempts_recovered attempts=20 still_running=7" in second.output(),
+        what="the restarted daemon to take the 20 tasks over",
+    )
+    wait_for(
+        lambda: all(
+            r["state"] == ("running" if name[0] == "b" else "failed" if name == "a5" else "success")
+            for name, r in tis(home, "twenty").items()
+        ),
+        what="a* settled from their records, c* lost and tried again, b* still running",
+    )
+    (gates / "b").touch()
+    wait_for(
+        lambda: all(r["state"] in ("success", "failed") for r in tis(home, "twenty").values()),
+        what="b* to end",
+    )
+    rows = tis(home, "twenty")
+    for name, row in rows.items():
+        tries = (runs / name).read_text().split()
+        if name[0] == "c":
+            assert (row["state"], row["try_number"], tries) == ("success", 2, ["1", "2"]), name
+            first_try = (next((logs / name).iterdir()) / "try-1.log").read_text()
+            assert "lost: the daemon stopped and the task left no exit status" in first_try
+        elif name == "a5":
+            assert (row["state"], row["try_number"], tries) == ("failed", 1, ["1"])
+            assert row["reason"] == "exit code 3"
+        else:
+            assert (row["state"], row["try_number"], tries) == ("success", 1, ["1"]), name
+    wait_for(lambda: not marked_processes(home), what="no process left behind")
+    assert not [p for p in logs.rglob("*") if p.suffix in (".status", ".cmd")]
+    status = json.loads(cli(home, "status", "--json").stdout)
+    assert status["running_tasks"] == 0
+
+
+def test_no_secret_in_any_command_line_while_tasks_run(home, daemon, write_flow):
+    from cronflow.store import Store
+
+    secret = "Sup3r-s3cret-token"
+    Store(home / "cronflow.db").set_variable("token", secret, is_secret=True)
     started = home / "started"
     started.mkdir()
     write_flow(
-        "twenty",
+        "argv",
         f"""
-        from cronflow import Flow, Shell
-        with Flow("twenty", defaults={{"retries": 1, "retry_delay": 0}}):
-            for i in range(20):
-                Shell(f"t{{i}}", "touch {started}/$CRONFLOW_TASK_ID-$CRONFLOW_TRY_NUMBER; "
-                                 "[ $CRONFLOW_TRY_NUMBER -gt 1 ] || sleep 600")
+        from cronflow import Flow, Python, Shell
+
+        def wait(context):
+            import time
+            open("{started}/python", "w").close()
+            while not __import__("os").path.exists("{home}/release"):
+                time.sleep(0.1)
+
+        with Flow("argv"):
+            Shell("shell", "echo {{{{ var.token }}}} > /dev/null; touch {started}/shell; "
+                           "while [ ! -e {home}/release ]; do sleep 0.1; done",
+                  env={{"TOKEN": "{{{{ var.token }}}}"}})
+            Shell("sub", "sleep 30 & touch {started}/sub; echo {{{{ var.token }}}} | cat; "
+                         "while [ ! -e {home}/release ]; do sleep 0.1; done")
+            Python("python", wait)
     """,
     )
-    first = daemon()
-    assert cli(home, "trigger", "twenty").returncode == 0
-    wait_for(lambda: len(list(started.iterdir())) == 20, what="20 running tasks")
-    first.signal(signal.SIGKILL)
-    first.wait()
     daemon()
+    assert cli(home, "trigger", "argv").returncode == 0
+    wait_for(lambda: len(list(started.iterdir())) == 3, what="the three tasks to run")
+    attempts = marked_processes(home)
+    assert len(attempts) >= 6  # supervisors, masking filters, shells, the worker, children
+    seen = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        seen.append(cmdline)
+        assert secret.encode() not in cmdline, (entry.name, cmdline)
+    assert any(b"cronflow.masking" in c for c in seen)  # the filter ran, and was looked at
+    (home / "release").touch()
     wait_for(
-        lambda: all(r["state"] == "success" for r in tis(home, "twenty").values()),
-        what="every task to succeed on its second try",
+        lambda: all(r["state"] == "success" for r in tis(home, "argv").values()),
+        what="the tasks to end",
     )
-    rows = tis(home, "twenty")
-    assert len(rows) == 20
-    assert {r["try_number"] for r in rows.values()} == {2}
-    runs = cli(home, "tasks", "twenty", "--json")
-    assert {row["logical_date"] for row in json.loads(runs.stdout)} == {rows["t0"]["logical_date"]}
-    wait_for(lambda: cli(home, "status", "--json").returncode == 0, what="status")
-    status = json.loads(cli(home, "status", "--json").stdout)
-    assert status["running_tasks"] == 0
+    assert not [p for p in (home / "logs").rglob("*") if p.suffix in (".status", ".cmd")]
 
 
 def test_a_long_cli_read_transaction_does_not_stall_the_daemon(home, daemon, write_flow):

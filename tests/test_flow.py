@@ -481,11 +481,11 @@ def test_shell_launch_quotes_values_and_renders_env_and_cwd(tmp_path: Path) -> N
         "cwd": str(tmp_path / "{{ ds }}"),
         "shell": "/bin/sh",
     }
-    argv, env, cwd = shell_launch(op, CONTEXT)
-    assert argv[:2] == ["/bin/sh", "-c"]
-    assert shlex.split(argv[2]) == ["printf", "%s\\n", "my file; rm -rf ~", "2024-03-01"]
+    command, env, cwd = shell_launch(op, CONTEXT)
+    assert shlex.split(command) == ["printf", "%s\\n", "my file; rm -rf ~", "2024-03-01"]
     assert env == {"TOKEN": "s3cr3t", "TRY": "2"}  # env values are not shell text: no quotes
     assert cwd == str(tmp_path / "2024-03-01")
+    argv = ["/bin/sh", "-c", command]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
     assert out.splitlines() == ["my file; rm -rf ~", "2024-03-01"]
 
@@ -506,7 +506,8 @@ def test_launch_for_shell_and_python() -> None:
         Shell("s", "echo {{ ds }}", shell="/bin/sh")
     spec = task_spec(flow, "s")
     launch = launch_for(spec["kind"], spec["op"], CONTEXT)
-    assert launch == Launch(["/bin/sh", "-c", "echo 2024-03-01"], {}, None)
+    # the command goes to the shell by a private file, never on a command line
+    assert launch == Launch(["/bin/sh"], {}, None, script="echo 2024-03-01")
     worker = launch_for("python", {"callable": "x.y"}, CONTEXT)
     assert worker.argv == [sys.executable, "-m", "cronflow.worker"]
 

@@ -13,7 +13,13 @@ from conftest import cli, utc, wait_for
 from cronflow import catalog
 from cronflow.config import load_settings
 from cronflow.control import trigger
-from cronflow.housekeeping import Report, cap_total_size, compress_old_logs, delete_old_logs
+from cronflow.housekeeping import (
+    Report,
+    cap_total_size,
+    compress_old_logs,
+    delete_old_logs,
+    remove_stale_attempt_files,
+)
 from cronflow.logs import read_log
 from cronflow.states import RunState, TaskState
 from cronflow.store import Store
@@ -58,6 +64,24 @@ def test_total_size_cap_removes_oldest_first_but_never_a_running_log(tmp_path):
     newest = make_log(tmp_path / "4" / "try-1.log", "d" * 1000, 1)
     cap_total_size(tmp_path, 2000, {str(running)}, Report())
     assert [p.exists() for p in (oldest, running, middle, newest)] == [False, True, False, True]
+
+
+def test_attempt_files_a_crash_left_behind_are_removed_but_not_a_running_attempts(tmp_path):
+    stale = make_log(tmp_path / "1" / "try-1.cmd", "echo secret", 2)
+    stale_record = make_log(tmp_path / "1" / "try-1.status", "0\n", 2)
+    running = make_log(tmp_path / "2" / "try-1.cmd", "sleep 100000", 2)
+    fresh = make_log(tmp_path / "3" / "try-1.cmd", "true", 0)
+    log = make_log(tmp_path / "1" / "try-1.log", "out", 2)
+    report = Report()
+    remove_stale_attempt_files(tmp_path, time.time(), {str(tmp_path / "2" / "try-1.log")}, report)
+    assert [p.exists() for p in (stale, stale_record, running, fresh, log)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert report.stale_attempt_files == 2
 
 
 def seed_history(home: Path, write_flow) -> Store:

@@ -5,6 +5,7 @@ callbacks, and secret masking in task logs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -433,6 +434,50 @@ def test_the_masking_filter_keeps_exit_codes_and_timeouts(home, write_flow, tmp_
     assert r.ti(run_id, "slow")["reason"] == "timed out after 5s"
     pid = int(pidfile.read_text())
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), what="the command's end")
+
+
+def test_output_the_masking_filter_cannot_write_is_noted_in_the_exit_record(home, tmp_path):
+    """A full disk under the log: the filter drops the output (the task must not block) but
+    says so in the attempt's record, beside the command's own exit status."""
+    import subprocess
+    import sys
+
+    from cronflow import supervisor
+
+    Store(home / "cronflow.db").set_variable("k", "secret-k-value", is_secret=True)
+    log_path = tmp_path / "try-1.log"
+    argv = [sys.executable, "-m", "cronflow.masking", "--", "/bin/sh", "-c", "echo hello; exit 4"]
+    with open("/dev/full", "wb") as full:
+        code = subprocess.run(
+            supervisor.supervised(argv, log_path),
+            stdout=full,
+            stderr=full,
+            env={**os.environ, "CRONFLOW_HOME": str(home)},
+            timeout=60,
+        ).returncode
+    assert code == 4
+    ending = supervisor.read_ending(log_path)
+    assert ending is not None and ending.exit_code == 4
+    assert ending.notes == (
+        "output lost: 6 bytes could not be written to the log (No space left on device)",
+    )
+
+
+def test_a_note_in_the_exit_record_reaches_the_reason_and_the_daemon_log(home, write_flow, caplog):
+    write_flow(
+        "noted",
+        """
+        from cronflow import Flow, Shell
+        with Flow("noted"):
+            Shell("t", "echo 'output lost: 9 bytes could not be written' >> $CRONFLOW_STATUS_FILE")
+        """,
+    )
+    r = Runner(home)
+    with caplog.at_level("ERROR", logger="cronflow.scheduler"):
+        run_id = r.run("noted")
+    ti = r.ti(run_id, "t")
+    assert (ti["state"], ti["reason"]) == ("success", "output lost: 9 bytes could not be written")
+    assert "event=task_note" in caplog.text and "output lost: 9 bytes" in caplog.text
 
 
 def _zombie(pid: int) -> bool:

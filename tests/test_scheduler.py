@@ -15,6 +15,7 @@ from conftest import FakeClock, is_alive, utc, wait_for
 from cronflow import catalog
 from cronflow.config import Settings
 from cronflow.executor import LocalExecutor
+from cronflow.recovery import recover
 from cronflow.scheduler import Scheduler
 from cronflow.states import TaskState
 from cronflow.store import Store
@@ -393,36 +394,137 @@ def test_next_wakeup_is_the_next_fire_time(make, write_flow):
     assert h.logical_dates("f") == ["2024-04-01T00:30:00+00:00"]
 
 
-def test_recovery_settles_a_try_started_but_not_yet_recorded(make, write_flow):
-    """A crash between starting a process and recording it: the restarted daemon finds the
-    process by its marker, kills it, and counts that try like any other orphan."""
-    import os
-    import subprocess
+RECOVERED_FLOW = """
+from cronflow import Flow, Shell
+with Flow("lost", defaults={"retry_delay": 0}):
+    Shell("t", "true", retries=1)
+"""
 
+
+def start_unrecorded_try(harness: Harness, command: str) -> tuple[int, Path, int]:
+    """What a daemon that crashed between starting a try and recording it leaves behind: the
+    try's supervised process (started by the executor as the daemon would), a scheduled TI."""
+    from cronflow import control
+    from cronflow.executor import Attempt
+    from cronflow.logs import attempt_log_path
+
+    run_id = control.trigger(harness.store, harness.scheduler.catalog.get("lost"), utc(2024, 1, 1))
+    harness.store.update_ti(run_id, "t", state=TaskState.SCHEDULED)
+    run = harness.store.run(run_id)
+    log_path = attempt_log_path(harness.settings.logs_dir, "lost", "t", run["logical_date"], 1)
+    attempt = Attempt(
+        run_id,
+        "t",
+        1,
+        "default",
+        ["/bin/sh"],
+        {},
+        None,
+        log_path,
+        None,
+        harness.scheduler.marker(run_id, "t", 1),
+        script=command,
+    )
+    pid = LocalExecutor(1).start(attempt)  # this executor is never asked again: a dead daemon
+    return run_id, log_path, pid
+
+
+def test_recovery_adopts_a_try_started_but_not_yet_recorded(make, write_flow, tmp_path):
+    """A crash between starting a process and recording it: the restarted daemon finds the
+    try by its marker, records it as running and tracks it to its end, without killing it."""
+    write_flow("lost", RECOVERED_FLOW)
+    gate = tmp_path / "gate"
+    run_id, log_path, pid = start_unrecorded_try(
+        make(utc(2024, 1, 1)),
+        f"while [ ! -e {gate} ]; do sleep 0.05; done; echo ran once",
+    )
+    restarted = make(utc(2024, 1, 1))
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
+    ti = restarted.store.ti(run_id, "t")
+    assert (ti["state"], ti["try_number"], ti["pid"]) == ("running", 1, pid)
+    restarted.tick()
+    assert is_alive(pid)  # adopted, not killed
+    gate.touch()
+    restarted.settle()
+    ti = restarted.store.ti(run_id, "t")
+    assert (ti["state"], ti["try_number"], ti["exit_code"]) == ("success", 1, 0)
+    assert log_path.read_text().count("ran once") == 1
+    assert not log_path.with_suffix(".status").exists()  # settled: its record is removed
+    assert not log_path.with_suffix(".cmd").exists()
+
+
+def test_an_adopted_try_times_out_counted_from_its_real_start(make, write_flow, tmp_path):
     write_flow(
         "lost",
         """
         from cronflow import Flow, Shell
-        with Flow("lost", defaults={"retry_delay": 0}):
-            Shell("t", "true", retries=1)
+        with Flow("lost"):
+            Shell("t", "true", timeout=600)
     """,
     )
+    first = make(utc(2024, 1, 1))
+    run_id, log_path, pid = start_unrecorded_try(first, "sleep 60")
+    first.store.update_ti(  # recorded as running since 00:00 by the daemon that crashed
+        run_id,
+        "t",
+        state=TaskState.RUNNING,
+        try_number=1,
+        log_path=str(log_path),
+        pid=pid,
+        start_at="2024-01-01T00:00:00+00:00",
+    )
+    restarted = make(utc(2024, 1, 1, 0, 15))  # back 15 minutes later: 600 s are over
+    assert recover(restarted.scheduler, utc(2024, 1, 1, 0, 15)) == 1
+    restarted.settle()
+    ti = restarted.store.ti(run_id, "t")
+    assert (ti["state"], ti["reason"]) == ("failed", "timed out after 600s")
+
+
+@pytest.mark.parametrize(
+    ("command", "state", "exit_code", "reason"),
+    [("true", "success", 0, None), ("exit 3", "up_for_retry", 3, "exit code 3")],
+)
+def test_recovery_settles_an_unrecorded_try_that_ended_from_its_exit_record(
+    make, write_flow, command, state, exit_code, reason
+):
+    write_flow("lost", RECOVERED_FLOW)
+    run_id, log_path, _ = start_unrecorded_try(make(utc(2024, 1, 1)), command)
+    record = log_path.with_suffix(".status")
+    wait_for(lambda: record.exists() and record.read_text(), what="the exit record")
+    restarted = make(utc(2024, 1, 1))
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
+    restarted.scheduler.reap()  # settles it (a tick would also start the retry)
+    ti = restarted.store.ti(run_id, "t")
+    assert (ti["state"], ti["try_number"], ti["exit_code"], ti["reason"]) == (
+        state,
+        1,
+        exit_code,
+        reason,
+    )
+
+
+def test_recovery_fails_a_try_with_no_process_and_no_exit_record_as_lost(make, write_flow):
+    write_flow("lost", RECOVERED_FLOW)
     first = make(utc(2024, 1, 1))
     from cronflow import control
 
     run_id = control.trigger(first.store, first.scheduler.catalog.get("lost"), utc(2024, 1, 1))
-    first.store.update_ti(run_id, "t", state=TaskState.SCHEDULED)
-    marker = first.scheduler.marker(run_id, "t", 1)
-    orphan = subprocess.Popen(
-        ["sleep", "600"], env={**os.environ, "CRONFLOW_ATTEMPT": marker}, start_new_session=True
+    log_path = first.settings.logs_dir / "lost-t-try-1.log"
+    first.store.update_ti(
+        run_id, "t", state=TaskState.RUNNING, try_number=1, log_path=str(log_path), pid=None
     )
     restarted = make(utc(2024, 1, 1))
-    assert restarted.scheduler.recover_orphans(utc(2024, 1, 1)) == 1
-    assert orphan.wait(timeout=30) == -9
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
+    restarted.scheduler.reap()
     ti = restarted.store.ti(run_id, "t")
-    assert (ti["state"], ti["try_number"]) == ("up_for_retry", 1)
-    note = Path(ti["log_path"]).read_text()
-    assert f"the daemon stopped while this try ran (pid {orphan.pid}); the try was killed" in note
+    lost = "lost: the daemon stopped and the task left no exit status"
+    assert (ti["state"], ti["try_number"], ti["reason"], ti["exit_code"]) == (
+        "up_for_retry",
+        1,
+        lost,
+        None,
+    )
+    assert "try 1 ended" in log_path.read_text() and lost in log_path.read_text()
 
 
 def test_the_planner_records_each_flows_next_fire_for_cronflow_list(make, write_flow):

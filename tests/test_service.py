@@ -83,7 +83,7 @@ def test_system_unit_essentials():
         "ProtectKernelModules=yes",
         "ProtectKernelLogs=yes",
         "RestrictSUIDSGID=yes",
-        "KillMode=mixed",
+        "KillMode=process",
         "UMask=0077",
     ]:
         assert line in text.splitlines(), line

@@ -279,19 +279,22 @@ def test_status_and_logs_work_as_root_and_as_the_service_user(box):
         assert "try 1 ended" in log and "success" in log
 
 
-def test_kill_9_is_restarted_and_the_running_flow_is_retried(box):
+def test_kill_9_is_restarted_and_the_running_task_completes_once(box):
+    """KillMode=process: systemd restarts a crashed daemon without killing its tasks, and the
+    new daemon adopts the one still running; it ends once, as a success of its first try."""
     write_flow(
         box,
         "long",
         f"""
 from cronflow import Flow, Shell
 with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
-    Shell("work", "touch {HOME}/long-$CRONFLOW_TRY_NUMBER; [ $CRONFLOW_TRY_NUMBER -gt 1 ] || sleep 600")
+    Shell("work", "echo $CRONFLOW_TRY_NUMBER >> {HOME}/long.runs; sleep 20; echo done")
 """,
     )
     cronflow(box, "trigger", "long")
     wait_for(
-        lambda: box.run("test", "-e", f"{HOME}/long-1", check=False).returncode == 0, what="try 1"
+        lambda: box.run("test", "-s", f"{HOME}/long.runs", check=False).returncode == 0,
+        what="try 1",
     )
     old = main_pid(box)
     killed_at = time.monotonic()
@@ -306,10 +309,60 @@ with Flow("long", defaults={{"retries": 1, "retry_delay": 0}}):
     )
     restart_s = time.monotonic() - killed_at
     assert new != old
-    wait_for(lambda: tasks(box, "long")["work"]["state"] == "success", what="the retry")
+    assert tasks(box, "long")["work"]["state"] == "running"  # adopted, still running
+    wait_for(lambda: tasks(box, "long")["work"]["state"] == "success", timeout=90, what="its end")
     row = tasks(box, "long")["work"]
-    assert row["try_number"] == 2
+    assert row["try_number"] == 1
+    assert box.run("cat", f"{HOME}/long.runs").stdout.split() == ["1"]  # it ran once
+    log = cronflow(box, "logs", "long.work").stdout
+    assert log.count("done") == 1 and "try 1 ended after" in log
+    recovered = [m for e in journal(box) if "event=attempts_recovered" in (m := e["MESSAGE"])]
+    assert recovered and "still_running=1" in recovered[-1]
     print(f"\nrestart after kill -9: {restart_s:.1f}s")
+
+
+def test_kill_9_under_private_users_still_adopts_the_running_task(box):
+    """With PrivateUsers=yes (left out of the unit, but an admin may add it) each start gets a
+    new user namespace and /proc hides the tasks of the daemon before: it adopts the task by
+    the pid the store recorded rather than running it again."""
+    dropin = "/etc/systemd/system/cronflow.service.d"
+    box.run("mkdir", "-p", dropin)
+    box.run("sh", "-c", f"printf '[Service]\\nPrivateUsers=yes\\n' > {dropin}/users.conf")
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "cronflow.service")
+    try:
+        write_flow(
+            box,
+            "hidden",
+            f"""
+from cronflow import Flow, Shell
+with Flow("hidden", defaults={{"retries": 1, "retry_delay": 0}}):
+    Shell("work", "echo $CRONFLOW_TRY_NUMBER >> {HOME}/hidden.runs; sleep 15; echo done")
+""",
+        )
+        cronflow(box, "trigger", "hidden")
+        wait_for(
+            lambda: box.run("test", "-s", f"{HOME}/hidden.runs", check=False).returncode == 0,
+            what="try 1",
+        )
+        old = main_pid(box)
+        box.run("sh", "-c", f"kill -9 {old}")
+        wait_for(
+            lambda: (
+                main_pid(box) not in (0, old)
+                and box.show("cronflow.service", "ActiveState")["ActiveState"] == "active"
+            ),
+            what="systemd to restart the daemon",
+        )
+        wait_for(
+            lambda: tasks(box, "hidden")["work"]["state"] == "success", timeout=90, what="its end"
+        )
+        assert tasks(box, "hidden")["work"]["try_number"] == 1
+        assert box.run("cat", f"{HOME}/hidden.runs").stdout.split() == ["1"]
+    finally:
+        box.run("rm", "-r", dropin)
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "restart", "cronflow.service")
 
 
 def test_sigstop_is_caught_by_the_watchdog(box):
@@ -363,6 +416,8 @@ with Flow("busy"):
     assert props == {"ActiveState": "inactive", "Result": "success"}
     assert stop_s < 30 + 10  # grace_period_s (30) plus the time to stop the task
     assert tasks(box, "busy")["work"]["state"] == "up_for_retry"
+    # KillMode=process leaves the unit's other processes to the daemon: it ended them all
+    assert box.run("pgrep", "-u", "cronflow", check=False).stdout.strip() == ""
     print(f"\nsystemctl stop with a running task: {stop_s:.1f}s")
 
 

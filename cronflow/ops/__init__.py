@@ -47,19 +47,31 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     stdin: str | None = None  # text for the process's standard input (else end-of-file)
+    # A shell script that the executor writes to a private file, whose path ends argv: a
+    # rendered command may hold secrets, and every user can read every command line.
+    script: str | None = None
+    keep_background: bool = False  # leave what the task started in the background running
 
 
 def launch_for(kind: str, op: dict[str, Any], context: dict[str, Any]) -> Launch:
     """How to start one attempt of a task of this kind. TemplateError if an argument is bad,
     InvalidInputError if one is text no process can take."""
     if kind == Shell.kind:
-        argv, env, cwd = shell_launch(op, context)
+        command, env, cwd = shell_launch(op, context)
+        argv = [op["shell"]]
         if context.get("secrets"):  # any secret known: output goes through the masking filter
             argv = [sys.executable, "-m", "cronflow.masking", "--", *argv]
         stdin = op.get("stdin")
         if stdin is not None:
             check_argument(stdin, "the standard input text", nul_ok=True)
-        return Launch(argv, env, cwd, stdin=stdin)
+        return Launch(
+            argv,
+            env,
+            cwd,
+            stdin=stdin,
+            script=command,
+            keep_background=bool(op.get("keep_background")),
+        )
     return Launch([sys.executable, "-m", "cronflow.worker"])
 
 

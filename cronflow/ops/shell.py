@@ -6,6 +6,13 @@ or a quote can never split or inject a command: write `cp {{ params.src }} /data
 
 `stdin="text"` gives the command that text on its standard input (as crontab's `%` does); it is
 passed as is, not as a template. Without it the command reads end-of-file.
+
+The rendered command never appears on a command line (`ps` shows every process's arguments to
+every user): the shell reads it from the attempt's private file (see cronflow.supervisor).
+
+When the command's main process ends, what it left running in the background (`sleep 300 &`)
+is stopped, and the log says how many processes were. `keep_background=True` leaves them
+running, for the rare job that means to start a daemon.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class Shell(Task):
         cwd: str | None = None,
         shell: str = DEFAULT_SHELL,
         stdin: str | None = None,
+        keep_background: bool = False,
         **task_args: Any,
     ) -> None:
         super().__init__(task_id, **task_args)
@@ -45,6 +53,7 @@ class Shell(Task):
         self.cwd = cwd
         self.shell = shell
         self.stdin = None if stdin is None else str(stdin)
+        self.keep_background = bool(keep_background)
 
     def op_spec(self) -> dict[str, Any]:
         try:  # what the flow file wrote; rendered values are checked again before each start
@@ -53,22 +62,30 @@ class Shell(Task):
                 check_argument(self.stdin, "the standard input text", nul_ok=True)
         except InvalidInputError as exc:
             raise FlowDefinitionError(f"task '{self.task_id}': {exc}") from None
-        spec = {"command": self.command, "env": self.env, "cwd": self.cwd, "shell": self.shell}
+        spec: dict[str, Any] = {
+            "command": self.command,
+            "env": self.env,
+            "cwd": self.cwd,
+            "shell": self.shell,
+        }
         if self.stdin is not None:
             spec["stdin"] = self.stdin
+        if self.keep_background:
+            spec["keep_background"] = True
         return spec
 
 
 def shell_launch(
     op: Mapping[str, Any], context: Mapping[str, Any]
-) -> tuple[list[str], dict[str, str], str | None]:
-    """argv, environment and cwd of one attempt, templates rendered; InvalidInputError if a
-    rendered value is text no process can take (NUL, a lone surrogate: processtext)."""
+) -> tuple[str, dict[str, str], str | None]:
+    """The command (the shell's script), environment and cwd of one attempt, rendered;
+    InvalidInputError if a rendered value is text no process can take (NUL, a lone surrogate:
+    processtext)."""
     command = render(op["command"], context, quote=shlex.quote)
     env = {k: render(v, context) for k, v in op["env"].items()}
     cwd = render(op["cwd"], context) if op["cwd"] else None
     _check(command, env, cwd, op["shell"], rendered=True)
-    return [op["shell"], "-c", command], env, cwd
+    return command, env, cwd
 
 
 def _check(
