@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cronflow.config import Settings, load_settings
+from cronflow.executor import kill_processes, marked_processes
 
 # Real servers on 127.0.0.1 (sshd, SMTP, FTP, HTTP) as fixtures, for the operator tests.
 pytest_plugins = ["servers"]
@@ -51,13 +52,16 @@ class FakeClock:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
+def home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     (home / "flows").mkdir(parents=True)
     (home / "cronflow.toml").write_text(
         "parallelism = 4\ngrace_period_s = 5\n[pools]\nstation = 1\n"
     )
-    return home
+    yield home
+    # A test that ends while tasks of its home still run (a scheduler without a daemon, a failed
+    # assertion, a kill -9 test) must not leave them running for the rest of the suite.
+    kill_processes(list(marked_processes(f"{home}|", prefix=True)))
 
 
 @pytest.fixture

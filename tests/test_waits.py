@@ -14,6 +14,7 @@ import pytest
 from conftest import utc, wait_for
 from test_scheduler import Harness
 
+from cronflow import recovery
 from cronflow.config import Settings
 from cronflow.store import Store
 
@@ -272,7 +273,7 @@ def finish(h: Harness, hour: int) -> None:
 def restart(make, at) -> Harness:
     """A new daemon on the same store: it settles what the old one left running."""
     h = make(at)
-    h.scheduler.recover_orphans(at)
+    recovery.recover(h.scheduler, at)
     return h
 
 
