@@ -154,7 +154,7 @@ def _deadlines_and_audit(db: Database) -> None:
     db.execute("CREATE INDEX deadline_misses_by_flow ON deadline_misses (flow_id, fire_at)")
     db.execute("CREATE INDEX deadline_misses_by_time ON deadline_misses (missed_at)")
     db.execute(
-        "CREATE INDEX deadline_misses_to_alert ON deadline_misses (flow_id) "
+        "CREATE INDEX deadline_misses_to_alert ON deadline_misses (flow_id, task_id, fire_at) "
         "WHERE alerted_at IS NULL"
     )
     # Who changed what (cronflow.audit): newest first, of all flows or of one.

@@ -329,3 +329,88 @@ def test_why_says_the_deadline_before_it_passes_and_the_miss_after(make, write_f
         "meteo_ingest 2026-12-02: 23:50 failed), seen at 02:30:00 UTC"
     )
     assert not any(line.startswith("deadline:") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        (
+            'Flow("f", schedule="@daily", deadline="soon")',
+            "flow 'f': deadline: cannot read 'soon' (use seconds or units like 30s, 5m, 2h, 90d)",
+        ),
+        ('Flow("f", schedule="@daily", deadline=0)', "flow 'f': deadline must be longer than 0"),
+        (
+            'Flow("f", deadline="1h")',
+            "flow 'f': deadline counts from each fire time of the schedule, and the flow has none",
+        ),
+        (
+            'Flow("f", schedule="@reboot", deadline="1h")',
+            "flow 'f': deadline counts from each fire time of the schedule, and the flow has none",
+        ),
+    ],
+)
+def test_a_bad_flow_deadline_is_named(source, message):
+    from cronflow import Flow
+    from cronflow.errors import FlowDefinitionError
+
+    with pytest.raises(FlowDefinitionError) as caught:
+        eval(source, {"Flow": Flow})
+    assert str(caught.value).startswith(message)
+
+
+def test_a_task_deadline_is_checked_with_the_flow_and_stored_in_the_spec():
+    from cronflow import Flow, Shell
+    from cronflow.errors import FlowDefinitionError
+
+    def page(context):
+        return None
+
+    with Flow("manual") as manual:
+        Shell("t", "true", deadline="1h")
+    with pytest.raises(FlowDefinitionError) as caught:
+        manual.spec()
+    assert str(caught.value) == (
+        "flow 'manual': task 't': deadline counts from each fire time of the schedule, and the "
+        "flow has none"
+    )
+    with Flow(
+        "f", schedule="@daily", deadline="2h", on_failure=page, email_on_failure="a@b.c"
+    ) as f:
+        Shell("t", "true", deadline="90m", email_on_failure=[])
+        Shell("u", "true")
+    spec = f.spec()
+    assert spec["deadline_s"] == 7200.0
+    assert spec["alerts"] == {
+        "callbacks": {"on_failure": f"{__name__}.{page.__qualname__}"},
+        "email_on_failure": ["a@b.c"],
+    }
+    assert [t.get("deadline_s") for t in spec["tasks"]] == [5400.0, None]
+
+
+def test_list_top_and_tasks_show_a_missed_deadline_until_a_run_succeeds(make, write_flow, home):
+    from clikit import invoke, ok, rows
+
+    h = meteo(make, write_flow, home, utc(2026, 12, 3, 0, 0))
+    h.tick()
+    h.at(utc(2026, 12, 3, 2, 30))
+    settle_alerts(h)
+    (daily,) = [r for r in rows(home, "list") if r["flow_id"] == "meteo_daily"]
+    assert daily["missed_deadline"]["fire_at"] == "2026-12-03T00:30:00+00:00"
+    assert daily["missed_deadline"]["message"].startswith("missed deadline: meteo_daily 2026-12-03")
+    text = ok(home, "list").stdout
+    header, *lines = text.splitlines()
+    assert header.rstrip().endswith("missed deadline")
+    (line,) = [x for x in lines if x.startswith("meteo_daily")]
+    assert line.rstrip().endswith("2026-12-03 00:30")
+    (ingest_line,) = [x for x in lines if x.startswith("meteo_ingest")]
+    assert not ingest_line.rstrip().endswith("00:30")
+    frame = json.loads(invoke(home, "top", "--json").stdout)
+    ((miss),) = frame["missed_deadlines"]
+    assert (miss["flow_id"], miss["task_id"], miss["run_state"]) == ("meteo_daily", None, "queued")
+    assert "missed deadlines" in ok(home, "top", "--once").stdout
+    # once the run succeeds (here by hand), list no longer flags the flow
+    ok(home, "mark", "meteo_daily", "--date", "2026-12-03", "--state", "success")
+    (daily,) = [r for r in rows(home, "list") if r["flow_id"] == "meteo_daily"]
+    assert daily["missed_deadline"] is None
+    frame = json.loads(invoke(home, "top", "--json").stdout)
+    assert frame["missed_deadlines"][0]["run_state"] == "success"  # top still shows it
