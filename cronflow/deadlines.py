@@ -115,6 +115,13 @@ class DeadlineChecker:
                 targets[key] = _Target(key, deadline_s, check_at)
         if new:  # kept at once: fire times passing while the daemon is down get checked
             self.store.record_deadline_checks(new)
+        # A deadline taken off a loaded flow starts afresh if it comes back (a flow that is
+        # broken or gone keeps its place: its fire times meanwhile are checked when it is back).
+        dropped = [k for k in self._cursors if k[0] in catalog.flows and k not in targets]
+        if dropped:
+            self.store.forget_deadline_checks(dropped)
+            for key in dropped:
+                del self._cursors[key]
         self._targets = targets
 
     def _check(self, target: _Target, catalog: Catalog, paused: set[str], now: datetime) -> None:
@@ -187,7 +194,11 @@ class DeadlineChecker:
             run = runs.get(iso(fire) or "")
             if run is not None and _done(run, task_states.get(run["run_id"]), task_id):
                 continue
-            holding = explainer.holding(fire, run, task_id or None)
+            try:
+                holding = explainer.holding(fire, run, task_id or None)
+            except Exception as exc:  # the miss is recorded and alerted all the same
+                log.exception("event=deadline_reason_failed flow=%s", flow.flow_id)
+                holding = f"what holds it back is unknown: {exc!r}"
             misses.append(
                 {
                     "flow_id": flow.flow_id,

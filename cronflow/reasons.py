@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from cronflow import control, deps
@@ -182,6 +183,11 @@ class Explainer:
             return []
         return WaitChecker(self.store).run_waits(self.flow, run, self.cat.flows).notes
 
+    @cached_property
+    def _held(self) -> tuple[datetime, str] | None:
+        """_held_back, read once: a deadline check asks for many fire times at one moment."""
+        return self._held_back()
+
     def _held_back(self) -> tuple[datetime, str] | None:
         row = next((r for r in self.store.flow_states() if r["flow_id"] == self.flow.flow_id), None)
         if row is None or not row["held_until"]:
@@ -211,7 +217,7 @@ class Explainer:
         return "; ".join(f"{t} {self._task(run, tis[t], tis)}" for t in shown) or state.value
 
     def _no_run_yet(self, fire_at: datetime) -> str:
-        held = self._held_back()
+        held = self._held
         if held and fire_at >= held[0]:
             return f"no run: {held[1]}"
         since = self.daemon_since

@@ -938,6 +938,13 @@ class Store:
                 [(flow_id, task_id, iso(at)) for (flow_id, task_id), at in cursors.items()],
             )
 
+    def forget_deadline_checks(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Deadlines no longer set: if set again, they are checked from then on."""
+        with self._write():
+            self.conn.executemany(
+                "DELETE FROM deadline_checks WHERE flow_id = ? AND task_id = ?", list(keys)
+            )
+
     def unalerted_deadline_misses(self) -> list[dict[str, Any]]:
         """Misses whose alert has not started yet, oldest fire time first."""
         return self._rows(
@@ -1034,7 +1041,8 @@ class Store:
         self, flow_id: str | None, since: datetime | None, limit: int
     ) -> list[dict[str, Any]]:
         """Newest first, of one flow or of all (indexed by time, and by flow and time)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if flow_id is not None:
             where.append("flow_id = ?")
             params.append(flow_id)

@@ -414,3 +414,25 @@ def test_list_top_and_tasks_show_a_missed_deadline_until_a_run_succeeds(make, wr
     assert daily["missed_deadline"] is None
     frame = json.loads(invoke(home, "top", "--json").stdout)
     assert frame["missed_deadlines"][0]["run_state"] == "success"  # top still shows it
+
+
+def test_a_deadline_taken_off_and_set_again_starts_afresh(make, write_flow, home):
+    source = """
+    from cronflow import Flow, Shell
+    with Flow("f", schedule="0 * * * *", start_date="2024-06-03"{deadline}):
+        Shell("t", "exit 1")
+    """
+    write_flow("f", source.format(deadline=', deadline="10m"'))
+    h = make(utc(2024, 6, 3, 0, 0))
+    h.tick()
+    assert ("f", "") in h.store.deadline_cursors()
+    write_flow("f", source.format(deadline=""))
+    h.sync()
+    h.at(utc(2024, 6, 3, 0, 5))
+    assert h.store.deadline_cursors() == {}
+    write_flow("f", source.format(deadline=', deadline="10m"'))
+    h.sync()
+    h.at(utc(2024, 6, 3, 5, 0))  # the fire times while it was off are not checked
+    assert misses(h) == []
+    h.at(utc(2024, 6, 3, 6, 10))
+    assert [m["fire_at"][11:16] for m in misses(h)] == ["05:00", "06:00"]
