@@ -52,7 +52,8 @@ def alerts(home) -> list[dict]:
 
 
 def misses(h: Harness) -> list[dict]:
-    return h.store._rows("SELECT * FROM deadline_misses ORDER BY fire_at, task_id")
+    rows = h.store.conn.execute("SELECT * FROM deadline_misses ORDER BY fire_at, task_id")
+    return [dict(row) for row in rows]
 
 
 def settle_alerts(h: Harness) -> None:
@@ -405,7 +406,7 @@ def test_list_top_and_tasks_show_a_missed_deadline_until_a_run_succeeds(make, wr
     (ingest_line,) = [x for x in lines if x.startswith("meteo_ingest")]
     assert not ingest_line.rstrip().endswith("00:30")
     frame = json.loads(invoke(home, "top", "--json").stdout)
-    ((miss),) = frame["missed_deadlines"]
+    (miss,) = frame["missed_deadlines"]
     assert (miss["flow_id"], miss["task_id"], miss["run_state"]) == ("meteo_daily", None, "queued")
     assert "missed deadlines" in ok(home, "top", "--once").stdout
     # once the run succeeds (here by hand), list no longer flags the flow
