@@ -1,4 +1,5 @@
-"""Callbacks and alerts: what runs when a task instance reaches failed, up_for_retry or success.
+"""Callbacks and alerts: what runs when a task instance reaches failed, up_for_retry or success
+(and when a deadline is missed: cronflow.deadlines, cronflow.deadline_alerts).
 
 A flow file sets them on a task or, for all its tasks, on the flow:
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cronflow.catalog import FlowSpec, TaskSpec
+from cronflow.deadline_alerts import EVENT as DEADLINE_EVENT
 from cronflow.errors import CronflowError, NotFoundError
 from cronflow.logs import open_attempt_log
 from cronflow.states import TaskState
@@ -55,6 +57,18 @@ LOG_TAIL_BYTES = 64 * 1024
 def wanted(task: TaskSpec, event: str) -> bool:
     """Does this task have anything to do for this event?"""
     return event in task.callbacks or (event == "on_failure" and bool(task.email_on_failure))
+
+
+@dataclass(frozen=True)
+class DeadlineAlert:
+    """A missed deadline to alert (cronflow.deadlines): the oldest fire time not alerted yet
+    of a flow's run ('' task) or of one task, and how many more missed with it."""
+
+    flow_id: str
+    task_id: str
+    fire_at: str
+    more: int = 0
+    unchecked_until: str | None = None  # after a long stop: fire times not checked one by one
 
 
 @dataclass
@@ -79,8 +93,6 @@ class CallbackRunner:
             f"try={ti['try_number']} callback={event}"
         )
         env = {
-            **os.environ,
-            "CRONFLOW_HOME": str(self.home),
             "CRONFLOW_RUN_ID": str(ti["run_id"]),
             "CRONFLOW_TASK_ID": ti["task_id"],
             "CRONFLOW_TRY_NUMBER": str(ti["try_number"]),
@@ -94,18 +106,43 @@ class CallbackRunner:
                 if ti["log_path"]
                 else os.open(os.devnull, os.O_WRONLY)
             )
+        except OSError as exc:
+            log.error("event=callback_failed %s reason=%r", what, f"cannot start: {exc}")
+            return
+        self._spawn(event, env, out, what)
+
+    def start_deadline(self, alert: DeadlineAlert) -> None:
+        """Start the failure alerts of a missed deadline; their output goes to the daemon's."""
+        what = (
+            f"flow={alert.flow_id} task={alert.task_id or '-'} fire_at={alert.fire_at} "
+            f"callback={DEADLINE_EVENT}"
+        )
+        env = {
+            "CRONFLOW_FLOW_ID": alert.flow_id,
+            "CRONFLOW_TASK_ID": alert.task_id,
+            "CRONFLOW_FIRE_AT": alert.fire_at,
+            "CRONFLOW_MISSED_MORE": str(alert.more),
+            "CRONFLOW_UNCHECKED_UNTIL": alert.unchecked_until or "",
+        }
+        self._spawn(DEADLINE_EVENT, env, None, what)
+
+    def _spawn(self, event: str, env: Mapping[str, str], out: int | None, what: str) -> None:
+        """`python -m cronflow.callbacks EVENT` in its own session; `out` (closed here) takes
+        its output, None: the daemon's."""
+        try:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "cronflow.callbacks", event],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env={**os.environ, "CRONFLOW_HOME": str(self.home), **env},
                     start_new_session=True,
                     close_fds=True,
                 )
             finally:
-                os.close(out)
+                if out is not None:
+                    os.close(out)
         except OSError as exc:
             log.error("event=callback_failed %s reason=%r", what, f"cannot start: {exc}")
             return
@@ -306,6 +343,17 @@ def main(argv: list[str]) -> int:
         logging.root.handlers[:] = [handler]
         logging.root.setLevel(logging.INFO)
         try:
+            if event == DEADLINE_EVENT:
+                from cronflow.deadline_alerts import run_deadline_alerts
+
+                alert = {
+                    "flow_id": env["CRONFLOW_FLOW_ID"],
+                    "task_id": env["CRONFLOW_TASK_ID"],
+                    "fire_at": env["CRONFLOW_FIRE_AT"],
+                    "more": env.get("CRONFLOW_MISSED_MORE", "0"),
+                    "unchecked_until": env.get("CRONFLOW_UNCHECKED_UNTIL", ""),
+                }
+                return run_deadline_alerts(home, alert)
             ended = {
                 "run_id": int(env["CRONFLOW_RUN_ID"]),
                 "task_id": env["CRONFLOW_TASK_ID"],

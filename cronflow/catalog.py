@@ -54,6 +54,7 @@ class TaskSpec:
     op: dict[str, Any]
     callbacks: dict[str, str] = field(default_factory=dict)  # event -> function name
     email_on_failure: list[str] = field(default_factory=list)
+    deadline_s: float | None = None  # done (success or skipped) this long after each fire time
 
     def retry_delay_after(self, try_number: int) -> float:
         """Delay before the next try, after `try_number` failed tries (1-based)."""
@@ -145,6 +146,13 @@ class FlowSpec:
             return [upcoming] if upcoming and not (self.end_at and upcoming > self.end_at) else []
         limit = self.end_at or datetime.max.replace(tzinfo=now.tzinfo)
         return list(islice(self.schedule.fires(after, limit), count))
+
+    @cached_property
+    def deadlines(self) -> dict[str, float]:
+        """'' (the run) or a task id -> its deadline in seconds after each fire time."""
+        found = {"": self.raw["deadline_s"]} if self.raw.get("deadline_s") else {}
+        found.update({t.task_id: t.deadline_s for t in self.tasks.values() if t.deadline_s})
+        return found  # the loader accepts a deadline only on a flow with a schedule
 
     def task(self, task_id: str) -> TaskSpec:
         if task_id not in self.tasks:

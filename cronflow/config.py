@@ -41,12 +41,14 @@ import_timeout_s = 30
 grace_period_s = 30
 
 # Task logs are compressed, then deleted, and their total size is capped; run history older than
-# delete_runs_after_days is removed with its logs (0 keeps it forever). Checked hourly.
+# delete_runs_after_days is removed with its logs (0 keeps it forever), the audit trail (who
+# changed what) after delete_audit_after_days. Checked hourly.
 [retention]
 compress_logs_after_days = 7
 delete_logs_after_days = 90
 max_logs_mb = 2048
 delete_runs_after_days = 365
+delete_audit_after_days = 365
 
 # Named pools limit how many tasks of a kind run at once (e.g. connections to one station).
 [pools]
@@ -70,7 +72,8 @@ class Retention:
     compress_logs_after_days: float = 7.0
     delete_logs_after_days: float = 90.0
     max_logs_mb: float = 2048.0
-    delete_runs_after_days: float = 365.0  # 0 keeps run history forever
+    delete_runs_after_days: float = 365.0  # 0 keeps run history forever (and missed deadlines)
+    delete_audit_after_days: float = 365.0  # the audit trail (who changed what); 0 keeps it
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "retention.delete_logs_after_days": (0, 36_500),
     "retention.max_logs_mb": (0, 100_000_000),
     "retention.delete_runs_after_days": (0, 36_500),
+    "retention.delete_audit_after_days": (0, 36_500),
     "smtp.timeout_s": (0, 3600),
 }
 _MAY_BE_ZERO = {key for key in BOUNDS if key.startswith("retention.")}

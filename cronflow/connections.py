@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from cronflow.audit import Actor
 from cronflow.errors import InvalidInputError, NotFoundError
 from cronflow.processtext import check_text
 from cronflow.store import Store
@@ -222,7 +223,9 @@ def list_connections(store: Store, environ: Mapping[str, str] | None = None) -> 
     return [found[k] for k in sorted(found)]
 
 
-def save_connection(store: Store, conn: Connection) -> None:
+def save_connection(store: Store, conn: Connection, actor: Actor | None = None) -> None:
+    """Add or replace a stored connection, recorded in the audit trail without its password
+    (`actor`: who; default the Unix user)."""
     check_id(conn.conn_id)
     if conn.conn_type not in DEFAULT_PORTS:
         raise InvalidInputError(
@@ -236,19 +239,43 @@ def save_connection(store: Store, conn: Connection) -> None:
     for key, value in conn.extra.items():
         check_text(key, f"an extra's name of {where}")
         check_text(value, f"the extra {key} of {where}")
-    store.set_connection(
-        conn.conn_id, conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.extra
-    )
-
-
-def delete_connection(store: Store, conn_id: str) -> None:
-    if not store.delete_connection(conn_id):
-        hint = (
-            f"; it comes from the environment ({env_name(conn_id)})"
-            if env_name(conn_id) in os.environ
-            else ""
+    replaced = store.connection(conn.conn_id) is not None
+    with store.atomic():
+        store.set_connection(
+            conn.conn_id,
+            conn.conn_type,
+            conn.host,
+            conn.port,
+            conn.login,
+            conn.password,
+            conn.extra,
         )
-        raise NotFoundError(f"no stored connection '{conn_id}'{hint}")
+        where = f"{conn.conn_type}://{conn.host or ''}:{conn.port_or_default}"
+        summary = f"{'replaced' if replaced else 'added'} connection {conn.conn_id}: {where}"
+        details = {
+            "conn_id": conn.conn_id,
+            "type": conn.conn_type,
+            "host": conn.host,
+            "port": conn.port,
+            "login": conn.login,
+            "password": "set" if conn.password else "none",
+            "extra_keys": sorted(conn.extra),
+            "replaced": replaced,
+        }
+        store.record_audit("conn_set", None, summary, details, actor)
+
+
+def delete_connection(store: Store, conn_id: str, actor: Actor | None = None) -> None:
+    with store.atomic():
+        if not store.delete_connection(conn_id):
+            hint = (
+                f"; it comes from the environment ({env_name(conn_id)})"
+                if env_name(conn_id) in os.environ
+                else ""
+            )
+            raise NotFoundError(f"no stored connection '{conn_id}'{hint}")
+        summary = f"deleted connection {conn_id}"
+        store.record_audit("conn_delete", None, summary, {"conn_id": conn_id}, actor)
 
 
 def env_secrets(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""What the CLI does to flows and runs, as a library: trigger, find runs, pause.
+"""What the CLI does to flows and runs, as a library: trigger, find runs (pause: Store.set_paused).
 
 Every function validates its input first and raises a CronflowError naming what is wrong, so
 nothing is written when the input is bad; each change is one store transaction.
@@ -11,6 +11,7 @@ import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from cronflow.audit import Actor
 from cronflow.catalog import FlowSpec
 from cronflow.errors import InvalidInputError, NotFoundError
 from cronflow.processtext import check_text
@@ -101,12 +102,32 @@ def trigger(
     conf: dict[str, Any] | None = None,
     run_type: RunType = RunType.MANUAL,
     triggered_by: dict[str, Any] | None = None,
+    actor: Actor | None = None,
 ) -> int:
+    """Create a run; a manual one is recorded in the audit trail with it (`actor`: who, by
+    default the Unix user). A flow's TriggerFlow runs name their origin instead, and a backfill
+    records itself."""
     interval = data_interval(flow.schedule, logical_at)
     tasks = flow.raw["tasks"]
-    return store.create_run(
-        flow.flow_id, logical_at, run_type, interval, tasks, conf, triggered_by=triggered_by
-    )
+    with store.atomic():
+        run_id = store.create_run(
+            flow.flow_id, logical_at, run_type, interval, tasks, conf, triggered_by=triggered_by
+        )
+        if run_type is RunType.MANUAL:
+            details = {
+                "run_id": run_id,
+                "logical_date": iso(logical_at),
+                "conf_keys": sorted(conf or {}),
+            }
+            summary = f"manual run {run_id} for {local_time(flow, logical_at)}"
+            store.record_audit("trigger", flow.flow_id, summary, details, actor)
+    return run_id
+
+
+def local_time(flow: FlowSpec, at: datetime | str) -> str:
+    """'2026-12-03 00:30 CET': a moment in the flow's timezone, for audit entries."""
+    moment = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return moment.astimezone(flow.tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _day_bounds(flow: FlowSpec, day: date) -> tuple[datetime, datetime]:

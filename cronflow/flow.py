@@ -124,6 +124,7 @@ class Task:
         on_retry: Callable[..., Any] | None = None,
         on_success: Callable[..., Any] | None = None,
         email_on_failure: str | Iterable[str] | None = None,
+        deadline: float | str | timedelta | None = None,
         flow: Flow | None = None,
     ) -> None:
         owner = flow or _current_flow.get()
@@ -153,6 +154,7 @@ class Task:
             "on_success": on_success,
             "email_on_failure": email_on_failure,
         }
+        self.deadline = deadline
         self.upstream_ids: list[str] = []
         # Operators add theirs here rather than raise: spec() then names every bad option.
         self.bad_options: list[str] = []
@@ -231,6 +233,7 @@ class Task:
         problems = list(self.bad_options)
         settings = self.resolved(flow_defaults, problems)
         alerts = self.alert_spec(flow_defaults, problems)
+        deadline_s = _checked(problems, lambda: _deadline(self.deadline, self.flow.schedule))
         if problems:
             raise FlowDefinitionError(f"task '{self.task_id}': {'; '.join(problems)}")
         return {
@@ -241,6 +244,7 @@ class Task:
             **settings,
             "op": self.op_spec(),
             **alerts,
+            **({"deadline_s": deadline_s} if deadline_s is not None else {}),
         }
 
     def alert(self, key: str) -> Any:
@@ -251,33 +255,53 @@ class Task:
     def alert_spec(self, flow_defaults: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
         """{"callbacks": {event: name}, "email_on_failure": [...]}, keys only when set; each
         bad one is added to `problems`."""
-        spec: dict[str, Any] = {}
-        callbacks = {}
-        for event in CALLBACK_EVENTS:
-            fn = (
-                self._alerts[event] if self._alerts[event] is not None else flow_defaults.get(event)
-            )
-            if fn is None:
-                continue
-            if not callable(fn):
-                problems.append(f"{event} must be a function, got {fn!r}")
-                continue
-            callbacks[event] = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-        if callbacks:
-            spec["callbacks"] = callbacks
-        emails = self._alerts["email_on_failure"]
-        if emails is None:
-            emails = flow_defaults.get("email_on_failure")
-        if emails:
-            addresses = [emails] if isinstance(emails, str) else list(emails)
-            for address in addresses:
-                if not isinstance(address, str) or "@" not in address:
-                    problems.append(f"email_on_failure needs e-mail addresses, got {address!r}")
-            spec["email_on_failure"] = addresses
-        return spec
+        merged = {
+            key: own if own is not None else flow_defaults.get(key)
+            for key, own in self._alerts.items()
+        }
+        return alert_spec(merged, problems)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.task_id}>"
+
+
+def alert_spec(alerts: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Callbacks by name and failure mail addresses, as stored: {"callbacks": {event: name},
+    "email_on_failure": [...]}, keys only when set; each bad one is added to `problems`."""
+    spec: dict[str, Any] = {}
+    callbacks = {}
+    for event in CALLBACK_EVENTS:
+        fn = alerts.get(event)
+        if fn is None:
+            continue
+        if not callable(fn):
+            problems.append(f"{event} must be a function, got {fn!r}")
+            continue
+        callbacks[event] = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+    if callbacks:
+        spec["callbacks"] = callbacks
+    emails = alerts.get("email_on_failure")
+    if emails:
+        addresses = [emails] if isinstance(emails, str) else list(emails)
+        for address in addresses:
+            if not isinstance(address, str) or "@" not in address:
+                problems.append(f"email_on_failure needs e-mail addresses, got {address!r}")
+        spec["email_on_failure"] = addresses
+    return spec
+
+
+def _deadline(value: float | str | timedelta | None, schedule: Schedule | None) -> float | None:
+    """A deadline in seconds after each fire time; it needs a schedule to count from."""
+    if value is None:
+        return None
+    seconds = parse_duration(value, "deadline")
+    if seconds <= 0:
+        raise FlowDefinitionError(f"deadline must be longer than 0, got {value!r}")
+    if schedule is None:
+        raise FlowDefinitionError(
+            "deadline counts from each fire time of the schedule, and the flow has none"
+        )
+    return seconds
 
 
 def _checked(problems: list[str], check: Callable[[], Any]) -> Any:
@@ -321,6 +345,7 @@ class Flow:
         on_retry: Callable[..., Any] | None = None,
         on_success: Callable[..., Any] | None = None,
         email_on_failure: str | Iterable[str] | None = None,
+        deadline: float | str | timedelta | None = None,
     ) -> None:
         self.flow_id = _check_id("flow", flow_id)
         where = f"flow '{flow_id}'"
@@ -338,6 +363,7 @@ class Flow:
             self.schedule = Schedule.parse(timed, timezone) if timed else None
             self.start_at = self._instant(start_date, "start_date")
             self.end_at = self._instant(end_date, "end_date")
+            self.deadline_s = _deadline(deadline, self.schedule)
         except CronflowError as exc:
             raise FlowDefinitionError(f"{where}: {exc}") from None
         if self.start_at and self.end_at and self.end_at < self.start_at:
@@ -427,7 +453,18 @@ class Flow:
             "wait_for": self.waits,
             "tasks": tasks,
             **({"run_at_daemon_start": True} if self.run_at_daemon_start else {}),
+            **self._deadline_spec(),
         }
+
+    def _deadline_spec(self) -> dict[str, Any]:
+        """The run's deadline and the flow's own failure alerts (they alert for a missed one)."""
+        if self.deadline_s is None:
+            return {}
+        problems: list[str] = []
+        alerts = alert_spec(self.defaults, problems)
+        if problems:
+            raise FlowDefinitionError(f"flow '{self.flow_id}': {'; '.join(problems)}")
+        return {"deadline_s": self.deadline_s, "alerts": alerts}
 
     def __repr__(self) -> str:
         return f"<Flow {self.flow_id}: {len(self.tasks)} tasks>"

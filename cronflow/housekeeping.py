@@ -1,5 +1,5 @@
 """Retention: compress old task logs, delete older ones, cap their total size, and remove run
-history past its age, with its logs. The daemon runs it hourly (in a thread with its own store
+history past its age, with its logs and missed deadlines; the audit trail past its own age. The daemon runs it hourly (in a thread with its own store
 connection); `cronflow db clean` runs the history part on demand.
 
 Logs of attempts still running are never touched. Compression writes `try-N.log.gz` next to the
@@ -39,6 +39,8 @@ class Report:
     deleted_runs: int = 0
     deleted_task_instances: int = 0
     stale_attempt_files: int = 0
+    deleted_deadline_misses: int = 0
+    deleted_audit_entries: int = 0
     run_ids: list[int] = field(default_factory=list)
 
 
@@ -165,6 +167,10 @@ def run_housekeeping(settings: Settings, store: Store, now: datetime) -> Report:
     if retention.delete_runs_after_days > 0:
         cutoff = now - timedelta(days=retention.delete_runs_after_days)
         clean_history(store, settings, cutoff, dry_run=False, report=report)
+        report.deleted_deadline_misses = store.delete_deadline_misses_before(cutoff)
+    if retention.delete_audit_after_days > 0:
+        cutoff = now - timedelta(days=retention.delete_audit_after_days)
+        report.deleted_audit_entries = store.delete_audit_before(cutoff)
     if retention.delete_logs_after_days > 0:
         delete_old_logs(
             settings.logs_dir, retention.delete_logs_after_days * DAY_S, now_ts, active, report
@@ -177,10 +183,13 @@ def run_housekeeping(settings: Settings, store: Store, now: datetime) -> Report:
         cap_total_size(settings.logs_dir, retention.max_logs_mb * 1024 * 1024, active, report)
     remove_stale_attempt_files(settings.logs_dir, now_ts, active, report)
     log.info(
-        "event=housekeeping compressed=%s deleted_logs=%s freed_bytes=%s deleted_runs=%s",
+        "event=housekeeping compressed=%s deleted_logs=%s freed_bytes=%s deleted_runs=%s "
+        "deleted_deadline_misses=%s deleted_audit_entries=%s",
         report.compressed,
         report.deleted_logs,
         report.freed_bytes,
         report.deleted_runs,
+        report.deleted_deadline_misses,
+        report.deleted_audit_entries,
     )
     return report

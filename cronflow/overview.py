@@ -32,6 +32,7 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
     counts = store.recent_state_counts(RECENT_RUNS)
     holding = any(_holds(r) for r in states.values())
     active = store.active_run_counts() if holding else {}
+    late = store.open_deadline_misses()
     rows: list[dict[str, Any]] = [
         {"flow_id": None, "path": path, "error": error}
         for path, error in sorted(cat.errors.items())
@@ -58,10 +59,24 @@ def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]
                 "recent_states": counts.get(flow_id, {}),
                 "held_back": held[1] if held else None,
                 "held_fire_at": iso(held[0]) if held else None,
+                "missed_deadline": _miss_row(late[flow_id]) if flow_id in late else None,
                 "path": stored["path"],
             }
         )
     return rows
+
+
+def _miss_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A missed deadline (cronflow.deadlines) as listings show it."""
+    return {
+        "flow_id": row["flow_id"],
+        "task_id": row["task_id"] or None,
+        "fire_at": row["fire_at"],
+        "deadline_at": row["deadline_at"],
+        "missed_at": row["missed_at"],
+        "run_id": row["run_id"],
+        "message": row["message"],
+    }
 
 
 def held_back(flow: FlowSpec, row: Mapping[str, Any], active: int) -> tuple[datetime, str] | None:
@@ -291,7 +306,8 @@ LIVE_STATES = (
 
 
 def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
-    """`cronflow top`: task instances running or about to, and the latest failures."""
+    """`cronflow top`: task instances running or about to, the latest failures and the
+    latest missed deadlines (with the state of their run now: None, no run)."""
     checked_count("--failures", failures, low=0)
     order = {s.value: i for i, s in enumerate(LIVE_STATES)}
     active = sorted(
@@ -302,6 +318,10 @@ def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
         "counts": _counts(active),
         "active": [_ti_row(ti, now) for ti in active],
         "failures": [_ti_row(ti, now) for ti in store.recent_task_failures(failures)],
+        "missed_deadlines": [
+            {**_miss_row(row), "run_state": row["run_state"]}
+            for row in store.recent_deadline_misses(failures)
+        ],
     }
 
 

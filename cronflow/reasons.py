@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from cronflow import control, deps
@@ -19,8 +20,10 @@ from cronflow.errors import NotFoundError
 from cronflow.overview import held_back
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
-from cronflow.timeparse import from_iso, parse_date_or_datetime
+from cronflow.timeparse import from_iso, parse_date_or_datetime, start_of_day
 from cronflow.waits import WaitChecker, WaitStatus, span_text
+
+TINY = timedelta(microseconds=1)
 
 
 class Explainer:
@@ -38,6 +41,9 @@ class Explainer:
         self.settings, self.store, self.cat, self.flow = settings, store, cat, flow
         self.now = now
         self.daemon_running = daemon_running
+        # since when the daemon runs (a fire time before it had no daemon to run it); read
+        # from the daemon's record unless the daemon itself says
+        self.daemon_since: datetime | None = None
 
     def explain(self, date_text: str | None, task_id: str | None) -> list[str]:
         """Reasons, most important first: the daemon, the flow, the run, then its tasks."""
@@ -64,8 +70,8 @@ class Explainer:
         try:
             run = control.find_one_run(self.store, self.flow, date_text)
         except NotFoundError:
-            return reasons + self._no_run(date_text)
-        return reasons + self._run(run, task_id)
+            return reasons + self._no_run(date_text) + self._misses_on(date_text)
+        return reasons + self._run(run, task_id) + self._deadlines(run)
 
     def _catching_up(self) -> list[str]:
         flow = self.flow
@@ -144,11 +150,7 @@ class Explainer:
         """Why the run has not started, and the lines naming the runs its waits miss."""
         flow = self.flow
         why = []
-        running = [
-            r
-            for r in self.store.runs_of_flow(flow.flow_id, states=[RunState.RUNNING])
-            if r["run_id"] != run["run_id"]
-        ]
+        running = self._running_others(run)
         if len(running) >= flow.max_active_runs:
             dates = ", ".join(self.day(r["logical_date"]) for r in running[:5])
             runs = "run" if len(running) == 1 else "runs"
@@ -167,6 +169,13 @@ class Explainer:
         elif not why:
             why.append("it starts once the daemon runs")
         return why, details
+
+    def _running_others(self, run: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.store.runs_of_flow(self.flow.flow_id, states=[RunState.RUNNING])
+            if r["run_id"] != run["run_id"]
+        ]
 
     def _giving_up(self, status: WaitStatus) -> str:
         """When (or that) a wait gives up, and what then happens to the run."""
@@ -188,12 +197,101 @@ class Explainer:
             return []
         return WaitChecker(self.store).run_waits(self.flow, run, self.cat.flows).notes
 
+    @cached_property
+    def _held(self) -> tuple[datetime, str] | None:
+        """_held_back, read once: a deadline check asks for many fire times at one moment."""
+        return self._held_back()
+
     def _held_back(self) -> tuple[datetime, str] | None:
         row = next((r for r in self.store.flow_states() if r["flow_id"] == self.flow.flow_id), None)
         if row is None or not row["held_until"]:
             return None
         active = self.store.active_run_counts().get(self.flow.flow_id, 0)
         return held_back(self.flow, row, active)
+
+    # --- deadlines (cronflow.deadlines) --------------------------------------------------
+    def holding(self, fire_at: datetime, run: dict[str, Any] | None, task_id: str | None) -> str:
+        """In a few words, what keeps the run of `fire_at` (or one of its tasks) from being
+        done now: what a missed deadline says in parentheses."""
+        if run is None:
+            return self._no_run_yet(fire_at)
+        state = RunState(run["state"])
+        if state is RunState.QUEUED:
+            return self._queued_briefly(run)
+        tis = {ti["task_id"]: ti for ti in self.store.tis_of_runs([run["run_id"]])}
+        if task_id is not None and task_id in tis:
+            return f"{task_id} {self._task(run, tis[task_id], tis)}"
+        order = [t for t in self.flow.order if t in tis]
+        if state is RunState.FAILED:
+            failed = [t for t in order if tis[t]["state"] == TaskState.FAILED]
+            return "failed: " + "; ".join(f"{t}: {tis[t]['reason'] or '-'}" for t in failed[:2])
+        unfinished = [t for t in order if not TaskState(tis[t]["state"]).is_finished]
+        started = [t for t in unfinished if tis[t]["state"] != TaskState.NONE]
+        shown = (started or unfinished)[:2]
+        return "; ".join(f"{t} {self._task(run, tis[t], tis)}" for t in shown) or state.value
+
+    def _no_run_yet(self, fire_at: datetime) -> str:
+        held = self._held
+        if held and fire_at >= held[0]:
+            return f"no run: {held[1]}"
+        since = self.daemon_since
+        if since is None:
+            record = self.store.daemon_record()
+            since = from_iso(record["started_at"]) if record else None
+        if since is None or since > fire_at:
+            return f"no run: the daemon was not running at {self.when(fire_at)}"
+        if self._paused():
+            return "no run: the flow is paused"
+        return "no run yet"
+
+    def _queued_briefly(self, run: dict[str, Any]) -> str:
+        """'held back by max_active_runs=1: 1 run active' or 'waiting for meteo_ingest
+        2026-12-02: 23:50 not yet run (...)' (cronflow.waits says what is missing)."""
+        why = []
+        running = len(self._running_others(run))
+        if running >= self.flow.max_active_runs:
+            runs = "run" if running == 1 else "runs"
+            why.append(
+                f"held back by max_active_runs={self.flow.max_active_runs}: {running} {runs} active"
+            )
+        if self.flow.waits:
+            waits = WaitChecker(self.store).run_waits(self.flow, run, self.cat.flows)
+            why += [f"waiting for {status.summary(self.now)}" for status in waits.unmet]
+        return "; ".join(why) or "queued: the daemon starts it at its next pass"
+
+    def _deadlines(self, run: dict[str, Any]) -> list[str]:
+        """The run's missed deadlines, or when its deadlines are while it is not done."""
+        fire = from_iso(run["logical_date"])
+        assert fire is not None
+        lines = self._missed(fire, fire + TINY)
+        if lines or RunState(run["state"]) is RunState.SUCCESS or not self._is_fire_time(fire):
+            return lines
+        for task_id, seconds in self.flow.deadlines.items():
+            due = fire + timedelta(seconds=seconds)
+            if due > self.now:
+                what = f"{self.flow.flow_id}.{task_id}" if task_id else "the run"
+                span = span_text(timedelta(seconds=seconds))
+                lines.append(f"deadline: {what} must be done by {self.when(due)} ({span})")
+        return lines
+
+    def _misses_on(self, date_text: str | None) -> list[str]:
+        """The missed deadlines of the fire times asked about that have no run."""
+        if date_text is None or not self.flow.deadlines:
+            return []
+        value = parse_date_or_datetime(date_text, self.flow.tz)
+        if isinstance(value, datetime):
+            return self._missed(value, value + TINY)
+        return self._missed(
+            start_of_day(value, self.flow.tz), start_of_day(value + timedelta(days=1), self.flow.tz)
+        )
+
+    def _missed(self, start: datetime, end: datetime) -> list[str]:
+        rows = self.store.deadline_misses_between(self.flow.flow_id, start, end)
+        return [f"{row['message']}, seen at {self.when_text(row['missed_at'])}" for row in rows]
+
+    def _is_fire_time(self, at: datetime) -> bool:
+        schedule = self.flow.schedule
+        return schedule is not None and schedule.next_after(at - TINY) == at
 
     # --- a task instance ------------------------------------------------------------------
     def _task(self, run: dict[str, Any], ti: dict[str, Any], tis: dict[str, dict[str, Any]]) -> str:

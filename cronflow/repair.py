@@ -22,6 +22,7 @@ from itertools import islice
 from typing import Any
 
 from cronflow import control
+from cronflow.audit import Actor, listed
 from cronflow.catalog import FlowSpec
 from cronflow.errors import InvalidInputError, NotFoundError
 from cronflow.states import (
@@ -137,13 +138,30 @@ def plan_replay(
     return ReplayPlan(flow, chosen, only_failed)
 
 
-def replay(store: Store, plan: ReplayPlan, now: datetime) -> int:
-    """Clear the planned task instances in one transaction; returns how many were cleared."""
+def replay(store: Store, plan: ReplayPlan, now: datetime, actor: Actor | None = None) -> int:
+    """Clear the planned task instances in one transaction, with its audit entry (`actor`:
+    who; default the Unix user); returns how many were cleared."""
     selection = {
         run["run_id"]: {ti["task_id"]: plan.flow.tasks[ti["task_id"]].retries for ti in tis}
         for run, tis in plan.runs
     }
-    return store.clear_tis(selection, now, FAILED_STATES if plan.only_failed else ())
+    flow = plan.flow
+    dates = [run["logical_date"] for run, _ in plan.runs]
+    tasks = [t for t in flow.tasks if any(ti["task_id"] == t for _, tis in plan.runs for ti in tis)]
+    with store.atomic():
+        cleared = store.clear_tis(selection, now, FAILED_STATES if plan.only_failed else ())
+        shown = ", ".join(control.local_time(flow, d) for d in dates[:3])
+        more = f" and {len(dates) - 3} more" if len(dates) > 3 else ""
+        which = "failed tasks" if plan.only_failed else f"tasks {', '.join(tasks[:10])}"
+        summary = f"replayed {cleared} task instance(s) of {shown}{more} ({which})"
+        details = {
+            "runs": listed(dates),
+            "tasks": listed(tasks),
+            "only_failed": plan.only_failed,
+            "cleared": cleared,
+        }
+        store.record_audit("replay", flow.flow_id, summary, details, actor)
+    return cleared
 
 
 # --- mark --------------------------------------------------------------------------------------
@@ -180,13 +198,52 @@ def mark(
     state_text: str,
     downstream: bool,
     now: datetime,
+    actor: Actor | None = None,
 ) -> MarkResult:
-    """`cronflow mark`: one task (and its downstream tasks) or a whole run, in one transaction."""
+    """`cronflow mark`: one task (and its downstream tasks) or a whole run, in one transaction
+    with its audit entry (`actor`: who; default the Unix user)."""
     state = parse_mark_state(state_text, whole_run=task_id is None)
     if task_id is None and downstream:
         raise InvalidInputError("--downstream needs a task: FLOW.TASK")
     tasks = related_tasks(flow, [task_id] if task_id else [], downstream, upstream=False)
     run = control.find_one_run(store, flow, date_text)
+    with store.atomic():
+        changed, cleared = _mark(store, flow, run, task_id, tasks, state, downstream, now)
+        what = ", ".join(tasks[:10]) if task_id else "the run"
+        summary = (
+            f"marked {what} of {control.local_time(flow, run['logical_date'])} {state.value}"
+            f" ({changed} changed)"
+        )
+        details = {
+            "run_id": run["run_id"],
+            "logical_date": run["logical_date"],
+            "tasks": listed(tasks if task_id else []),
+            "state": state.value,
+            "downstream": downstream,
+            "changed": changed,
+            "cleared": cleared,
+        }
+        store.record_audit("mark", flow.flow_id, summary, details, actor)
+    failed = [
+        ti["task_id"]
+        for ti in store.tis_of_runs([run["run_id"]])
+        if ti["state"] in FAILED_STATES and ti["task_id"] not in tasks
+    ]
+    return MarkResult(store.run(run["run_id"]), tasks, changed, cleared, failed)
+
+
+def _mark(
+    store: Store,
+    flow: FlowSpec,
+    run: dict[str, Any],
+    task_id: str | None,
+    tasks: list[str],
+    state: TaskState,
+    downstream: bool,
+    now: datetime,
+) -> tuple[int, list[str]]:
+    """Mark the task instances (or the whole run); how many changed, and the downstream tasks
+    put back to `none`."""
     cleared: list[str] = []
     if task_id is not None:
         clear = {}
@@ -213,12 +270,7 @@ def mark(
             except_states=FINISHED_TASK_STATES,
             run_state=RunState(state.value),
         )
-    failed = [
-        ti["task_id"]
-        for ti in store.tis_of_runs([run["run_id"]])
-        if ti["state"] in FAILED_STATES and ti["task_id"] not in tasks
-    ]
-    return MarkResult(store.run(run["run_id"]), tasks, changed, cleared, failed)
+    return changed, cleared
 
 
 # --- backfill ----------------------------------------------------------------------------------
@@ -230,10 +282,17 @@ class BackfillResult:
 
 
 def backfill(
-    store: Store, flow: FlowSpec, from_text: str, to_text: str, now: datetime
+    store: Store,
+    flow: FlowSpec,
+    from_text: str,
+    to_text: str,
+    now: datetime,
+    actor: Actor | None = None,
 ) -> BackfillResult:
     """Create a backfill run for every fire time in [from, to] (and not after now) that has no
-    run yet; the daemon starts them, oldest first, within max_active_runs."""
+    run yet; the daemon starts them, oldest first, within max_active_runs. Each run is its own
+    transaction (a long backfill never holds the daemon up); the audit entry (`actor`: who,
+    default the Unix user) follows them."""
     if flow.schedule is None:
         raise InvalidInputError(
             f"flow '{flow.flow_id}' has no schedule, so no fire times to backfill; "
@@ -260,4 +319,14 @@ def backfill(
             existing += 1
             continue
         created.append((run_id, fire))
+    summary = (
+        f"backfill {from_text} .. {to_text}: {len(created)} run(s) created, {existing} existed"
+    )
+    details = {
+        "from": from_text,
+        "to": to_text,
+        "created": listed(iso(at) for _, at in created),
+        "existing": existing,
+    }
+    store.record_audit("backfill", flow.flow_id, summary, details, actor)
     return BackfillResult(created, existing, future)

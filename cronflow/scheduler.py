@@ -29,6 +29,7 @@ from cronflow.callbacks import EVENT_FOR_STATE, CallbackRunner, wanted
 from cronflow.catalog import Catalog, FlowSpec, TaskSpec
 from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
+from cronflow.deadlines import DeadlineChecker
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, Finished, LocalExecutor
 from cronflow.logs import attempt_log_path, last_output_line, write_note
@@ -76,6 +77,7 @@ class Scheduler:
         self.stopping = False
         self.host = socket.gethostname()
         self.callbacks = CallbackRunner(settings.home)
+        self.deadlines = DeadlineChecker(store, settings, self.callbacks)
         self._interrupted: set[tuple[int, str]] = set()
         self._runs: dict[int, dict[str, Any]] = {}  # running runs
         self._tis: dict[int, dict[str, TI]] = {}  # their task instances, written through
@@ -135,6 +137,10 @@ class Scheduler:
         self._resolve(now)
         if not self.stopping:
             self._dispatch()
+            # "it should have run by now": after _resolve, so a run that just ended counts
+            next_deadline = self.deadlines.check(now, self.catalog)
+            if next_deadline is not None:
+                wakes.append(next_deadline)
         wakes += self._timers.values()
         if self._dirty or self._run_ended:
             # Something changed after this tick's planning and resolving (a run ended and may

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
     from sqlite_utils.migrations import Migrations
 
+    from cronflow.audit import Actor
+
 BUSY_TIMEOUT_S = 30.0
 
 MIGRATION_SET = "cronflow"
@@ -157,6 +159,36 @@ def _catchup_progress(db: Database) -> None:
     db.execute("ALTER TABLE flows ADD COLUMN catchup_from_at TEXT")
 
 
+@migration("0007_deadlines_and_audit")
+def _deadlines_and_audit(db: Database) -> None:
+    # Deadlines: per (flow, task or '' for the run), the fire time up to which every fire time
+    # was checked (each is checked once, at its deadline), and the misses found, with when
+    # their alert started (NULL: not yet; a restart sends it).
+    db.execute("""
+        CREATE TABLE deadline_checks (
+            flow_id TEXT NOT NULL, task_id TEXT NOT NULL, checked_until TEXT NOT NULL,
+            PRIMARY KEY (flow_id, task_id)) WITHOUT ROWID""")
+    db.execute("""
+        CREATE TABLE deadline_misses (
+            flow_id TEXT NOT NULL, task_id TEXT NOT NULL, fire_at TEXT NOT NULL,
+            deadline_at TEXT NOT NULL, missed_at TEXT NOT NULL, run_id INTEGER,
+            message TEXT NOT NULL, alerted_at TEXT, PRIMARY KEY (flow_id, task_id, fire_at))""")
+    db.execute("CREATE INDEX deadline_misses_by_flow ON deadline_misses (flow_id, fire_at)")
+    db.execute("CREATE INDEX deadline_misses_by_time ON deadline_misses (missed_at)")
+    db.execute(
+        "CREATE INDEX deadline_misses_to_alert ON deadline_misses (flow_id, task_id, fire_at) "
+        "WHERE alerted_at IS NULL"
+    )
+    # Who changed what (cronflow.audit): newest first, of all flows or of one.
+    db.execute("""
+        CREATE TABLE audit_log (
+            entry_id INTEGER PRIMARY KEY, at TEXT NOT NULL, user TEXT NOT NULL,
+            face TEXT NOT NULL, action TEXT NOT NULL, flow_id TEXT, summary TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}')""")
+    db.execute("CREATE INDEX audit_by_time ON audit_log (at)")
+    db.execute("CREATE INDEX audit_by_flow_time ON audit_log (flow_id, at)")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -207,6 +239,18 @@ def store_error(path: Path, exc: BaseException, busy_timeout_s: float) -> StoreE
     return None
 
 
+@contextmanager
+def _translated(store: Store) -> Iterator[None]:
+    """Raise a failure of the database or its file as its typed error (see store_error)."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        error = store_error(store.path, exc, store.busy_timeout_s)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def _guarded(cls: type[Store]) -> type[Store]:
     """Wrap every public method (and __init__) of the store in the translation above: one
     place for every query, present and future, instead of a try around each."""
@@ -214,13 +258,8 @@ def _guarded(cls: type[Store]) -> type[Store]:
     def guard(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
-            try:
+            with _translated(self):
                 return method(self, *args, **kwargs)
-            except (sqlite3.Error, OSError) as exc:
-                error = store_error(self.path, exc, self.busy_timeout_s)
-                if error is None:
-                    raise
-                raise error from exc
 
         return guarded
 
@@ -305,6 +344,13 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Several store calls as one transaction (a change and its audit entry). Its own
+        translation of errors: the guard only sees the call, not the `with` block's start."""
+        with _translated(self), self._write():
+            yield
 
     def change_stamp(self) -> tuple[int, int]:
         """Moves whenever anything is committed: by another connection (the CLI, a worker:
@@ -432,10 +478,14 @@ class Store:
         with self._write():
             self.db.execute("UPDATE flows SET held_until = ? WHERE flow_id = ?", [iso(at), flow_id])
 
-    def set_paused(self, flow_id: str, paused: bool) -> None:
+    def set_paused(self, flow_id: str, paused: bool, actor: Actor | None = None) -> None:
+        """Pause or unpause a flow, recorded in the audit trail (`actor`: who; default the
+        Unix user)."""
         self.flow(flow_id)
+        action = "pause" if paused else "unpause"
         with self._write():
             self.db.execute("UPDATE flows SET paused = ? WHERE flow_id = ?", [int(paused), flow_id])
+            self.record_audit(action, flow_id, f"{action}d {flow_id}", {}, actor)
 
     # --- runs -----------------------------------------------------------------------------
     def create_run(
@@ -984,6 +1034,154 @@ class Store:
 
     def daemon_record(self) -> dict[str, Any] | None:
         return self._one("SELECT * FROM daemon WHERE id = 1")
+
+    # --- deadlines (cronflow.deadlines) -----------------------------------------------------
+    def deadline_cursors(self) -> dict[tuple[str, str], str]:
+        """(flow id, task id or '') -> the fire time up to which its deadlines were checked."""
+        rows = self.conn.execute("SELECT flow_id, task_id, checked_until FROM deadline_checks")
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    def record_deadline_checks(
+        self,
+        cursors: Mapping[tuple[str, str], datetime],
+        misses: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        """Move check cursors and record the misses found, in one transaction: a fire time
+        is checked once, even across a crash."""
+        with self._write():
+            self.conn.executemany(
+                """INSERT INTO deadline_misses (flow_id, task_id, fire_at, deadline_at,
+                   missed_at, run_id, message) VALUES (:flow_id, :task_id, :fire_at,
+                   :deadline_at, :missed_at, :run_id, :message) ON CONFLICT DO NOTHING""",
+                list(misses),
+            )
+            self.conn.executemany(
+                """INSERT INTO deadline_checks (flow_id, task_id, checked_until) VALUES (?, ?, ?)
+                   ON CONFLICT DO UPDATE SET checked_until = excluded.checked_until""",
+                [(flow_id, task_id, iso(at)) for (flow_id, task_id), at in cursors.items()],
+            )
+
+    def forget_deadline_checks(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Deadlines no longer set: if set again, they are checked from then on."""
+        with self._write():
+            self.conn.executemany(
+                "DELETE FROM deadline_checks WHERE flow_id = ? AND task_id = ?", list(keys)
+            )
+
+    def unalerted_deadline_misses(self) -> list[dict[str, Any]]:
+        """Misses whose alert has not started yet, oldest fire time first."""
+        return self._rows(
+            """SELECT * FROM deadline_misses WHERE alerted_at IS NULL
+               ORDER BY flow_id, task_id, fire_at"""
+        )
+
+    def set_deadline_alerted(
+        self, flow_id: str, task_id: str, fire_ats: Iterable[str], at: datetime
+    ) -> None:
+        with self._write():
+            self.conn.executemany(
+                """UPDATE deadline_misses SET alerted_at = ?
+                   WHERE flow_id = ? AND task_id = ? AND fire_at = ?""",
+                [(iso(at), flow_id, task_id, fire_at) for fire_at in fire_ats],
+            )
+
+    def deadline_miss(self, flow_id: str, task_id: str, fire_at: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM deadline_misses WHERE flow_id = ? AND task_id = ? AND fire_at = ?",
+            [flow_id, task_id, fire_at],
+        )
+
+    def deadline_misses_between(
+        self, flow_id: str, start: datetime, end: datetime
+    ) -> list[dict[str, Any]]:
+        """The misses of a flow's fire times in [start, end), run first, then tasks."""
+        return self._rows(
+            """SELECT * FROM deadline_misses WHERE flow_id = ? AND fire_at >= ? AND fire_at < ?
+               ORDER BY fire_at, task_id""",
+            [flow_id, iso(start), iso(end)],
+        )
+
+    def open_deadline_misses(self) -> dict[str, dict[str, Any]]:
+        """flow id -> its newest miss, for flows where it still holds: no run at or after its
+        fire time has succeeded since (nor, for a task's miss, that task)."""
+        rows = self._rows(
+            """SELECT m.* FROM flows f JOIN deadline_misses m ON m.rowid = (
+                   SELECT rowid FROM deadline_misses WHERE flow_id = f.flow_id
+                   ORDER BY fire_at DESC LIMIT 1)
+               WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.flow_id = m.flow_id
+                                 AND r.state = 'success' AND r.logical_date >= m.fire_at)
+               AND NOT EXISTS (SELECT 1 FROM task_instances t WHERE m.task_id != ''
+                               AND t.flow_id = m.flow_id AND t.logical_date = m.fire_at
+                               AND t.task_id = m.task_id AND t.state IN ('success', 'skipped'))"""
+        )
+        return {row["flow_id"]: row for row in rows}
+
+    def recent_deadline_misses(self, limit: int) -> list[dict[str, Any]]:
+        """The newest misses, with the state of their run now (None: no run)."""
+        return self._rows(
+            """SELECT m.*, r.state AS run_state FROM deadline_misses m LEFT JOIN runs r
+               ON r.flow_id = m.flow_id AND r.logical_date = m.fire_at
+               ORDER BY m.missed_at DESC LIMIT ?""",
+            [limit],
+        )
+
+    def delete_deadline_misses_before(self, cutoff: datetime) -> int:
+        with self._write():
+            cursor = self.db.execute(
+                "DELETE FROM deadline_misses WHERE missed_at < ?", [iso(cutoff)]
+            )
+        return cursor.rowcount
+
+    # --- the audit trail (cronflow.audit) ------------------------------------------------
+    def record_audit(
+        self,
+        action: str,
+        flow_id: str | None,
+        summary: str,
+        details: Mapping[str, Any],
+        actor: Actor | None = None,
+    ) -> None:
+        """One entry of the audit trail; call it inside the change's transaction (atomic)."""
+        from cronflow.audit import local_actor
+
+        who = actor or local_actor()
+        with self._write():
+            self.db.execute(
+                """INSERT INTO audit_log (at, user, face, action, flow_id, summary, details)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    iso(_utcnow()),
+                    who.user,
+                    who.face,
+                    action,
+                    flow_id,
+                    summary,
+                    json.dumps(dict(details)),
+                ],
+            )
+
+    def audit_entries(
+        self, flow_id: str | None, since: datetime | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest first, of one flow or of all (indexed by time, and by flow and time)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if flow_id is not None:
+            where.append("flow_id = ?")
+            params.append(flow_id)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(iso(since))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._rows(
+            f"SELECT * FROM audit_log {clause} ORDER BY at DESC, entry_id DESC LIMIT ?",
+            [*params, limit],
+        )
+
+    def delete_audit_before(self, cutoff: datetime) -> int:
+        with self._write():
+            cursor = self.db.execute("DELETE FROM audit_log WHERE at < ?", [iso(cutoff)])
+        return cursor.rowcount
 
 
 def flow_timing(spec: Mapping[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 `CRONFLOW_VAR_<NAME>` in the environment wins over the store's value (it is how secrets are
 kept outside the database) and counts as secret. A stored variable is secret if it was set with
-`--secret`. A secret value is never shown: `value_shown` is `***`, and every task log masks it.
+`--secret`. A secret value is never shown: `value_shown` is `***`, and every task log masks it. Changes are
+recorded in the audit trail (cronflow.audit) by name, never with their value.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cronflow.audit import Actor
 from cronflow.errors import InvalidInputError, NotFoundError
 from cronflow.processtext import check_text
 from cronflow.store import Store
@@ -80,22 +82,36 @@ def get_variable(store: Store, name: str, environ: Mapping[str, str] | None = No
     return Variable(name, row["value"], bool(row["is_secret"]), "store", row["updated_at"])
 
 
-def set_variable(store: Store, name: str, value: str, is_secret: bool | None = None) -> bool:
+def set_variable(
+    store: Store,
+    name: str,
+    value: str,
+    is_secret: bool | None = None,
+    actor: Actor | None = None,
+) -> bool:
     """Store a variable; `is_secret=None` keeps what it was (not secret for a new one).
-    Returns whether it is secret."""
+    Returns whether it is secret. The audit trail records the name, never the value
+    (`actor`: who; default the Unix user)."""
+    row = store.variable(check_name(name))
     check_text(value, f"the value of variable '{check_name(name)}'")
     if is_secret is None:
-        row = store.variable(check_name(name))
         is_secret = bool(row and row["is_secret"])
-    store.set_variable(check_name(name), value, is_secret)
+    with store.atomic():
+        store.set_variable(name, value, is_secret)
+        done = "changed" if row else "created"
+        summary = f"{done} variable {name}" + (" (secret)" if is_secret else "")
+        details = {"name": name, "secret": is_secret, "created": row is None}
+        store.record_audit("var_set", None, summary, details, actor)
     return is_secret
 
 
-def delete_variable(store: Store, name: str) -> None:
-    if not store.delete_variable(name):
-        hint = (
-            f"; it comes from the environment ({ENV_PREFIX}{name})"
-            if ENV_PREFIX + name in os.environ
-            else ""
-        )
-        raise NotFoundError(f"no stored variable '{name}'{hint}")
+def delete_variable(store: Store, name: str, actor: Actor | None = None) -> None:
+    with store.atomic():
+        if not store.delete_variable(name):
+            hint = (
+                f"; it comes from the environment ({ENV_PREFIX}{name})"
+                if ENV_PREFIX + name in os.environ
+                else ""
+            )
+            raise NotFoundError(f"no stored variable '{name}'{hint}")
+        store.record_audit("var_delete", None, f"deleted variable {name}", {"name": name}, actor)

@@ -1,7 +1,8 @@
 """The `cronflow` command. Each module of this package adds one group of commands to `app`."""
 
 from cronflow.cli import (
-    connections,  # noqa: F401  (each registers its commands)
+    audit,  # noqa: F401  (each registers its commands)
+    connections,  # noqa: F401
     core,  # noqa: F401
     crontab,  # noqa: F401
     flows,  # noqa: F401

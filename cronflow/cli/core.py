@@ -56,7 +56,8 @@ def daemon() -> None:
 def list_flows(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """Every flow: schedule, paused, last run and its state, next run, recent run states."""
+    """Every flow: schedule, paused, last run and its state, next run, recent run states, and
+    the fire time whose deadline it missed while no run since succeeded."""
     from cronflow.overview import RECENT_RUNS, flow_rows
 
     _, store, cat = open_home()
@@ -72,11 +73,12 @@ def list_flows(
         "state",
         "next run",
         f"last {RECENT_RUNS} runs",
+        "missed deadline",
     ]
     table: list[list[Cell]] = []
     for row in rows:
         if row["flow_id"] is None:
-            table.append([[("BROKEN", "red")], [(row["error"], "red")], "", "", "", "", ""])
+            table.append([[("BROKEN", "red")], [(row["error"], "red")], "", "", "", "", "", ""])
             continue
         table.append(
             [
@@ -87,6 +89,7 @@ def list_flows(
                 state_cell(row["state"]),
                 _next_text(cat, row),
                 _counts_text(row["recent_states"]),
+                _missed_text(cat, row["missed_deadline"]),
             ]
         )
     print_rows(headers, table, wrap=["schedule"])  # the schedule is the only column that may wrap
@@ -104,6 +107,14 @@ def _next_text(cat: Any, row: dict[str, Any]) -> Cell:
             (f"{short_text(cat, row['flow_id'], row['held_fire_at'])} {row['held_back']}", "yellow")
         ]
     return short_text(cat, row["flow_id"], row["next_fire_at"])
+
+
+def _missed_text(cat: Any, miss: dict[str, Any] | None) -> Cell:
+    """The fire time whose deadline passed while no run of it (or later) succeeded."""
+    if miss is None:
+        return ""
+    task = f" {miss['task_id']}" if miss["task_id"] else ""
+    return [(f"{short_text(cat, miss['flow_id'], miss['fire_at'])}{task}", "red")]
 
 
 def _counts_text(counts: dict[str, int]) -> Cell:

@@ -1,4 +1,5 @@
-"""`cronflow top`: a live view of running and waiting tasks and the latest failures."""
+"""`cronflow top`: a live view of running and waiting tasks, the latest failures and missed
+deadlines."""
 
 import time
 from typing import Annotated, Any
@@ -31,7 +32,8 @@ def top(
     ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print one frame as JSON.")] = False,
 ) -> None:
-    """A live view of running and waiting tasks and the latest failures, until Ctrl-C.
+    """A live view of running and waiting tasks, the latest failures and missed deadlines,
+    until Ctrl-C.
 
     With --once, or when stdout is not a terminal, one frame is printed."""
     import json
@@ -109,4 +111,25 @@ def _render(cat: Any, data: dict[str, Any], daemon_pid: int | None) -> Any:
         )
     parts: list[Any] = [header, now_table if active else "no task running or waiting"]
     parts.append(failed if data["failures"] else "no failures")
+    if data["missed_deadlines"]:
+        parts.append(_missed(cat, data["missed_deadlines"]))
     return Group(*parts)
+
+
+def _missed(cat: Any, misses: list[dict[str, Any]]) -> Any:
+    """The latest missed deadlines: which fire time, when it was seen, its run now, why."""
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", title="missed deadlines", title_justify="left")
+    for column in ("flow", "task", "fire time", "deadline", "run now", "message"):
+        table.add_column(column, no_wrap=column != "message", overflow="ellipsis")
+    for miss in misses:
+        table.add_row(
+            miss["flow_id"],
+            miss["task_id"] or "-",
+            short_text(cat, miss["flow_id"], miss["fire_at"]),
+            short_text(cat, miss["flow_id"], miss["deadline_at"]),
+            styled_state(miss["run_state"]) if miss["run_state"] else "no run",
+            miss["message"],
+        )
+    return table
