@@ -8,28 +8,25 @@ file that hangs or exits cannot stop the check. Problems found:
 * across files: a flow id defined twice, a wait for an unknown flow, a cycle of same-day waits;
 * per task: a pool missing from cronflow.toml (when there is one), a connection id that is
   neither in the store nor in a CRONFLOW_CONN_* variable (when connections can be known), a
-  template value that does not exist (`{{ dss }}`).
+  template with a syntax error or a value that does not exist (`{{ dss }}`), each named with
+  its task and argument.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from cronflow import deps
 from cronflow.catalog import FlowSpec
 from cronflow.connections import env_name
+from cronflow.context import TEMPLATE_NAMES
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.loader import flow_file_paths, load_files
-from cronflow.templates import date_context, placeholders
+from cronflow.templates import template_problems
 
-# names a task's templates may use besides the dates (cronflow.context.task_context)
-_CONTEXT_NAMES = {"flow_id", "task_id", "run_id", "run_type", "try_number", "params", "conf"}
-_CONTEXT_NAMES |= {"var", "conn", "xcom"}
 _NOT_TEMPLATES = {"stdin", "callable"}  # op fields passed as they are
 
 
@@ -130,7 +127,6 @@ def _load(paths: list[Path], timeout_s: float, report: CheckReport) -> dict[str,
 def _task_problems(
     flow: FlowSpec, pools: Mapping[str, int] | None, connections: set[str] | None
 ) -> list[Problem]:
-    known_names = set(_template_names()) | _CONTEXT_NAMES
     problems = []
 
     def add(task_id: str, message: str) -> None:
@@ -146,9 +142,8 @@ def _task_problems(
                     known = ", ".join(sorted(connections)) or "none"
                     add(task.task_id, f"unknown connection '{value}' (known: {known})")
             elif key not in _NOT_TEMPLATES:
-                for name in placeholders(value):
-                    if name.partition(".")[0] not in known_names:
-                        add(task.task_id, f"{key}: unknown template value '{{{{ {name} }}}}'")
+                for problem in template_problems(value, TEMPLATE_NAMES):
+                    add(task.task_id, f"{key}: {problem}")
     return problems
 
 
@@ -163,9 +158,3 @@ def _strings(op: Any, key: str = "") -> Iterator[tuple[str, str]]:
     elif isinstance(op, list | tuple):
         for value in op:
             yield from _strings(value, key)
-
-
-def _template_names() -> list[str]:
-    """The date names of templates, asked of cronflow.templates itself so they cannot drift."""
-    at = datetime(2000, 1, 1, tzinfo=UTC)
-    return list(date_context(at, (at, at), ZoneInfo("UTC"), None, at + timedelta(days=1)))

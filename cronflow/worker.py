@@ -28,7 +28,7 @@ from cronflow.masking import Masker, masked_output, secret_values
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask
 from cronflow.states import TaskState
 from cronflow.store import Store
-from cronflow.xcom import RETURN_VALUE
+from cronflow.xcom import RETURN_VALUE, XCOM_HISTORY_ENV
 
 
 def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
@@ -43,6 +43,8 @@ def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
     task = live[spec.flow_id].tasks[task_id]
     context = task_context(spec, spec.task(task_id), run, try_number, store)
     context["xcom"].max_bytes = settings.xcom_max_bytes
+    if os.environ.get(XCOM_HISTORY_ENV):  # `cronflow test`: other runs are in the home's store
+        context["xcom"].history = Store(Path(os.environ[XCOM_HISTORY_ENV]))
     context.update(store=store, settings=settings)
     try:
         result = task.execute(context)  # type: ignore[attr-defined]

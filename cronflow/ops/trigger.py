@@ -1,11 +1,14 @@
 """Between flows: start another flow's run (TriggerFlow), wait for one (FlowSensor).
 
-    TriggerFlow("publish", "station_publish", date="{{ ds }}", conf={"source": "{{ flow_id }}"})
+    TriggerFlow("publish", "station_publish", conf={"source": "{{ flow_id }}"})
     FlowSensor("wait_ingest", "ingest", task="load", date="{{ prev_ds }}", mode="reschedule")
 
 `date` is a template giving a day (`YYYY-MM-DD`: the target flow's fire time that day, or its
 local midnight for a manual-only flow) or an ISO date-time (that exact logical date).
 
+- TriggerFlow's default date is `{{ ts }}`, the triggering run's logical date-time: an hourly
+  flow triggers one run per hour, each with its own logical date. `date="{{ ds }}"` gives the
+  target's fire time that day instead (one run per day, found again by later triggers).
 - TriggerFlow creates the target's run for that date, or finds the one that already exists
   (so a retry never starts a second run), and returns {"flow_id", "run_id", "logical_date"}.
   With `wait=True` it is a sensor: it waits until that run has ended, failing if the run failed
@@ -67,7 +70,7 @@ class TriggerFlow(Sensor):
         task_id: str,
         flow_id: str,
         *,
-        date: str = "{{ ds }}",
+        date: str = "{{ ts }}",
         conf: Mapping[str, Any] | None = None,
         wait: bool = False,
         **sensor_args: Any,
