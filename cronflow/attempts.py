@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def find_attempt(
     run = control.find_one_run(store, flow, date_text)
     ti = store.ti(run["run_id"], task_id)
     if ti is None:
-        raise NotFoundError(f"the run of {run['logical_date']} has no task '{task_id}'")
+        raise NotFoundError(f"the run of {_local(flow, run)} has no task '{task_id}'")
     last = ti["try_number"]
     if try_number is not None and not 1 <= try_number <= last:
         tried = f"tries 1 to {last}" if last else "no try yet"
@@ -80,7 +81,7 @@ def find_attempt(
 def read_attempt(attempt: AttemptLog) -> bytes:
     """The whole log of a try (compressed or not)."""
     if attempt.path is None:
-        state, run = attempt.ti["state"], attempt.run["logical_date"]
+        state, run = attempt.ti["state"], _local(attempt.flow, attempt.run)
         if TaskState(state).is_finished:
             raise NotFoundError(f"{attempt.name} did not run in the run of {run} (state {state})")
         raise NotFoundError(
@@ -133,6 +134,11 @@ def follow_attempt(
 
     end_line = f"cronflow: try {attempt.try_number} ".encode()
     yield from follow_file(attempt.path, active, end_line, sleep)
+
+
+def _local(flow: FlowSpec, run: dict[str, Any]) -> str:
+    """A run's logical date as messages show it: in the flow's timezone, with the offset."""
+    return datetime.fromisoformat(run["logical_date"]).astimezone(flow.tz).isoformat()
 
 
 def _waiting(state: str) -> bool:

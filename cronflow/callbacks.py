@@ -31,10 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cronflow.catalog import FlowSpec, TaskSpec
 from cronflow.errors import CronflowError, NotFoundError
-from cronflow.logs import open_attempt_log
+from cronflow.logs import TaskLogFormatter, open_attempt_log
 from cronflow.states import TaskState
 from cronflow.timeparse import from_iso
 
@@ -277,13 +278,15 @@ def main(argv: list[str]) -> int:
         settings = load_settings(home)
         store = Store(settings.db_path)
         masker = Masker(secret_values(store, settings))
+        flow_id = store.run(int(env["CRONFLOW_RUN_ID"]))["flow_id"]
+        zone = ZoneInfo(store.flow(flow_id)["timezone"] or "UTC")  # for the log lines' stamps
         store.close()
     except CronflowError as exc:
         print(f"cronflow: {event} callbacks: {exc}", file=sys.stderr)
         return 1
     with masked_output(masker):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(asctime)s] cronflow %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TaskLogFormatter("[%(asctime)s] cronflow %(message)s", zone))
         logging.root.handlers[:] = [handler]
         logging.root.setLevel(logging.INFO)
         try:

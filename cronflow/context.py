@@ -20,6 +20,7 @@ from typing import Any
 
 from cronflow.catalog import FlowSpec, TaskSpec
 from cronflow.connections import Connections
+from cronflow.logs import TIMEZONE_ENV
 from cronflow.macros import DATE_NAMES, date_context
 from cronflow.masking import SecretValues
 from cronflow.store import Store
@@ -98,5 +99,5 @@ def task_environment(context: Mapping[str, Any], home: str) -> dict[str, str]:
         "CRONFLOW_TRY_NUMBER": str(context["try_number"]),
         "CRONFLOW_DS": context["ds"],
         "CRONFLOW_LOGICAL_DATE": context["ts"],
-        "CRONFLOW_TIMEZONE": str(context["logical_date"].tzinfo),
+        TIMEZONE_ENV: str(context["logical_date"].tzinfo),
     }

@@ -24,6 +24,7 @@ from cronflow.config import load_settings
 from cronflow.context import task_context
 from cronflow.errors import CronflowError, NotFoundError
 from cronflow.loader import import_flows
+from cronflow.logs import TaskLogFormatter, zone_from_env
 from cronflow.masking import Masker, masked_output, secret_values
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask
 from cronflow.states import TaskState
@@ -98,10 +99,13 @@ def _masker(home: Path) -> Masker:
 
 
 def _configure_logging() -> None:
-    """Operators log with `logging`; each record is one timestamped line in the task log."""
+    """Operators log with `logging`; each record is one line in the task log, stamped in the
+    flow's timezone like cronflow's own lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        TaskLogFormatter(
+            "[%(asctime)s] %(levelname)s %(name)s: %(message)s", zone_from_env(os.environ)
+        )
     )
     logging.root.handlers[:] = [handler]
     logging.root.setLevel(logging.INFO)

@@ -32,7 +32,7 @@ from cronflow.ops.sensors import Sensor
 from cronflow.states import RunState, TaskState
 from cronflow.store import RunExistsError, Store
 from cronflow.templates import render
-from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.timeparse import parse_date_or_datetime, start_of_day, to_utc
 
 TINY = timedelta(microseconds=1)
 
@@ -54,7 +54,8 @@ def runs_for(store: Store, flow: FlowSpec, text: str) -> tuple[str, list[dict[st
     value = parse_date_or_datetime(text, flow.tz)
     if isinstance(value, datetime):
         start = to_utc(value)
-        return iso(start) or text, store.runs_between(flow.flow_id, start, start + TINY)
+        shown = value.astimezone(flow.tz).isoformat()  # for people: the flow's time
+        return shown, store.runs_between(flow.flow_id, start, start + TINY)
     start = start_of_day(value, flow.tz)
     end = start_of_day(value + timedelta(days=1), flow.tz)
     return value.isoformat(), store.runs_between(flow.flow_id, start, end)
@@ -103,7 +104,9 @@ class TriggerFlow(Sensor):
             "logical_date": run["logical_date"],
         }
         self.status = (
-            f"run {run['run_id']} of {flow.flow_id} for {run['logical_date']} is {run['state']}"
+            f"run {run['run_id']} of {flow.flow_id} for "
+            f"{datetime.fromisoformat(run['logical_date']).astimezone(flow.tz).isoformat()} "
+            f"is {run['state']}"
         )
         if not self.wait:
             return result
