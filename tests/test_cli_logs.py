@@ -63,7 +63,7 @@ def test_logs_bad_input(daily):
     assert error(daily, "logs", "daily.d") == "no log for try 1 of daily.d"
     store(daily).update_ti(1, "c", state="upstream_failed")
     assert error(daily, "logs", "daily.c") == (
-        "daily.c did not run in the run of 2024-03-01T01:30:00+00:00 (state upstream_failed)"
+        "daily.c did not run in the run of 2024-03-01T02:30:00+01:00 (state upstream_failed)"
     )
     assert error(daily, "logs", "daily.b", "--date", "2024-03-09").startswith(
         "flow 'daily' has no run on 2024-03-09"
