@@ -166,7 +166,7 @@ def run_callbacks(home: Path, ended: Mapping[str, Any], event: str) -> int:
             failures += 1
     if event in task.callbacks:
         try:
-            _call(store, settings, flow, task, run, ti, event)
+            _call(store, flow, task, run, ti, event)
         except CronflowError as exc:
             log.error("%s callback %s failed: %s", event, task.callbacks[event], exc)
             failures += 1
@@ -180,7 +180,6 @@ def run_callbacks(home: Path, ended: Mapping[str, Any], event: str) -> int:
 
 def _call(
     store: Any,
-    settings: Any,
     flow: FlowSpec,
     task: TaskSpec,
     run: dict[str, Any],
@@ -197,14 +196,13 @@ def _call(
     if fn is None:
         raise NotFoundError(f"{flow.path}: task '{task.task_id}' no longer has {event}")
     context = task_context(flow, task, run, ti["try_number"], store)
+    del context["secrets"]  # plumbing (cronflow.templates.INTERNAL_NAMES), not for callbacks
     context.update(
         event=event,
         state=ti["state"],
         reason=ti["reason"],
         log_path=ti["log_path"],
         max_tries=ti["max_tries"],
-        store=store,
-        settings=settings,
     )
     fn(context)
     log.info("%s callback %s done", event, task.callbacks[event])

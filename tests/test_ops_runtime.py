@@ -470,3 +470,32 @@ def test_sensor_attempt_limit_follows_its_wait(mode):
     expected = 2 * 3600 + 30 + 60 if mode == "poke" else 600
     assert task["timeout_s"] == expected
     assert task["op"]["mode"] == mode and task["op"]["timeout_s"] == 7200
+
+
+def test_a_python_task_gets_the_documented_context_without_plumbing(home, write_flow):
+    from cronflow.context import TEMPLATE_NAMES
+
+    write_flow(
+        "ctx",
+        """
+        from cronflow import Flow, Python
+
+        def keys(context):
+            return {
+                "keys": sorted(context),
+                "types": [type(context[k]).__name__ for k in ("ds", "logical_date", "data_interval_end")],
+                "hour": context["logical_date"].hour,
+            }
+
+        with Flow("ctx", timezone="Europe/Paris"):
+            Python("keys", keys)
+        """,
+    )
+    r = Runner(home)
+    r.store.set_variable("token", "s3cr3t-value", is_secret=True)  # the home has secrets
+    run_id = r.run("ctx", "2024-03-01T09:00")
+    assert r.states(run_id) == {"keys": "success"}, r.log(run_id, "keys")
+    result = r.xcom(run_id, "keys")
+    assert result["keys"] == sorted(TEMPLATE_NAMES)  # no secrets, store or settings
+    assert result["types"] == ["str", "LocalDateTime", "LocalDateTime"]
+    assert result["hour"] == 9
