@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,7 +65,7 @@ def find_attempt(
     run = control.find_one_run(store, flow, date_text)
     ti = store.ti(run["run_id"], task_id)
     if ti is None:
-        raise NotFoundError(f"the run of {run['logical_date']} has no task '{task_id}'")
+        raise NotFoundError(f"the run of {_local(flow, run)} has no task '{task_id}'")
     last = current_try(ti)  # a sensor between two pokes is still in its try
     if try_number is not None and not 1 <= try_number <= last:
         tried = f"tries 1 to {last}" if last else "no try yet"
@@ -82,7 +83,7 @@ def read_attempt(attempt: AttemptLog) -> Iterator[bytes]:
     """The whole log of a try (compressed or not), in chunks, so that printing a log of any
     size holds one chunk in memory. Errors (no such log) are raised here, before any chunk."""
     if attempt.path is None:
-        state, run = attempt.ti["state"], attempt.run["logical_date"]
+        state, run = attempt.ti["state"], _local(attempt.flow, attempt.run)
         if TaskState(state).is_finished:
             why = f": {attempt.ti['reason']}" if attempt.ti["reason"] else ""
             raise NotFoundError(
@@ -156,6 +157,11 @@ def follow_attempt(
 def _between_pokes(ti: dict[str, Any]) -> bool:
     """A sensor in reschedule mode waiting for its next poke, within the same try."""
     return current_try(ti) == ti["try_number"] + 1
+
+
+def _local(flow: FlowSpec, run: dict[str, Any]) -> str:
+    """A run's logical date as messages show it: in the flow's timezone, with the offset."""
+    return datetime.fromisoformat(run["logical_date"]).astimezone(flow.tz).isoformat()
 
 
 def _waiting(state: str) -> bool:

@@ -33,11 +33,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cronflow.catalog import FlowSpec, TaskSpec
 from cronflow.deadline_alerts import EVENT as DEADLINE_EVENT
 from cronflow.errors import CronflowError, NotFoundError
-from cronflow.logs import open_attempt_log
+from cronflow.logs import TaskLogFormatter, open_attempt_log
 from cronflow.states import TaskState
 from cronflow.timeparse import from_iso
 
@@ -203,7 +204,7 @@ def run_callbacks(home: Path, ended: Mapping[str, Any], event: str) -> int:
             failures += 1
     if event in task.callbacks:
         try:
-            _call(store, settings, flow, task, run, ti, event)
+            _call(store, flow, task, run, ti, event)
         except CronflowError as exc:
             log.error("%s callback %s failed: %s", event, task.callbacks[event], exc)
             failures += 1
@@ -217,7 +218,6 @@ def run_callbacks(home: Path, ended: Mapping[str, Any], event: str) -> int:
 
 def _call(
     store: Any,
-    settings: Any,
     flow: FlowSpec,
     task: TaskSpec,
     run: dict[str, Any],
@@ -234,14 +234,13 @@ def _call(
     if fn is None:
         raise NotFoundError(f"{flow.path}: task '{task.task_id}' no longer has {event}")
     context = task_context(flow, task, run, ti["try_number"], store)
+    del context["secrets"]  # plumbing (cronflow.templates.INTERNAL_NAMES), not for callbacks
     context.update(
         event=event,
         state=ti["state"],
         reason=ti["reason"],
         log_path=ti["log_path"],
         max_tries=ti["max_tries"],
-        store=store,
-        settings=settings,
     )
     fn(context)
     log.info("%s callback %s done", event, task.callbacks[event])
@@ -333,13 +332,15 @@ def main(argv: list[str]) -> int:
         settings = load_settings(home)
         store = Store(settings.db_path)
         masker = Masker(secret_values(store, settings))
+        flow_id = store.run(int(env["CRONFLOW_RUN_ID"]))["flow_id"]
+        zone = ZoneInfo(store.flow(flow_id)["timezone"] or "UTC")  # for the log lines' stamps
         store.close()
     except CronflowError as exc:
         print(f"cronflow: {event} callbacks: {exc}", file=sys.stderr)
         return 1
     with masked_output(masker):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(asctime)s] cronflow %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TaskLogFormatter("[%(asctime)s] cronflow %(message)s", zone))
         logging.root.handlers[:] = [handler]
         logging.root.setLevel(logging.INFO)
         try:

@@ -10,7 +10,8 @@ file that hangs or exits cannot stop the check. Problems found:
   same-day waits, a TriggerFlow or FlowSensor whose target flow (or task) is unknown;
 * per task: a pool missing from cronflow.toml (when there is one), a connection id that is
   neither in the store nor in a CRONFLOW_CONN_* variable (when connections can be known), a
-  template value that does not exist (`{{ dss }}`).
+  template with a syntax error or a value that does not exist (`{{ dss }}`), each named with
+  its task and argument.
 
 Notes, which are no problem: days on which a wait has nothing to wait for (the other flow does
 not fire that day, or it is before its start date or after its end date: such runs start
@@ -29,14 +30,12 @@ from zoneinfo import ZoneInfo
 from cronflow import deps
 from cronflow.catalog import SPEC_FORMAT, FlowSpec, FlowWait, claim_ids
 from cronflow.connections import env_name
+from cronflow.context import TEMPLATE_NAMES
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.loader import flow_file_paths, load_files
-from cronflow.templates import date_context, placeholders
+from cronflow.templates import template_problems
 from cronflow.timeparse import start_of_day
 
-# names a task's templates may use besides the dates (cronflow.context.task_context)
-_CONTEXT_NAMES = {"flow_id", "task_id", "run_id", "run_type", "try_number", "params", "conf"}
-_CONTEXT_NAMES |= {"var", "conn", "xcom"}
 _NOT_TEMPLATES = {"stdin", "callable"}  # op fields passed as they are
 
 
@@ -241,7 +240,6 @@ def _target_problems(flow: FlowSpec, flows: Mapping[str, FlowSpec]) -> list[Prob
 def _task_problems(
     flow: FlowSpec, pools: Mapping[str, int] | None, connections: set[str] | None
 ) -> list[Problem]:
-    known_names = set(_template_names()) | _CONTEXT_NAMES
     problems = []
 
     def add(task_id: str, message: str) -> None:
@@ -257,9 +255,8 @@ def _task_problems(
                     known = ", ".join(sorted(connections)) or "none"
                     add(task.task_id, f"unknown connection '{value}' (known: {known})")
             elif key not in _NOT_TEMPLATES:
-                for name in placeholders(value):
-                    if name.partition(".")[0] not in known_names:
-                        add(task.task_id, f"{key}: unknown template value '{{{{ {name} }}}}'")
+                for problem in template_problems(value, TEMPLATE_NAMES):
+                    add(task.task_id, f"{key}: {problem}")
     return problems
 
 
@@ -274,9 +271,3 @@ def _strings(op: Any, key: str = "") -> Iterator[tuple[str, str]]:
     elif isinstance(op, list | tuple):
         for value in op:
             yield from _strings(value, key)
-
-
-def _template_names() -> list[str]:
-    """The date names of templates, asked of cronflow.templates itself so they cannot drift."""
-    at = datetime(2000, 1, 1, tzinfo=UTC)
-    return list(date_context(at, (at, at), ZoneInfo("UTC"), None, at + timedelta(days=1)))

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from cronflow.audit import Actor
 from cronflow.errors import InvalidInputError, NotFoundError
@@ -87,15 +87,18 @@ class Connection:
         return f"{user}{self.host}:{self.port_or_default}"
 
     def uri(self, reveal: bool = False) -> str:
-        user = quote(self.login or "", safe="")
+        """The URI as people read it (`key_file=/etc/k`, not `%2Fetc%2Fk`): only the characters
+        that would change how it parses are percent-encoded, so it still reads back the same."""
+        user = _encoded(self.login or "", "%@:/?#")
         if self.password is not None:
-            user += ":" + (quote(self.password, safe="") if reveal else MASK)
+            user += ":" + (_encoded(self.password, "%@:/?#") if reveal else MASK)
         netloc = (user + "@" if user else "") + (self.host or "")
         if self.port:
             netloc += f":{self.port}"
         extra = dict(self.extra)
         path = extra.pop("path", "")
-        query = f"?{urlencode(sorted(extra.items()))}" if extra else ""
+        pairs = [f"{_encoded(k, '%&=#+')}={_encoded(v, '%&=#+')}" for k, v in sorted(extra.items())]
+        query = "?" + "&".join(pairs) if pairs else ""
         return f"{self.conn_type}://{netloc}{path}{query}"
 
     def redacted_uri(self) -> str:
@@ -117,6 +120,11 @@ class Connection:
             "source": self.source,
             "uri": self.redacted_uri(),
         }
+
+
+def _encoded(text: str, special: str) -> str:
+    """`text` with only the `special` characters percent-encoded."""
+    return "".join(f"%{ord(c):02X}" if c in special else c for c in text)
 
 
 def tls_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:

@@ -1,7 +1,11 @@
-"""The context of one task attempt: execution dates, params, conf, variables, ids.
+"""The context of one task attempt: what its templates and a Python task's `context` see.
 
-Also, looked up only when used: `conn` (connections by id), `xcom` (values of this run's tasks)
-and `secrets` (what the attempt's log must mask; never rendered).
+TEMPLATE_NAMES lists them (the README's "Task context" table documents each): execution dates
+(text, and aware datetimes in the flow's timezone), ids, params, conf, variables, and, looked
+up only when used, `conn` (connections by id) and `xcom` (values of this run's tasks, or of
+other runs). Beside them, plumbing that operators use and templates never see
+(cronflow.templates.INTERNAL_NAMES): `secrets` (what the attempt's log must mask), and in
+the worker `store` and `settings`.
 
 Built the same way for scheduled, manual and retried runs, in the daemon (shell tasks) and in
 the worker (Python tasks), so a task sees the same values wherever it runs.
@@ -16,13 +20,19 @@ from typing import Any
 
 from cronflow.catalog import FlowSpec, TaskSpec
 from cronflow.connections import Connections
+from cronflow.logs import TIMEZONE_ENV
+from cronflow.macros import DATE_NAMES, date_context
 from cronflow.masking import SecretValues
 from cronflow.store import Store
-from cronflow.templates import date_context
 from cronflow.timeparse import from_iso
 from cronflow.xcom import XCom
 
 ENV_VAR_PREFIX = "CRONFLOW_VAR_"
+TEMPLATE_NAMES = (
+    *DATE_NAMES,
+    *("flow_id", "task_id", "run_id", "run_type", "try_number"),
+    *("params", "conf", "var", "conn", "xcom"),
+)
 
 
 class Variables(Mapping[str, str]):
@@ -62,7 +72,7 @@ def task_context(
         prev_at = flow.schedule.prev_before(logical_at)
         next_at = flow.schedule.next_after(logical_at)
     conf = json.loads(run["conf"] or "{}")
-    context: dict[str, Any] = date_context(logical_at, interval, flow.tz, prev_at, next_at)  # type: ignore[arg-type]
+    context = date_context(logical_at, interval, flow.tz, prev_at, next_at)  # type: ignore[arg-type]
     context.update(
         flow_id=flow.flow_id,
         task_id=task.task_id,
@@ -73,7 +83,7 @@ def task_context(
         conf=conf,
         var=Variables(store),
         conn=Connections(store),
-        xcom=XCom(store, run["run_id"], task.task_id),
+        xcom=XCom(store, run["run_id"], task.task_id, flow_id=flow.flow_id, logical_at=logical_at),
         secrets=SecretValues(store),
     )
     return context
@@ -88,5 +98,6 @@ def task_environment(context: Mapping[str, Any], home: str) -> dict[str, str]:
         "CRONFLOW_RUN_ID": str(context["run_id"]),
         "CRONFLOW_TRY_NUMBER": str(context["try_number"]),
         "CRONFLOW_DS": context["ds"],
-        "CRONFLOW_LOGICAL_DATE": context["logical_date"],
+        "CRONFLOW_LOGICAL_DATE": context["ts"],
+        TIMEZONE_ENV: str(context["logical_date"].tzinfo),
     }

@@ -94,7 +94,7 @@ def _call(
     store: Store, settings: Settings, flow: FlowSpec, miss: Mapping[str, Any], message: str
 ) -> None:
     from cronflow.loader import import_flows
-    from cronflow.templates import date_context
+    from cronflow.macros import date_context
     from cronflow.timetable import data_interval
 
     task_id = miss["task_id"]

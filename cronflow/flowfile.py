@@ -24,6 +24,7 @@ from cronflow.crontab import CRON_PATH, CRON_SHELL, REBOOT, CronJob, LineStatus,
 from cronflow.errors import CronflowError, InvalidInputError
 from cronflow.flow import Flow, collecting_flows
 from cronflow.jobnames import flow_name, unique_name
+from cronflow.templates import literal
 from cronflow.timetable import parse_timezone
 
 _LINE = 100  # the generated file follows the project's line length
@@ -231,11 +232,11 @@ def _flow_arguments(job: CronJob, zone: str, source: str, notes: Notes) -> list[
 
 
 def _shell_arguments(job: CronJob, task_id: str, notes: Notes) -> list[_Argument]:
-    env = {k: _template_literal(v) for k, v in _task_env(job.env, notes.line).items()}
+    env = {k: literal(v) for k, v in _task_env(job.env, notes.line).items()}
     shell = job.env.get("SHELL") or CRON_SHELL
     args: list[_Argument] = [
         (None, _literal(task_id), ""),
-        (None, _literal(_template_literal(job.command)), ""),
+        (None, _literal(literal(job.command)), ""),
         ("shell", _literal(shell), "SHELL" if job.env.get("SHELL") else "cron's default shell"),
         ("env", _dict_literal(env, indent=8), "what cron gives the job"),
     ]
@@ -300,11 +301,6 @@ def _emails(mailto: str | None, notes: list[str]) -> list[str]:
     if emails:
         notes.append("MAILTO: cron mailed any output; cronflow e-mails when a run fails")
     return emails
-
-
-def _template_literal(text: str) -> str:
-    """`text` as a template that renders to itself: every '{{' becomes '{{{{'."""
-    return text.replace("{{", "{{{{")
 
 
 def _literal(text: str | None) -> str:

@@ -6,17 +6,26 @@ log by its compressed copy `try-N.log.gz`; readers go through `existing_log` / `
 and read in chunks of CHUNK_BYTES: a log may be far bigger than the memory a reader should use.
 The last line a failed task wrote is part of its reason ("exit code 4: no such table"), read
 from the log's end only.
+
+Names and lines follow two rules. The LOGICAL_DATE directory is the logical date in UTC
+(`20240301T013000Z`): a name must be unique and sort in time order, which local wall-clock
+times do not across a DST change (an autumn hour happens twice). The lines are read by people:
+their stamps are in the flow's timezone with its offset (`2024-03-01T02:30:00.000+01:00`), like
+the lines a Python task or a callback logs (TaskLogFormatter).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import re
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import BinaryIO
+from zoneinfo import ZoneInfo
 
 from cronflow.timeparse import from_iso, to_utc
 
@@ -86,13 +95,13 @@ def open_attempt_log(path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
-def write_note(path: Path, at: datetime, text: str) -> None:
-    """A cronflow line in a task log, e.g. the attempt's start, its end, an orphan kill.
-    Raises OSError (disk full, bad permissions): the caller decides what that means."""
+def write_note(path: Path, at: datetime, text: str, tz: tzinfo = UTC) -> None:
+    """A cronflow line in a task log, e.g. the attempt's start, its end, an orphan kill, stamped
+    in `tz` (the flow's timezone). Raises OSError (disk full, bad permissions): the caller
+    decides what that means."""
     fd = open_attempt_log(path)
     try:
-        stamp = to_utc(at).isoformat(timespec="milliseconds")
-        os.write(fd, f"[{stamp}] cronflow: {text}\n".encode())
+        os.write(fd, f"[{note_stamp(at, tz)}] cronflow: {text}\n".encode())
     finally:
         os.close(fd)
 
@@ -120,3 +129,30 @@ def last_output_line(path: Path) -> str:
     if size > TAIL_BYTES:
         data = data.partition(b"\n")[2]  # the first line read may be cut: not a whole line
     return last_line(data)
+
+
+def note_stamp(at: datetime, tz: tzinfo) -> str:
+    """A moment as task log lines show it: ISO 8601 in `tz` with its offset, to the millisecond."""
+    return at.astimezone(tz).isoformat(timespec="milliseconds")
+
+
+TIMEZONE_ENV = "CRONFLOW_TIMEZONE"  # the flow's timezone, in every attempt's environment
+
+
+def zone_from_env(environ: Mapping[str, str]) -> tzinfo:
+    """The flow's timezone as an attempt's environment gives it (UTC if it does not)."""
+    try:
+        return ZoneInfo(environ.get(TIMEZONE_ENV) or "UTC")
+    except (ValueError, OSError):  # not a zone name: keep logging, in UTC
+        return UTC
+
+
+class TaskLogFormatter(logging.Formatter):
+    """Log records of a worker or a callback as task log lines, stamped like write_note's."""
+
+    def __init__(self, fmt: str, tz: tzinfo) -> None:
+        super().__init__(fmt)
+        self.tz = tz
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return note_stamp(datetime.fromtimestamp(record.created, UTC), self.tz)

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -406,7 +406,7 @@ class Scheduler:
             f"{ti['max_tries']}, on {self.host}"
         )
         try:
-            write_note(log_path, now, header)
+            write_note(log_path, now, header, flow.tz)
         except OSError as exc:
             raise OSError(f"cannot write the task log {log_path}: {exc.strerror or exc}") from None
         return Attempt(
@@ -561,7 +561,7 @@ class Scheduler:
         duration_s: float | None,
     ) -> None:
         took = f" after {duration_s:.3f}s" if duration_s is not None else ""
-        self._note(ti.get("log_path"), now, f"try {ti['try_number']} ended{took}: {note}")
+        self._note(ti, now, f"try {ti['try_number']} ended{took}: {note}")
         if fields is not None:
             log.info(
                 "event=task_ended flow=%s task=%s run=%s try=%s state=%s reason=%r",
@@ -593,7 +593,8 @@ class Scheduler:
                 try_number=try_number - 1,
                 reason=reason,
             )
-            note = f"{reason}; next poke at {iso(poke_at)} (the try is not counted)"
+            local = poke_at.astimezone(self._zone(ti)).isoformat()
+            note = f"{reason}; next poke at {local} (the try is not counted)"
         else:
             reason = ti["reason"] or "skipped by the task"
             fields.update(state=TaskState.SKIPPED, reason=reason, first_poke_at=None)
@@ -601,7 +602,7 @@ class Scheduler:
         changed = self._write(ti, TaskState.RUNNING, try_number, **fields)
         ended = "poke ended" if finished.exit_code == EXIT_RESCHEDULE else "ended"
         self._note(
-            ti["log_path"],
+            ti,
             now,
             f"try {try_number} {ended} after {finished.duration_s:.3f}s: {note}",
         )
@@ -628,14 +629,21 @@ class Scheduler:
             if event is not None and task is not None and wanted(task, event):
                 self.callbacks.start(ti, event, reason)
 
-    def _note(self, log_path: str | None, now: datetime, text: str) -> None:
-        """A line in a task log; a log that cannot be written (disk full) never stops the daemon."""
+    def _note(self, ti: TI, now: datetime, text: str) -> None:
+        """A line in a task log, stamped in the flow's timezone; a log that cannot be written
+        (disk full) never stops the daemon."""
+        log_path = ti.get("log_path")
         if not log_path:
             return
         try:
-            write_note(Path(log_path), now, text)
+            write_note(Path(log_path), now, text, self._zone(ti))
         except OSError as exc:
             log.error("event=log_write_failed path=%s error=%r", log_path, str(exc))
+
+    def _zone(self, ti: TI) -> tzinfo:
+        """The timezone of the task's flow, for times shown to people (UTC if it is gone)."""
+        flow = self.catalog.flows.get(ti["flow_id"])
+        return flow.tz if flow else UTC
 
     def _retry_delay(self, ti: TI, try_number: int) -> float:
         task = self._task_spec(ti)
@@ -755,7 +763,7 @@ class Scheduler:
             reason=reason,
         )
         self._note(
-            ti["log_path"],
+            ti,
             now,
             f"try {ti['try_number']} {reason}; it will run again (the try is not counted)",
         )

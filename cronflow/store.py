@@ -1020,6 +1020,24 @@ class Store:
         )
         return None if row is None else json.loads(row["value"])
 
+    def xcom_values(self, run_ids: Sequence[int], task_id: str, key: str) -> dict[int, Any]:
+        """run id -> one task's value under `key`, for those of the runs that have it."""
+        marks = ",".join("?" * len(run_ids))
+        rows = self._rows(
+            f"SELECT run_id, value FROM xcom WHERE run_id IN ({marks}) AND task_id = ? AND key = ?",
+            [*run_ids, task_id, key],
+        )
+        return {r["run_id"]: json.loads(r["value"]) for r in rows}
+
+    def xcom_rows(self, run_ids: Sequence[int], task_id: str | None = None) -> list[dict[str, Any]]:
+        """Every XCom of the runs (of one task if given), its value as JSON text."""
+        marks = ",".join("?" * len(run_ids))
+        where = " AND task_id = ?" if task_id is not None else ""
+        return self._rows(
+            f"SELECT run_id, task_id, key, value FROM xcom WHERE run_id IN ({marks}){where}",
+            [*run_ids, *([task_id] if task_id is not None else [])],
+        )
+
     # --- the daemon's own record ----------------------------------------------------------
     def record_daemon(self, pid: int, host: str, at: datetime) -> None:
         with self._write():

@@ -3,7 +3,8 @@ daemon: how a flow's author tries it before deploying it.
 
 The home's schedule and history are not touched: the run lives in a scratch home (a temporary
 directory with its own store and logs) that holds a copy of the flow's spec and of the home's
-variables and connections. Tasks run one at a time in dependency order, following their trigger
+variables and connections; XComs of other runs are read from the home's store, as under the
+daemon. Tasks run one at a time in dependency order, following their trigger
 rules, with the same context, environment and launch as under the daemon and through the same
 executor (so a timeout kills the whole process group); no retries. Output is streamed as the
 task writes it.
@@ -28,6 +29,7 @@ from cronflow.logs import attempt_log_path
 from cronflow.ops import launch_for
 from cronflow.states import RunState, TaskState
 from cronflow.store import Store
+from cronflow.xcom import XCOM_HISTORY_ENV
 
 POLL_S = 0.05
 
@@ -63,6 +65,7 @@ def run_test(
             scratch.save_flow_file(flow.path, (0, 0, 0), None, [flow.raw])
             run_id = control.trigger(scratch, flow, logical_at)
             session = _Session(scratch, flow, scratch.run(run_id), home, on_output)
+            session.history = store
             states = session.run_all([task_id] if task_id else None, on_result)
         finally:
             scratch.close()
@@ -81,6 +84,7 @@ class _Session:
     ) -> None:
         self.store, self.flow, self.run, self.home = store, flow, run, home
         self.on_output = on_output
+        self.history = store  # where XComs of other runs are read: the home's store
 
     def run_all(self, only: list[str] | None, on_result: ResultSink) -> dict[str, TaskState]:
         order = only or deps.topological_order(
@@ -106,6 +110,7 @@ class _Session:
         task = self.flow.tasks[task_id]
         try:
             context = task_context(self.flow, task, self.run, 1, self.store)
+            context["xcom"].history = self.history
             launch = launch_for(task.kind, task.op, context)
         except CronflowError as exc:
             return TaskResult(task_id, TaskState.FAILED, 0.0, f"cannot start: {exc}")
@@ -118,7 +123,11 @@ class _Session:
             1,
             task.pool,
             launch.argv,
-            {**task_environment(context, str(self.home)), **launch.env},
+            {
+                **task_environment(context, str(self.home)),
+                XCOM_HISTORY_ENV: str(self.history.path),
+                **launch.env,
+            },
             launch.cwd,
             log_path,
             task.timeout_s,

@@ -25,11 +25,12 @@ from cronflow.config import load_settings
 from cronflow.context import task_context
 from cronflow.errors import CronflowError, NotFoundError
 from cronflow.loader import import_flows
+from cronflow.logs import TaskLogFormatter, zone_from_env
 from cronflow.masking import Masker, masked_output, secret_values
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask, one_line
 from cronflow.states import TaskState
 from cronflow.store import Store
-from cronflow.xcom import RETURN_VALUE
+from cronflow.xcom import RETURN_VALUE, XCOM_HISTORY_ENV
 
 
 def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
@@ -44,6 +45,8 @@ def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
     task = live[spec.flow_id].tasks[task_id]
     context = task_context(spec, spec.task(task_id), run, try_number, store)
     context["xcom"].max_bytes = settings.xcom_max_bytes
+    if os.environ.get(XCOM_HISTORY_ENV):  # `cronflow test`: other runs are in the home's store
+        context["xcom"].history = Store(Path(os.environ[XCOM_HISTORY_ENV]))
     context.update(store=store, settings=settings)
     try:
         result = task.execute(context)  # type: ignore[attr-defined]
@@ -98,10 +101,13 @@ def _masker(home: Path) -> Masker:
 
 
 def _configure_logging() -> None:
-    """Operators log with `logging`; each record is one timestamped line in the task log."""
+    """Operators log with `logging`; each record is one line in the task log, stamped in the
+    flow's timezone like cronflow's own lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        TaskLogFormatter(
+            "[%(asctime)s] %(levelname)s %(name)s: %(message)s", zone_from_env(os.environ)
+        )
     )
     logging.root.handlers[:] = [handler]
     logging.root.setLevel(logging.INFO)

@@ -4,6 +4,8 @@ one home, nothing imports the CLI."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ PURE = {
     "deps",
     "flow",
     "templates",
+    "macros",
     "states",
     "crontab",
     "limits",
@@ -40,6 +43,7 @@ LIBRARY_HOMES = {
     "typer": {"cli"},
     "croniter": {"timetable"},
     "paramiko": {"ops"},
+    "jinja2": {"templates"},
     "click": set(),
 }
 
@@ -76,6 +80,32 @@ def test_each_third_party_library_is_imported_in_one_place():
         for library, homes in LIBRARY_HOMES.items():
             if any(top(m) == library for m in imported):
                 assert top(module) in homes, f"{module} imports {library}"
+
+
+def test_listing_and_help_do_not_import_jinja(tmp_path):
+    """Templates are rendered by the daemon and workers; `cronflow list` and `--help` never
+    pay for Jinja."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cronflow.cli import app\n"
+        "for args in (['--help'], ['list'], ['list', '--json']):\n"
+        "    result = CliRunner().invoke(app, ['--home', sys.argv[1], *args])\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'))\n"
+    )
+    home = tmp_path / "home"
+    (home / "flows").mkdir(parents=True)
+    (home / "flows" / "t.py").write_text(
+        "from cronflow import Flow, Shell\n"
+        "with Flow('t', schedule='@daily'):\n"
+        "    Shell('a', 'echo {{ ds }}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_nothing_imports_the_cli():

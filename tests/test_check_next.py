@@ -160,6 +160,19 @@ BROKEN = {
             SSHCommand("remote", "true", conn_id="station")
             SSHCommand("known", "true", conn_id="web-north")
         """,
+    "jinja": """
+        from cronflow import Flow, Python, Shell
+
+        def load(path, day):
+            pass
+
+        with Flow("jinja"):
+            Shell("fine", "echo {{ logical_date.strftime('%H') }} {{ ds | ds_add(-1) }} "
+                          "{% raw %}${#x}{% endraw %} {{ macros.ds_format(ds, '%Y-%m-%d', '%d') }}")
+            Shell("syntax", "echo {% if ds %}no end", env={"LEN": "${#list[@]}"})
+            Shell("filter", "echo {{ ds | nofilter }}")
+            Python("args", load, args=["/data/{{ dss }}.csv"], kwargs={"day": "{{ ds }"})
+        """,
 }
 
 
@@ -181,7 +194,7 @@ def test_check_lists_every_problem_and_exits_1(
     result = invoke(home, "check", str(flows), "--json")
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
-    assert report["flows"] == ["daily", "ping", "pong", "tasks"]
+    assert report["flows"] == ["daily", "jinja", "ping", "pong", "tasks"]
     messages = "\n".join(p["message"] for p in report["problems"])
     paths = [Path(p["path"]).name for p in report["problems"]]
     expected = [
@@ -196,6 +209,14 @@ def test_check_lists_every_problem_and_exits_1(
         "flow 'tasks' task 'pooled': pool 'gpu' is not in cronflow.toml (known: default, station)",
         "flow 'tasks' task 'typo': command: unknown template value '{{ dss }}'",
         "flow 'tasks' task 'remote': unknown connection 'station' (known: web_north)",
+        "flow 'jinja' task 'syntax': command: template syntax error in 'echo {% if ds %}no end': "
+        "Unexpected end of template",
+        "flow 'jinja' task 'syntax': env.LEN: template syntax error in '${#list[@]}': Missing "
+        "end of comment tag; for literal {{, {% or {# write {% raw %}...{% endraw %}",
+        "flow 'jinja' task 'filter': command: template syntax error in 'echo {{ ds | nofilter }}': "
+        "No filter named 'nofilter'",
+        "flow 'jinja' task 'args': arguments.args[0]: unknown template value '{{ dss }}'",
+        "flow 'jinja' task 'args': arguments.day: template syntax error in '{{ ds }': unexpected '}'",
     ]
     for text in expected:
         assert text in messages, text

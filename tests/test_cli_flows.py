@@ -106,6 +106,55 @@ def test_a_terminal_table_folds_only_its_wrapping_column_to_the_width(daily):
     ]
 
 
+LONG_ERROR = "raise RuntimeError('" + "a long explanation " * 12 + "')\n"
+
+
+def test_a_broken_files_long_error_widens_no_column_of_list(daily, write_flow):
+    write_flow("broken", LONG_ERROR)
+    piped = ok(daily, "list").stdout.splitlines()
+    assert piped[1].startswith("BROKEN  ") and "a long explanation" in piped[1]
+    assert len(piped[1]) > 200  # the error is whole on its line...
+    assert len(piped[2]) < 120  # ...and the flow's row stays as narrow as without it
+    assert piped[2].split()[:6] == ["daily", "daily", "at", "02:30", "Europe/Paris", "no"]
+    env = {**os.environ, "CRONFLOW_HOME": str(daily), "NO_COLOR": "1", "TTY_COMPATIBLE": "1"}
+    terminal = subprocess.run(
+        [sys.executable, "-m", "cronflow", "list"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "140"},
+    ).stdout.splitlines()
+    # on a terminal the error folds within the width, after the first column
+    broken = [line for line in terminal if "explanation" in line or line.startswith("BROKEN")]
+    assert len(broken) > 1 and all(len(line) <= 140 for line in terminal), terminal
+    assert broken[0].startswith("BROKEN  ") and broken[1].startswith(" " * len("BROKEN  "))
+    daily_line = next(line for line in terminal if line.startswith("daily"))
+    assert "daily at 02:30 Europe/Paris" in daily_line
+
+
+def test_piped_tables_have_no_trailing_spaces(daily, write_flow):
+    set_tis(daily, 1, a="success", b="failed", c="upstream_failed", d="success")
+    ok(daily, "var", "set", "short", "1")
+    ok(daily, "conn", "add", "st", "sftp://meteo@station:22?key_file=/etc/k")
+    write_flow("broken", LONG_ERROR)
+    commands = [
+        ["list"],
+        ["runs", "daily"],
+        ["tasks", "daily", "--date", "2024-03-01"],
+        ["show", "daily"],
+        ["next", "--limit", "3"],
+        ["var", "list"],
+        ["conn", "list"],
+        ["top", "--once"],
+        ["xcom", "daily", "--date", "2024-03-01"],
+    ]
+    for command in commands:
+        out = ok(daily, *command).stdout
+        trailing = [line for line in out.splitlines() if line != line.rstrip()]
+        assert not trailing, (command, trailing)
+    conn = ok(daily, "conn", "list").stdout
+    assert "sftp://meteo@station:22?key_file=/etc/k" in conn  # not %2Fetc%2Fk
+
+
 def test_fitting_narrows_the_widest_folding_column_down_to_its_floor():
     from cronflow.cli.tables import MIN_FOLDED_WIDTH, fit
 

@@ -58,7 +58,7 @@ def test_logs_bad_input(daily):
     assert error(daily, "logs", "daily.b", "--try", "3") == "--try 3: daily.b has tries 1 to 2"
     assert error(daily, "logs", "daily.c", "--try", "1") == "--try 1: daily.c has no try yet"
     assert error(daily, "logs", "daily.c") == (
-        "daily.c has not run yet in the run of 2024-03-01T01:30:00+00:00 (state none); "
+        "daily.c has not run yet in the run of 2024-03-01T02:30:00+01:00 (state none); "
         "use -f to wait for it"
     )
     assert error(daily, "logs", "daily.c", "-f") == (
@@ -67,7 +67,7 @@ def test_logs_bad_input(daily):
     assert error(daily, "logs", "daily.d") == "no log for try 1 of daily.d"
     store(daily).update_ti(1, "c", state="upstream_failed")
     assert error(daily, "logs", "daily.c") == (
-        "daily.c did not run in the run of 2024-03-01T01:30:00+00:00 (state upstream_failed)"
+        "daily.c did not run in the run of 2024-03-01T02:30:00+01:00 (state upstream_failed)"
     )
     assert error(daily, "logs", "daily.b", "--date", "2024-03-09").startswith(
         "flow 'daily' has no run on 2024-03-09"

@@ -95,3 +95,40 @@ def test_test_bad_input(flow, write_flow):
         "flow 'twice' fires 2 times on 2024-03-01: 2024-03-01T06:00:00+00:00, "
         "2024-03-01T18:00:00+00:00; give a date-time"
     )
+
+
+HISTORY = """
+from cronflow import Flow, Python, Shell
+
+def total(context):
+    counts = context["xcom"].pull("count", flow="ingest", date=context["prev_ds"])
+    print("python total", sum(counts), "of", len(counts))
+
+with Flow("ingest", schedule="*/10 * * * *", timezone="Europe/Paris"):
+    Shell("count", "true")
+
+with Flow("report", schedule="0 1 * * *", timezone="Europe/Paris"):
+    Shell("stamp", "echo meteo_{{ logical_date.strftime('%Y%m%d%H%M') }}.csv "
+                   "{{ data_interval_start | ds }} {{ ds | ds_add(-1) }}")
+    Shell("total", "echo total {{ xcom.pull('count', flow='ingest', date=prev_ds) | sum }}")
+    Python("py", total)
+"""
+
+
+def test_templates_render_as_under_the_daemon_and_read_the_homes_xcoms(home, write_flow):
+    """The issue's case: a task alone renders its dates without any XCom, and other runs'
+    XComs come from the home's store although the test run lives in a scratch one."""
+    from cronflow import catalog, control
+    from cronflow.config import load_settings
+
+    write_flow("history", HISTORY)
+    db = store(home)
+    ingest = catalog.sync(db, load_settings(home)).get("ingest")
+    for at, count in (("2024-03-01T00:10", 4), ("2024-03-01T23:50", 6), ("2024-03-02T00:00", 99)):
+        run_id = control.trigger(db, ingest, control.logical_date_for_trigger(ingest, at, None))
+        db.push_xcom(run_id, "count", "return_value", count)
+    result = ok(home, "test", "report", "--task", "stamp", "--date", "2024-03-02")
+    assert lines_of(result.stdout, "stamp") == ["meteo_202403020100.csv 2024-03-01 2024-03-01"]
+    result = ok(home, "test", "report", "--date", "2024-03-02")
+    assert lines_of(result.stdout, "total") == ["total 10"]
+    assert lines_of(result.stdout, "py") == ["python total 10 of 2"]

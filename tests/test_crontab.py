@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -186,12 +187,21 @@ def test_names_taken_earlier_in_the_same_import_get_a_number() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["docker inspect --format '{{.State}}'", "a {{{ b }}} {{{{ c", "{{ ds }}", "}}{{"]
+    "text",
+    [
+        "docker inspect --format '{{.State}}'",
+        "a {{{ b }}} {{{{ c",
+        "{{ ds }}",
+        "}}{{",
+        "echo ${#list[@]} {% x %}",
+        "a {% endraw %} b {%- endraw -%} {{",
+    ],
 )
 def test_commands_are_written_so_that_templates_leave_them_alone(text: str) -> None:
-    from cronflow.flowfile import _template_literal
+    from cronflow.templates import literal
 
-    assert render(_template_literal(text), {}) == text
+    assert render(literal(text), {}) == text
+    assert render(literal(text), {}, quote=shlex.quote) == text  # no value, nothing quoted
 
 
 # --- flow files ---------------------------------------------------------------------------------
@@ -248,8 +258,9 @@ def test_each_line_becomes_a_readable_flow_file_that_loads(tmp_path: Path) -> No
         "PATH": "/usr/bin:/bin",  # cron's own PATH, since the crontab sets none
         "MAILTO": "ops@example.com,paul",
         "CRON_TZ": "Europe/Paris",
-        "TOKEN": "a {{{{ b }}",  # renders back to 'a {{ b }}'
+        "TOKEN": "{% raw %}a {{ b }}{% endraw %}",  # renders back to 'a {{ b }}'
     }
+    assert render(task["op"]["env"]["TOKEN"], {}) == "a {{ b }}"
     assert task["retries"] == 0
     assert task["email_on_failure"] == ["ops@example.com"]
     assert load(tmp_path / "mail.py")["tasks"][0]["op"]["stdin"] == "Joe,\n\nWhere are your kids?\n"

@@ -63,7 +63,7 @@ def test_environment_variables_and_connections_show_as_secret(home):
     assert shown.returncode == 0, shown.stderr
     assert "st4tion-pw" not in shown.stdout
     assert "password:  ***" in shown.stdout and "source:    env" in shown.stdout
-    assert "uri:       sftp://meteo:***@station.example:2222?key_file=%2Fk" in shown.stdout
+    assert "uri:       sftp://meteo:***@station.example:2222?key_file=/k" in shown.stdout
     deleted = run("conn", "delete", "station")
     assert deleted.returncode == 2
     assert deleted.stderr == (

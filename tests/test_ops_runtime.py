@@ -76,9 +76,9 @@ def test_sensor_timeout_fails_or_with_soft_fail_skips(home, write_flow, tmp_path
     r = Runner(home)
     run_id = r.run("late")
     assert r.states(run_id) == {"hard": "failed", "soft": "skipped", "downstream": "skipped"}
-    # "after Ns": the seconds the poke itself took, 0 on a quiet machine, more on a loaded one
+    # the wait counts the poke itself (the first one renders the path: Jinja is imported)
     gave_up = rf"no file matches {re.escape(str(tmp_path))}/never; gave up after \d+s \(timeout\)"
-    assert re.fullmatch(f"skipped: {gave_up}", r.ti(run_id, "soft")["reason"])
+    assert re.fullmatch("skipped: " + gave_up, r.ti(run_id, "soft")["reason"])
     assert "SensorTimeoutError" not in r.log(run_id, "hard")
     assert re.search(gave_up, r.log(run_id, "hard"))
 
@@ -217,7 +217,8 @@ def test_trigger_flow_starts_the_run_once_and_waits_for_it(home, write_flow, tmp
     runs = r.store.runs_between("next", *_whole_time())
     assert len(runs) == 1  # three tasks, one run
     target = runs[0]
-    assert target["logical_date"] == "2024-03-01T05:00:00+00:00"  # its fire time that day
+    # by default the triggering run's logical date-time (midnight: "first" has no schedule)
+    assert target["logical_date"] == "2024-03-01T00:00:00+00:00"
     assert target["run_type"] == "triggered"
     assert json.loads(target["triggered_by"]) == {
         "flow_id": "first",
@@ -232,7 +233,7 @@ def test_trigger_flow_starts_the_run_once_and_waits_for_it(home, write_flow, tmp
     assert r.xcom(run_id, "fire") == {
         "flow_id": "next",
         "run_id": target["run_id"],
-        "logical_date": "2024-03-01T05:00:00+00:00",
+        "logical_date": "2024-03-01T00:00:00+00:00",
     }
     assert r.xcom(run_id, "fire_again") == r.xcom(run_id, "fire")
     # The target ran meanwhile (same scheduler); the waiting task sees it at its next poke.
@@ -241,6 +242,39 @@ def test_trigger_flow_starts_the_run_once_and_waits_for_it(home, write_flow, tmp
     assert r.state(run_id, "wait") in ("up_for_reschedule", "success")
     r.advance(30)
     assert r.state(run_id, "wait") == "success"
+
+
+def test_an_hourly_flow_triggers_one_run_per_hour(home, write_flow):
+    write_flow(
+        "target",
+        """
+        from cronflow import Flow, Shell
+        with Flow("target", schedule="0 6 * * *", timezone="Europe/Paris"):
+            Shell("work", "echo {{ logical_date }}")
+        """,
+    )
+    write_flow(
+        "hourly",
+        """
+        from cronflow import Flow, TriggerFlow
+        with Flow("hourly", schedule="0 * * * *", timezone="Europe/Paris"):
+            TriggerFlow("each_hour", "target")
+            TriggerFlow("once_a_day", "target", date="{{ ds }}")
+        """,
+    )
+    r = Runner(home)
+    first = r.run("hourly", "2024-03-01T10:00")
+    second = r.run("hourly", "2024-03-01T11:00")
+    assert r.states(first) == r.states(second) == {"each_hour": "success", "once_a_day": "success"}
+    dates = [run["logical_date"] for run in r.store.runs_between("target", *_whole_time())]
+    # 10:00 and 11:00 in Paris (each hour's own run), and the target's fire time that day
+    assert dates == [
+        "2024-03-01T05:00:00+00:00",
+        "2024-03-01T09:00:00+00:00",
+        "2024-03-01T10:00:00+00:00",
+    ]
+    assert r.xcom(second, "each_hour")["logical_date"] == "2024-03-01T10:00:00+00:00"
+    assert r.xcom(first, "once_a_day") == r.xcom(second, "once_a_day")
 
 
 def test_trigger_flow_waiting_for_a_failed_run_fails(home, write_flow):
@@ -529,3 +563,32 @@ def test_following_a_rescheduled_sensor_goes_on_across_its_pokes(home, write_flo
     assert r.state(run_id, "arrive") == "success"
     assert text.count("try 1 poke ended") >= 2 and "try 1 ended" in text
     assert text == r.log(run_id, "arrive")
+
+
+def test_a_python_task_gets_the_documented_context_without_plumbing(home, write_flow):
+    from cronflow.context import TEMPLATE_NAMES
+
+    write_flow(
+        "ctx",
+        """
+        from cronflow import Flow, Python
+
+        def keys(context):
+            return {
+                "keys": sorted(context),
+                "types": [type(context[k]).__name__ for k in ("ds", "logical_date", "data_interval_end")],
+                "hour": context["logical_date"].hour,
+            }
+
+        with Flow("ctx", timezone="Europe/Paris"):
+            Python("keys", keys)
+        """,
+    )
+    r = Runner(home)
+    r.store.set_variable("token", "s3cr3t-value", is_secret=True)  # the home has secrets
+    run_id = r.run("ctx", "2024-03-01T09:00")
+    assert r.states(run_id) == {"keys": "success"}, r.log(run_id, "keys")
+    result = r.xcom(run_id, "keys")
+    assert result["keys"] == sorted(TEMPLATE_NAMES)  # no secrets, store or settings
+    assert result["types"] == ["str", "LocalDateTime", "LocalDateTime"]
+    assert result["hour"] == 9

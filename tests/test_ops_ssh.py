@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from clikit import invoke
 from opskit import Runner
@@ -244,3 +245,27 @@ def test_conn_cli_against_sshd(home, sshd, tmp_path):
     result = invoke(home, "conn", "test", "stranger")
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: connection 'stranger': the host key of [127.0.0.1]:")
+
+
+def test_ssh_command_values_cannot_inject_a_remote_command(
+    home, write_flow, sshd, monkeypatch, tmp_path
+):
+    """Each value a Jinja template prints is shell-quoted for the remote shell too."""
+    marker = tmp_path / "injected"
+    evil = f"a'b\"c $(touch {marker}) `touch {marker}`; touch {marker}\ntouch {marker} &&"
+    monkeypatch.setenv("CRONFLOW_CONN_STATION", sshd.uri())
+    write_flow(
+        "inject",
+        f"""
+        from cronflow import Flow, SSHCommand
+        with Flow("inject"):
+            SSHCommand("say", "printf '<%s>' {{{{ params.evil }}}} "
+                       "{{% for v in [params.evil] %}}{{{{ v | upper }}}}{{% endfor %}}",
+                       conn_id="station", params={{"evil": {evil!r}}})
+        """,
+    )
+    r = Runner(home)
+    run_id = r.run("inject")
+    assert r.states(run_id) == {"say": "success"}, r.log(run_id, "say")
+    assert f"<{evil}><{evil.upper()}>" in r.log(run_id, "say")
+    assert not marker.exists() and not Path(str(marker).upper()).exists()

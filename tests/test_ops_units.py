@@ -98,6 +98,15 @@ def test_secret_values_come_from_the_store_the_environment_and_smtp(tmp_path, mo
 
 
 # --- connections ------------------------------------------------------------------------------
+def test_connection_uris_are_shown_without_needless_percent_encoding():
+    conn = parse_uri("c", "sftp://meteo:pw@station:22?key_file=%2Fetc%2Fcronflow%2Fst.key")
+    assert conn.redacted_uri() == "sftp://meteo:***@station:22?key_file=/etc/cronflow/st.key"
+    # what would change how it reads back stays encoded
+    tricky = parse_uri("c", "sftp://me%40corp@h?q=a%26b%2Bc&path2=/x y")
+    assert tricky.redacted_uri() == "sftp://me%40corp@h?path2=/x y&q=a%26b%2Bc"
+    assert parse_uri("c", tricky.redacted_uri()) == tricky
+
+
 @pytest.mark.parametrize(
     "uri,fields",
     [
@@ -109,6 +118,10 @@ def test_secret_values_come_from_the_store_the_environment_and_smtp(tmp_path, mo
         ("ftps://u:pw@files:990?passive=false", ("ftps", "files", 990, "u", "pw", {"passive": "false"})),
         ("smtp://relay:25?starttls=false", ("smtp", "relay", 25, None, None, {"starttls": "false"})),
         ("https://api.example/v1/base", ("https", "api.example", None, None, None, {"path": "/v1/base"})),
+        (
+            "sftp://me%40corp:a%3Ab%25c%2F@h?key_file=/etc/k%20k&q=a%26b%3Dc%2Bd%23e",
+            ("sftp", "h", None, "me@corp", "a:b%c/", {"key_file": "/etc/k k", "q": "a&b=c+d#e"}),
+        ),
     ],
 )  # fmt: skip
 def test_connection_uris(uri, fields):

@@ -117,9 +117,37 @@ def console(err: bool = False) -> Any:
 
     plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
     out = Console(stderr=err, highlight=False, soft_wrap=False, **plain)
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out.width = PIPE_WIDTH
+    if not out.is_terminal:
+        if "COLUMNS" not in os.environ:
+            out.width = PIPE_WIDTH
+        out.file = TrimmedLines(out.file)
     return out
+
+
+class TrimmedLines:
+    """A text stream that drops the spaces ending each line: rich pads every table cell to its
+    column's width, which piped output (read by programs, diffed, grepped) does not want."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._partial = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._stream.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:  # a line printed without its end: kept as written
+            self._stream.write(self._partial)
+            self._partial = ""
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno...: the stream's own
+        return getattr(self._stream, name)
 
 
 def styled_state(state: str | None) -> str:

@@ -78,7 +78,8 @@ def list_flows(
     table: list[list[Cell]] = []
     for row in rows:
         if row["flow_id"] is None:
-            table.append([[("BROKEN", "red")], [(row["error"], "red")], "", "", "", "", "", ""])
+            # a note row: the error spans the line and widens no column
+            table.append([[("BROKEN", "red")], [(row["error"], "red")]])
             continue
         table.append(
             [

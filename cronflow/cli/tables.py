@@ -41,27 +41,43 @@ def print_rows(
     wrap: Collection[str] = (),
     title: Cell | None = None,
 ) -> None:
+    """A row with fewer cells than headers is a note: its last cell spans the remaining
+    columns and widens none of them (a broken flow file's long error in `cronflow list`)."""
     plain_rows = [list(map(plain, row)) for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in plain_rows)]) for i, h in enumerate(headers)]
+    widths = [
+        max([len(h), *(len(r[i]) for r in plain_rows if i < _sized(r, headers))])
+        for i, h in enumerate(headers)
+    ]
     styled = styled_output()
     colour = styled and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     lines = [_line([_spans(title)], [0], colour)] if title else []
     if not styled:
         for row in [headers, *plain_rows]:
-            lines.append(GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            lines.append(GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
         sys.stdout.write("\n".join(lines) + "\n")
         return
     folding = [h in wrap for h in headers]
-    widths = fit(widths, folding, shutil.get_terminal_size().columns, [len(h) for h in headers])
+    total = shutil.get_terminal_size().columns
+    widths = fit(widths, folding, total, [len(h) for h in headers])
     lines.append(_line([[(h, "bold")] for h in headers], widths, colour))
     for row, row_plain in zip(rows, plain_rows, strict=True):
+        row_widths, row_folding = widths[: len(row)], folding[: len(row)]
+        if len(row) < len(headers):  # the note spans the rest of the line, folded to fit
+            used = sum(row_widths[:-1]) + len(GAP) * (len(row) - 1)
+            row_widths = [*row_widths[:-1], max(MIN_FOLDED_WIDTH, total - used)]
+            row_folding = [*row_folding[:-1], True]
         pieces = [
             _fold(cell, text, width) if fold and len(text) > width else [_spans(cell)]
-            for cell, text, width, fold in zip(row, row_plain, widths, folding, strict=True)
+            for cell, text, width, fold in zip(row, row_plain, row_widths, row_folding, strict=True)
         ]
         for k in range(max(map(len, pieces))):
-            lines.append(_line([p[k] if k < len(p) else [] for p in pieces], widths, colour))
+            lines.append(_line([p[k] if k < len(p) else [] for p in pieces], row_widths, colour))
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _sized(row: list[str], headers: list[str]) -> int:
+    """How many of a row's cells count for the column widths: all, or all but a note's last."""
+    return len(row) if len(row) == len(headers) else len(row) - 1
 
 
 def plain(cell: Cell) -> str:

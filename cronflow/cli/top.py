@@ -69,13 +69,21 @@ def _live(out: Any, frame: Any, interval: float) -> None:
             pass
 
 
+def clock_text(cat: Any, now: Any) -> str:
+    """The frame's time with its offset (`14:03:12 +01:00`): in the flows' timezone when they
+    all share one (the usual case), else in the system's."""
+    zones = {cat.timezone(flow_id) for flow_id in cat.flows}
+    local = now.astimezone(zones.pop() if len(zones) == 1 else None)
+    return f"{local:%H:%M:%S} {local.isoformat()[-6:]}"
+
+
 def _render(cat: Any, data: dict[str, Any], daemon_pid: int | None) -> Any:
     from rich.console import Group
     from rich.table import Table
 
     active, counts = data["active"], data["counts"]
     daemon = f"daemon pid {daemon_pid}" if daemon_pid else "[red]daemon not running[/]"
-    stamp = utc_now().astimezone().strftime("%H:%M:%S")
+    stamp = clock_text(cat, utc_now())
     header = (
         f"[bold]cronflow top[/]  {stamp}  {daemon}  {counts['running']} running, "
         f"{counts['waiting']} waiting"

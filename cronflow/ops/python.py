@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cronflow.flow import Task
-from cronflow.templates import render
+from cronflow.templates import INTERNAL_NAMES, render
 
 
 class Python(Task):
@@ -37,13 +37,20 @@ class Python(Task):
 
     def op_spec(self) -> dict[str, Any]:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
-        return {"callable": f"{getattr(self.fn, '__module__', '?')}.{name}"}
+        spec: dict[str, Any] = {"callable": f"{getattr(self.fn, '__module__', '?')}.{name}"}
+        # the templates among the arguments, for `cronflow check` (the worker renders the
+        # flow file's own values)
+        templates = {f"args[{i}]": a for i, a in enumerate(self.args) if isinstance(a, str)}
+        templates |= {k: v for k, v in self.kwargs.items() if isinstance(v, str)}
+        if any("{" in t for t in templates.values()):
+            spec["arguments"] = templates
+        return spec
 
     def execute(self, context: Mapping[str, Any]) -> Any:
         args = [_render(a, context) for a in self.args]
         kwargs = {k: _render(v, context) for k, v in self.kwargs.items()}
-        if _accepts_context(self.fn):
-            kwargs["context"] = context
+        if _accepts_context(self.fn):  # the task context, without the operators' plumbing
+            kwargs["context"] = {k: v for k, v in context.items() if k not in INTERNAL_NAMES}
         return self.fn(*args, **kwargs)
 
 

@@ -1,11 +1,14 @@
 """Between flows: start another flow's run (TriggerFlow), wait for one (FlowSensor).
 
-    TriggerFlow("publish", "station_publish", date="{{ ds }}", conf={"source": "{{ flow_id }}"})
+    TriggerFlow("publish", "station_publish", conf={"source": "{{ flow_id }}"})
     FlowSensor("wait_ingest", "ingest", task="load", date="{{ prev_ds }}", mode="reschedule")
 
 `date` is a template giving a day (`YYYY-MM-DD`: the target flow's fire time that day, or its
 local midnight for a manual-only flow) or an ISO date-time (that exact logical date).
 
+- TriggerFlow's default date is `{{ ts }}`, the triggering run's logical date-time: an hourly
+  flow triggers one run per hour, each with its own logical date. `date="{{ ds }}"` gives the
+  target's fire time that day instead (one run per day, found again by later triggers).
 - TriggerFlow creates the target's run for that date, or finds the one that already exists
   (so a retry never starts a second run), and returns {"flow_id", "run_id", "logical_date"}.
   The run it creates has run type `triggered` and names the run and task that created it.
@@ -52,7 +55,8 @@ def runs_for(store: Store, flow: FlowSpec, text: str) -> tuple[str, list[dict[st
     value = parse_date_or_datetime(text, flow.tz)
     if isinstance(value, datetime):
         start = to_utc(value)
-        return iso(start) or text, store.runs_between(flow.flow_id, start, start + TINY)
+        shown = value.astimezone(flow.tz).isoformat()  # for people: the flow's time
+        return shown, store.runs_between(flow.flow_id, start, start + TINY)
     start = start_of_day(value, flow.tz)
     end = start_of_day(value + timedelta(days=1), flow.tz)
     return value.isoformat(), store.runs_between(flow.flow_id, start, end)
@@ -68,7 +72,7 @@ class TriggerFlow(Sensor):
         task_id: str,
         flow_id: str,
         *,
-        date: str = "{{ ds }}",
+        date: str = "{{ ts }}",
         conf: Mapping[str, Any] | None = None,
         wait: bool = False,
         **sensor_args: Any,
@@ -103,7 +107,9 @@ class TriggerFlow(Sensor):
             "logical_date": run["logical_date"],
         }
         self.status = (
-            f"run {run['run_id']} of {flow.flow_id} for {run['logical_date']} is {run['state']}"
+            f"run {run['run_id']} of {flow.flow_id} for "
+            f"{datetime.fromisoformat(run['logical_date']).astimezone(flow.tz).isoformat()} "
+            f"is {run['state']}"
         )
         if not self.wait:
             return result
