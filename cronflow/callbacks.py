@@ -332,8 +332,10 @@ def main(argv: list[str]) -> int:
         settings = load_settings(home)
         store = Store(settings.db_path)
         masker = Masker(secret_values(store, settings))
-        flow_id = store.run(int(env["CRONFLOW_RUN_ID"]))["flow_id"]
-        zone = ZoneInfo(store.flow(flow_id)["timezone"] or "UTC")  # for the log lines' stamps
+        # a deadline alert names its flow; a task's callback names its run
+        flow_id = env.get("CRONFLOW_FLOW_ID") or store.run(int(env["CRONFLOW_RUN_ID"]))["flow_id"]
+        flow = store.flow(flow_id)
+        zone = ZoneInfo((flow or {}).get("timezone") or "UTC")  # for the log lines' stamps
         store.close()
     except CronflowError as exc:
         print(f"cronflow: {event} callbacks: {exc}", file=sys.stderr)

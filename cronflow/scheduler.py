@@ -465,9 +465,9 @@ class Scheduler:
 
     def _note_leftovers(self, finished: Finished, now: datetime) -> None:
         """What the task log, and the daemon's log, say beside the try's end."""
-        path = str(finished.attempt.log_path)
+        attempt = finished.attempt
+        ti = self._ti(attempt.run_id, attempt.task_id) or {"log_path": str(attempt.log_path)}
         for note in finished.notes:
-            attempt = finished.attempt
             log.error(
                 "event=task_note run=%s task=%s try=%s note=%r",
                 attempt.run_id,
@@ -476,9 +476,9 @@ class Scheduler:
                 note,
             )
         if finished.stopped:
-            self._note(path, now, f"stopped {_processes(finished.stopped)} the task left behind")
+            self._note(ti, now, f"stopped {_processes(finished.stopped)} the task left behind")
         if finished.kept:
-            self._note(path, now, f"{_processes(finished.kept)} left running (keep_background)")
+            self._note(ti, now, f"{_processes(finished.kept)} left running (keep_background)")
 
     def _on_finished(self, finished: Finished, now: datetime) -> None:
         attempt = finished.attempt
@@ -642,7 +642,7 @@ class Scheduler:
 
     def _zone(self, ti: TI) -> tzinfo:
         """The timezone of the task's flow, for times shown to people (UTC if it is gone)."""
-        flow = self.catalog.flows.get(ti["flow_id"])
+        flow = self.catalog.flows.get(ti.get("flow_id", ""))
         return flow.tz if flow else UTC
 
     def _retry_delay(self, ti: TI, try_number: int) -> float:
@@ -710,7 +710,7 @@ class Scheduler:
         ):
             self._end_attempt(ti, now, ok=False, reason=reason, duration_s=None)
         else:  # its outcome was recorded before the error (e.g. in a callback): it stands
-            self._note(ti["log_path"], now, reason)
+            self._note(ti, now, reason)
 
     def _record_given_back(self, now: datetime) -> None:
         """Tries given back by `_contain`: a running one ends as given back (not counted, it

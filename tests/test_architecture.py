@@ -95,7 +95,7 @@ def test_listing_and_help_do_not_import_jinja(tmp_path):
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'))\n"
     )
     home = tmp_path / "home"
-    (home / "flows").mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "cronflow", "--home", str(home), "init"], check=True)
     (home / "flows" / "t.py").write_text(
         "from cronflow import Flow, Shell\n"
         "with Flow('t', schedule='@daily'):\n"

@@ -94,7 +94,7 @@ class TriggerFlow(Sensor):
         logical_at = control.logical_date_for_trigger(flow, text, datetime.now(UTC))
         conf = {k: render(v, context) if isinstance(v, str) else v for k, v in self.conf.items()}
         by = {k: context[k] for k in ("flow_id", "run_id", "task_id")}
-        by["logical_date"] = iso(from_iso(context["logical_date"]))
+        by["logical_date"] = iso(context["logical_date"])  # an aware datetime in the context
         try:
             run_id = control.trigger(store, flow, logical_at, conf, RunType.TRIGGERED, by)
         except RunExistsError:
