@@ -33,7 +33,7 @@ from cronflow.ops.sensors import Sensor
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.store import RunExistsError, Store
 from cronflow.templates import render
-from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
 
 TINY = timedelta(microseconds=1)
 
