@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -405,6 +405,12 @@ class Store:
             raise NotFoundError(f"no run with id {run_id}")
         return row
 
+    def runs_with_ids(self, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+        if not run_ids:
+            return []
+        marks = ",".join("?" * len(run_ids))
+        return self._rows(f"SELECT * FROM runs WHERE run_id IN ({marks})", list(run_ids))
+
     def runs_in_states(self, states: Iterable[RunState]) -> list[dict[str, Any]]:
         values = [s.value for s in states]
         marks = ",".join("?" * len(values))
@@ -502,8 +508,10 @@ class Store:
         states: Iterable[RunState] = (),
         since: datetime | None = None,
         limit: int | None = None,
+        before: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """A flow's runs, newest first, filtered by state and logical date (indexed)."""
+        """A flow's runs, newest first, filtered by state and logical date (indexed); `before`
+        (excluded) pages back through older runs."""
         where, params = ["flow_id = ?"], [flow_id]
         values: list[str] = [s.value for s in states]
         if values:
@@ -512,6 +520,9 @@ class Store:
         if since is not None:
             where.append("logical_date >= ?")
             params.append(since.astimezone(UTC).isoformat())
+        if before is not None:
+            where.append("logical_date < ?")
+            params.append(before.astimezone(UTC).isoformat())
         return self._rows(
             f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY logical_date DESC LIMIT ?",
             [*params, -1 if limit is None else limit],
@@ -530,6 +541,58 @@ class Store:
         for row in rows:
             counts.setdefault(row["flow_id"], {})[row["state"]] = row["n"]
         return counts
+
+    def recent_run_states(self, per_flow: int) -> dict[str, list[dict[str, Any]]]:
+        """flow id -> its `per_flow` newest runs (id, logical date, state), newest first, in
+        one query (the web view's squares of recent runs)."""
+        rows = self._rows(
+            """SELECT r.flow_id, r.run_id, r.logical_date, r.state FROM flows f JOIN runs r
+               ON r.run_id IN (SELECT run_id FROM runs WHERE flow_id = f.flow_id
+                               ORDER BY logical_date DESC LIMIT ?)
+               ORDER BY r.flow_id, r.logical_date DESC""",
+            [per_flow],
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            found.setdefault(row.pop("flow_id"), []).append(row)
+        return found
+
+    # --- monitoring: bounded aggregates for /metrics ------------------------------------------
+    def run_counts(self) -> list[dict[str, Any]]:
+        """(flow, state, n) over every run, read from the (flow, state, date) index alone."""
+        return self._rows(
+            "SELECT flow_id, state, count(*) AS n FROM runs INDEXED BY runs_by_flow_state_date "
+            "GROUP BY flow_id, state"
+        )
+
+    def unfinished_ti_counts(self) -> list[dict[str, Any]]:
+        """(flow, state, pool, n) of the task instances not finished yet, through the state
+        index: as many rows as there is work waiting or running, not as history."""
+        return self._rows(
+            """SELECT flow_id, state, pool, count(*) AS n FROM task_instances
+               WHERE state IN ('none', 'scheduled', 'queued', 'running', 'up_for_retry',
+                               'up_for_reschedule')
+               GROUP BY flow_id, state, pool"""
+        )
+
+    def tis_ended_since(self, at: datetime) -> list[dict[str, Any]]:
+        """(flow, state, duration) of the task instances that finished since `at`, through the
+        (state, end) index."""
+        return self._rows(
+            """SELECT flow_id, state, duration_s FROM task_instances
+               WHERE state IN ('success', 'failed', 'upstream_failed', 'skipped') AND end_at >= ?""",
+            [iso(at)],
+        )
+
+    def scheduled_runs_started_since(self, at: datetime) -> list[dict[str, Any]]:
+        """(flow, logical date, start) of the scheduled runs that started since `at`: a scheduled
+        run's logical date is its fire time, so start minus logical date is the start latency.
+        Bounded by the (flow, date) key: only runs of recent logical dates are read."""
+        return self._rows(
+            """SELECT flow_id, logical_date, started_at FROM runs
+               WHERE logical_date >= ? AND run_type = 'scheduled' AND started_at >= ?""",
+            [iso(at - timedelta(days=1)), iso(at)],
+        )
 
     def recent_task_failures(self, limit: int) -> list[dict[str, Any]]:
         """The task instances that failed last, newest first."""
