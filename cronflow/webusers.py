@@ -75,6 +75,7 @@ def load_users(home: Path) -> dict[str, dict[str, Any]]:
 
 
 def _save(home: Path, users: dict[str, dict[str, Any]]) -> None:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = users_path(home)
     partial = path.with_name(path.name + ".partial")
     fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
