@@ -40,6 +40,7 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    _viewport(driver, width, height)  # headless windows are at least 500 px wide: emulate
     try:
         yield driver
     finally:
@@ -47,11 +48,19 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _viewport(driver: Any, width: int, height: int) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+
+
 def screenshot(driver: Any, path: Path) -> Path:
-    """The whole page (not only the window) as a PNG."""
+    """The whole page (not only the viewport) as a PNG, at the viewport's width."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    width = driver.execute_script("return window.innerWidth")
-    driver.set_window_size(max(width, 360), min(max(height + 140, 400), 4000))
+    width, height = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    full = driver.execute_script("return document.documentElement.scrollHeight")
+    _viewport(driver, width, min(max(full, height), 4000))
     driver.save_screenshot(str(path))
+    _viewport(driver, width, height)
     return path
