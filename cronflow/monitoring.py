@@ -1,8 +1,8 @@
 """Figures for monitoring (the web view's /metrics and /healthz), as plain data.
 
-Every figure comes from a bounded query: runs counted from an index, task instances counted only
-while they wait or run, durations and start latencies only of what ended or started within the
-last WINDOW (a history of a million task instances is never walked). The web view turns these
+Every figure comes from a bounded query: runs and task instances counted while they wait or run,
+and of what ended (their counts, durations, start latencies) only within the last WINDOW, so a
+history of a million task instances is never walked. The web view turns these
 figures into Prometheus' text format; nothing here knows about Prometheus.
 """
 
@@ -40,7 +40,8 @@ class Figures:
     flows: int
     paused_flows: int
     broken_files: int
-    runs: dict[tuple[str, str], int]  # (flow, state) -> every run in the store
+    unfinished_runs: dict[tuple[str, str], int]  # (flow, state) -> queued or running now
+    ended_runs: dict[tuple[str, str], int]  # (flow, state) -> finished within WINDOW
     unfinished_tis: dict[tuple[str, str], int]  # (flow, state) -> waiting or running now
     ended_tis: dict[tuple[str, str], int]  # (flow, state) -> finished within WINDOW
     durations_s: dict[str, list[float]]  # flow -> durations of its tasks ended within WINDOW
@@ -101,7 +102,8 @@ def figures(
         flows=len(cat.flows),
         paused_flows=paused,
         broken_files=len(cat.errors),
-        runs={(r["flow_id"], r["state"]): r["n"] for r in store.run_counts()},
+        unfinished_runs={(r["flow_id"], r["state"]): r["n"] for r in store.unfinished_run_counts()},
+        ended_runs={(r["flow_id"], r["state"]): r["n"] for r in store.runs_ended_since(since)},
         unfinished_tis=dict(unfinished),
         ended_tis=dict(ended),
         durations_s=dict(durations),

@@ -20,13 +20,17 @@ from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_d
 RECENT_RUNS = 10  # how many of each flow's newest runs `list` counts by state
 
 
-def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]:
+def flow_rows(
+    store: Store, cat: Catalog, now: datetime, recent_counts: bool = True
+) -> list[dict[str, Any]]:
     """`cronflow list`: broken files first, then every flow with its last run and next fire.
     What the loader and the daemon stored with each flow is used as is; a spec is parsed only
-    for a flow whose stored next fire time no longer holds (e.g. while the daemon is down)."""
+    for a flow whose stored next fire time no longer holds (e.g. while the daemon is down).
+    Without `recent_counts` the states of the last runs are left out (the web view shows
+    them one by one, from recent_run_squares)."""
     latest = store.latest_runs()
     states = {r["flow_id"]: r for r in store.flow_states()}  # read now, not from a catalog
-    counts = store.recent_state_counts(RECENT_RUNS)
+    counts = store.recent_state_counts(RECENT_RUNS) if recent_counts else {}
     rows: list[dict[str, Any]] = [
         {"flow_id": None, "path": path, "error": error}
         for path, error in sorted(cat.errors.items())

@@ -50,8 +50,14 @@ class _Figures:
         )
         yield _gauge(
             "cronflow_runs",
-            "runs in the store by flow and state",
-            list(f.runs.items()),
+            "runs queued or running now, by flow and state",
+            list(f.unfinished_runs.items()),
+            ["flow", "state"],
+        )
+        yield _gauge(
+            "cronflow_runs_ended",
+            f"runs of the last days' logical dates that ended {window}, by flow and state",
+            list(f.ended_runs.items()),
             ["flow", "state"],
         )
         yield _gauge(

@@ -29,7 +29,7 @@ MAX_POLLED_RUNS = 200
 
 async def flows(request: Request) -> Response:
     def build(ctx: Context) -> Response:
-        rows = overview.flow_rows(ctx.store, ctx.cat, ctx.now)
+        rows = overview.flow_rows(ctx.store, ctx.cat, ctx.now, recent_counts=False)
         return page(
             "flows.html",
             **common(request, ctx),
