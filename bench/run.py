@@ -386,21 +386,7 @@ def daemon_start(root: Path, flows: int = 500) -> list[dict]:
 def big_store(root: Path) -> tuple[Path, list[dict]]:
     """500 flows x 200 runs x 10 tasks = 1,000,000 task instances; time the listing commands."""
     home = make_home(root, "big")
-    for i in range(500):
-        write_flow(
-            home,
-            f"f{i:03d}",
-            f"""
-            from cronflow import Flow, Shell
-            with Flow("f{i:03d}", schedule="{i % 60} 2 * * *", timezone="Europe/Paris"):
-                previous = None
-                for j in range(10):
-                    task = Shell(f"t{{j}}", "true")
-                    if previous:
-                        previous >> task
-                    previous = task
-        """,
-        )
+    write_big_flows(home)
     from cronflow import catalog
     from cronflow.config import load_settings
     from cronflow.store import Store
@@ -417,6 +403,45 @@ def big_store(root: Path) -> tuple[Path, list[dict]]:
     reload_one_s = time.perf_counter() - reload_start
     store.close()
     seed_history(home / "cronflow.db", flows=500, runs=200, tasks=10)
+    return home, _list_timings(home, load_all_s, reload_one_s)
+
+
+def big_home(root: Path, name: str) -> Path:
+    """The store scenario's home, seeded (500 flows, 1,000,000 task instances), untimed."""
+    from cronflow import catalog
+    from cronflow.config import load_settings
+    from cronflow.store import Store
+
+    home = make_home(root, name)
+    write_big_flows(home)
+    settings = load_settings(home)
+    store = Store(settings.db_path)
+    catalog.sync(store, settings)
+    store.close()
+    seed_history(home / "cronflow.db", flows=500, runs=200, tasks=10)
+    return home
+
+
+def write_big_flows(home: Path) -> None:
+    """500 flows of a chain of 10 `true` tasks, daily at 02:MM Paris time."""
+    for i in range(500):
+        write_flow(
+            home,
+            f"f{i:03d}",
+            f"""
+            from cronflow import Flow, Shell
+            with Flow("f{i:03d}", schedule="{i % 60} 2 * * *", timezone="Europe/Paris"):
+                previous = None
+                for j in range(10):
+                    task = Shell(f"t{{j}}", "true")
+                    if previous:
+                        previous >> task
+                    previous = task
+        """,
+        )
+
+
+def _list_timings(home: Path, load_all_s: float, reload_one_s: float) -> list[dict]:
     env = {**os.environ, "CRONFLOW_HOME": str(home)}
     floor = wall([PY, "-c", "pass"])
     results = [
@@ -474,7 +499,7 @@ def big_store(root: Path) -> tuple[Path, list[dict]]:
             )
     finally:
         daemon.stop()
-    return home, results
+    return results
 
 
 def seed_history(path: Path, flows: int, runs: int, tasks: int) -> None:
@@ -637,6 +662,177 @@ def python_overhead(root: Path) -> dict:
     }
 
 
+# --- the web view ------------------------------------------------------------------------------
+WEB_PAGES = [
+    ("flows", "/"),
+    ("a flow and its grid", "/flows/f123"),
+    ("a flow's grid, failed runs", "/flows/f123?state=failed"),
+    ("a flow's grid, older page", "/flows/f123?before=2024-04-01T01:00:00%2B00:00"),
+    ("a task instance", "/flows/f123/runs/{run_id}/tasks/t5"),
+    ("a try's log from an offset", "/flows/f123/runs/{run_id}/tasks/t5/log?offset=0"),
+    ("unfinished run states", "/api/runs?ids={run_id}"),
+    ("status", "/status"),
+    ("/metrics", "/metrics"),
+    ("/healthz", "/healthz"),
+]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _get(port: int, path: str) -> float:
+    import http.client
+
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"GET {path}: {response.status}")
+    return time.perf_counter() - start
+
+
+def _first_paints(port: int, paths: list[tuple[str, str]]) -> dict[str, float]:
+    """First contentful paint of each page in Debian's Chromium (headless), in ms."""
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        return {}
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="cronflow-bench-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    paints = {}
+    try:
+        for label, path in paths:
+            samples = []
+            for _ in range(3):
+                driver.get(f"http://127.0.0.1:{port}{path}")
+                samples.append(
+                    driver.execute_script(
+                        "const p = performance.getEntriesByName('first-contentful-paint')[0];"
+                        "return p ? p.startTime : null;"
+                    )
+                )
+            paints[label] = statistics.median(x for x in samples if x is not None)
+    finally:
+        driver.quit()
+    return paints
+
+
+def web_pages(root: Path) -> list[dict]:
+    """The web view on the store scenario's home (1M task instances, 500 flows, daemon
+    running): each page's server time (median of 5 after a warm-up, and the web process's CPU
+    per request), the first contentful paint in Chromium, the web process's idle memory."""
+    import socket
+
+    home = big_home(root, "web")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    daemon = Daemon(home)
+    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    out = open(home / "web.out", "wb")  # noqa: SIM115
+    web = subprocess.Popen(
+        [PY, "-m", "cronflow", "web", "--port", str(port)], stdout=out, stderr=out, env=env
+    )
+    results = []
+    try:
+        wait(lambda: _healthy(port), 120, "the web view")
+        with db(home) as conn:
+            run_id = conn.execute(
+                "SELECT run_id FROM runs WHERE flow_id = 'f123' ORDER BY logical_date DESC"
+            ).fetchone()[0]
+        pages = [(label, path.format(run_id=run_id)) for label, path in WEB_PAGES]
+        for label, path in pages:
+            _get(port, path)  # warm-up: the first request of a page pays for its imports
+            cpu_before = _cpu_s(web.pid)
+            walls = [_get(port, path) for _ in range(5)]
+            cpu_ms = (_cpu_s(web.pid) - cpu_before) / 5 * 1000
+            figure = statistics.median(walls) * 1000
+            results.append(
+                {
+                    "name": f"web, 1M task instances: {label}",
+                    "figure": figure,
+                    "unit": "ms",
+                    "floor": None,
+                    "ratio": None,
+                    "target": "<= 200 ms",
+                    "ok": figure <= 200,
+                    "detail": f"server CPU {cpu_ms:.0f} ms per request",
+                }
+            )
+        paints = _first_paints(
+            port,
+            [
+                p
+                for p in pages
+                if not p[1].startswith(("/api", "/metrics", "/healthz")) and "/log" not in p[1]
+            ],
+        )
+        for label, paint in paints.items():
+            results.append(
+                {
+                    "name": f"web, first contentful paint: {label}",
+                    "figure": paint,
+                    "unit": "ms",
+                    "floor": None,
+                    "ratio": None,
+                    "target": "report",
+                    "ok": None,
+                }
+            )
+        time.sleep(10)
+        results.append(
+            {
+                "name": "web view process, idle after serving the pages",
+                "figure": _rss_mb(web.pid),
+                "unit": "MB RSS",
+                "floor": None,
+                "ratio": None,
+                "target": "report",
+                "ok": None,
+            }
+        )
+    finally:
+        web.send_signal(signal.SIGTERM)
+        web.wait(60)
+        out.close()
+        daemon.stop()
+    return results
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return _get(port, "/healthz") > 0
+    except (OSError, RuntimeError):
+        return False
+
+
 # --- main ------------------------------------------------------------------------------------
 def compile_package() -> None:
     """Bytecode for cronflow's modules, as `pip install` writes it. Without it (an editable
@@ -663,6 +859,7 @@ def main() -> None:
         ],
         "handoff": lambda: handoff(root),
         "store": lambda: big_store(root)[1],
+        "web": lambda: web_pages(root),
         "python": lambda: [{"name": "20 Python tasks: per-task overhead", **python_overhead(root)}],
         "idle": lambda: idle_daemon(root, 20 if args.quick else 60),
         "start": lambda: daemon_start(root),

@@ -8,6 +8,8 @@ has passed, for a try that ended without one).
 
 from __future__ import annotations
 
+import gzip
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,10 +21,17 @@ from cronflow import control
 from cronflow.catalog import FlowSpec
 from cronflow.config import Settings
 from cronflow.errors import DaemonError, InvalidInputError, NotFoundError
-from cronflow.logs import CHUNK_BYTES, attempt_log_path, open_log
+from cronflow.logs import (
+    CHUNK_BYTES,
+    TAIL_BYTES,
+    attempt_log_path,
+    existing_log,
+    open_log,
+)
 from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, TaskState
 from cronflow.store import Store
+from cronflow.timeparse import from_iso
 
 POLL_S = 0.1
 END_LINE_GRACE_S = 2.0
@@ -203,3 +212,121 @@ def _chunks_from(path: Path, offset: int) -> Iterator[bytes]:
         return iter(())
     handle.seek(offset)
     return _chunks(handle)
+
+
+# --- every try of a task instance ---------------------------------------------------------------
+_HEADER = re.compile(r"^\[([^\]]+)\] cronflow: .* try (\d+) of \d+, on (.*)$")
+_END = re.compile(r"^\[([^\]]+)\] cronflow: try (\d+) (?:poke )?ended(?: after ([\d.]+)s)?: (.*)$")
+_RETRY = re.compile(r"^(.*); retry at \S+ \(try \d+ of \d+\)$")
+
+
+def tries(settings: Settings, flow: FlowSpec, ti: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every try of a task instance, first to last: state, reason, start, end, duration, host.
+    The last try is the store's row; the earlier ones are read from their logs' start and end
+    lines (the daemon writes both), only a log's first line and its last few kilobytes."""
+    found = []
+    for number in range(1, ti["try_number"]):
+        path = attempt_log_path(
+            settings.logs_dir, flow.flow_id, ti["task_id"], ti["logical_date"], number
+        )
+        found.append(_try_from_log(number, path))
+    if ti["try_number"]:
+        found.append(
+            {
+                "try_number": ti["try_number"],
+                "state": ti["state"],
+                "reason": ti["reason"],
+                "start_at": ti["start_at"],
+                "end_at": ti["end_at"],
+                "duration_s": ti["duration_s"],
+                "host": ti["host"],
+            }
+        )
+    return found
+
+
+def _try_from_log(number: int, path: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "try_number": number,
+        "state": None,  # unknown: the log is gone (retention) or has no end line
+        "reason": None,
+        "start_at": None,
+        "end_at": None,
+        "duration_s": None,
+        "host": None,
+    }
+    head, tail = _head_and_tail(path)
+    header = _HEADER.match(head)
+    if header:
+        row.update(start_at=_stamp(header[1]), host=header[3])
+    for line in reversed(tail.splitlines()):
+        end = _END.match(line)
+        if end and int(end[2]) == number:
+            note = end[4]
+            retried = _RETRY.match(note)
+            if note == "success":
+                state, reason = TaskState.SUCCESS.value, None
+            elif retried:
+                state, reason = TaskState.UP_FOR_RETRY.value, retried[1]
+            else:
+                state, reason = TaskState.FAILED.value, note.removeprefix("failed: ")
+            row.update(
+                state=state,
+                reason=reason,
+                end_at=_stamp(end[1]),
+                duration_s=float(end[3]) if end[3] else None,
+            )
+            break
+    return row
+
+
+def _stamp(text: str) -> str | None:
+    moment = from_iso(text)
+    return moment.isoformat() if moment else None
+
+
+def _head_and_tail(path: Path) -> tuple[str, str]:
+    found = existing_log(path)
+    if found is None:
+        return "", ""
+    try:
+        if found.suffix == ".gz":
+            with gzip.open(found, "rb") as handle:
+                data = handle.read()
+            head, tail = data[:TAIL_BYTES], data[-TAIL_BYTES:]
+        else:
+            with open(found, "rb") as handle:
+                head = handle.read(TAIL_BYTES)
+                size = handle.seek(0, 2)
+                handle.seek(max(0, size - TAIL_BYTES))
+                tail = handle.read()
+    except OSError:
+        return "", ""
+    first = head.split(b"\n", 1)[0]
+    return first.decode(errors="replace"), tail.decode(errors="replace")
+
+
+def read_attempt_from(attempt: AttemptLog, offset: int, limit: int) -> tuple[bytes, int]:
+    """At most `limit` bytes of a try's log from `offset`, and the offset after them: how a
+    page follows a running try without reading it again from the start. b'' while the try has
+    no log yet."""
+    if attempt.path is None:
+        return b"", offset
+    try:
+        with open_log(attempt.path) as handle:
+            handle.seek(offset)  # a compressed log is read up to there, never held whole
+            data = handle.read(limit)
+    except FileNotFoundError:
+        data = b""
+    return data, offset + len(data)
+
+
+def log_size(attempt: AttemptLog) -> int:
+    """The size of a try's log as it is now (uncompressed); 0 when it has none yet."""
+    found = existing_log(attempt.path) if attempt.path else None
+    if found is None:
+        return 0
+    if found.suffix == ".gz":
+        with gzip.open(found, "rb") as handle:
+            return sum(len(chunk) for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""))
+    return found.stat().st_size

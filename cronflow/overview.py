@@ -23,13 +23,17 @@ from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_d
 RECENT_RUNS = 10  # how many of each flow's newest runs `list` counts by state
 
 
-def flow_rows(store: Store, cat: Catalog, now: datetime) -> list[dict[str, Any]]:
+def flow_rows(
+    store: Store, cat: Catalog, now: datetime, recent_counts: bool = True
+) -> list[dict[str, Any]]:
     """`cronflow list`: broken files first, then every flow with its last run and next fire.
     What the loader and the daemon stored with each flow is used as is; a spec is parsed only
-    for a flow whose stored next fire time no longer holds (e.g. while the daemon is down)."""
+    for a flow whose stored next fire time no longer holds (e.g. while the daemon is down).
+    Without `recent_counts` the states of the last runs are left out (the web view shows
+    them one by one, from recent_run_squares)."""
     latest = store.latest_runs()
     states = {r["flow_id"]: r for r in store.flow_states()}  # read now, not from a catalog
-    counts = store.recent_state_counts(RECENT_RUNS)
+    counts = store.recent_state_counts(RECENT_RUNS) if recent_counts else {}
     holding = any(_holds(r) for r in states.values())
     active = store.active_run_counts() if holding else {}
     late = store.open_deadline_misses()
@@ -279,7 +283,63 @@ def flow_detail(
 
 def _grid(store: Store, flow: FlowSpec, count: int) -> list[dict[str, Any]]:
     """The last `count` runs, oldest first, each with its task states."""
-    runs = store.recent_runs(flow.flow_id, count)[::-1]
+    return _with_task_states(store, store.recent_runs(flow.flow_id, count)[::-1])
+
+
+MAX_GRID_RUNS = 200  # a page of the web view's grid: bounded whatever the history
+
+
+def run_grid(
+    store: Store,
+    flow: FlowSpec,
+    states: list[str],
+    since: str | None,
+    before: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """One page of a flow's grid of runs x tasks: the newest `limit` runs matching the state
+    and date filters (before `before`, a logical date, to page back), oldest first, each with
+    its task states; `older` is the logical date to page back from, None on the last page.
+    Two indexed queries whatever the history."""
+    if not 1 <= limit <= MAX_GRID_RUNS:
+        raise InvalidInputError(f"the grid shows 1 to {MAX_GRID_RUNS} runs, not {limit}")
+    try:
+        cursor = to_utc(datetime.fromisoformat(before)) if before else None
+    except ValueError:
+        raise InvalidInputError(f"bad page cursor '{before}': expected an ISO date-time") from None
+    runs = store.runs_of_flow(
+        flow.flow_id,
+        states=parse_run_states(states),
+        since=since_bound(flow, since),
+        before=cursor,
+        limit=limit + 1,
+    )
+    older = runs[limit - 1]["logical_date"] if len(runs) > limit else None
+    return {
+        "tasks": flow.order,
+        "runs": _with_task_states(store, runs[:limit][::-1]),
+        "older": older,
+    }
+
+
+def recent_run_squares(
+    store: Store, per_flow: int = RECENT_RUNS
+) -> dict[str, list[dict[str, Any]]]:
+    """flow id -> its `per_flow` newest runs (run id, logical date, state), oldest first: the
+    coloured squares of the web view's flow list. One query for every flow."""
+    return {flow: runs[::-1] for flow, runs in store.recent_run_states(per_flow).items()}
+
+
+def run_states(store: Store, run_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """run id -> its state and its tasks' states, for the runs asked about that still exist:
+    what a page showing unfinished runs polls, and nothing more."""
+    return {
+        row["run_id"]: {"state": row["state"], "tasks": row["task_states"]}
+        for row in _with_task_states(store, store.runs_with_ids(run_ids))
+    }
+
+
+def _with_task_states(store: Store, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     states: dict[int, dict[str, str]] = {r["run_id"]: {} for r in runs}
     for ti in store.tis_of_runs(list(states)):
         states[ti["run_id"]][ti["task_id"]] = ti["state"]

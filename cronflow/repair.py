@@ -202,11 +202,8 @@ def mark(
 ) -> MarkResult:
     """`cronflow mark`: one task (and its downstream tasks) or a whole run, in one transaction
     with its audit entry (`actor`: who; default the Unix user)."""
-    state = parse_mark_state(state_text, whole_run=task_id is None)
-    if task_id is None and downstream:
-        raise InvalidInputError("--downstream needs a task: FLOW.TASK")
-    tasks = related_tasks(flow, [task_id] if task_id else [], downstream, upstream=False)
-    run = control.find_one_run(store, flow, date_text)
+    plan = plan_mark(store, flow, task_id, date_text, state_text, downstream)
+    run, tasks, state = plan.run, plan.task_ids, plan.state
     with store.atomic():
         changed, cleared = _mark(store, flow, run, task_id, tasks, state, downstream, now)
         what = ", ".join(tasks[:10]) if task_id else "the run"
@@ -256,21 +253,62 @@ def _mark(
             ]
             clear = {t: flow.tasks[t].retries for t in cleared}
         changed = store.mark_tis(run["run_id"], tasks, state, now, clear=clear)
-    elif state is TaskState.SUCCESS:
-        keep = (TaskState.SUCCESS, TaskState.SKIPPED)
-        changed = store.mark_tis(
-            run["run_id"], tasks, state, now, except_states=keep, run_state=RunState(state.value)
-        )
     else:
         changed = store.mark_tis(
             run["run_id"],
             tasks,
             state,
             now,
-            except_states=FINISHED_TASK_STATES,
+            except_states=_kept_by_run_mark(state),
             run_state=RunState(state.value),
         )
     return changed, cleared
+
+
+def _kept_by_run_mark(state: TaskState) -> tuple[TaskState, ...]:
+    """Marking a whole run success keeps what succeeded or was skipped; failed keeps what
+    already finished."""
+    if state is TaskState.SUCCESS:
+        return (TaskState.SUCCESS, TaskState.SKIPPED)
+    return tuple(FINISHED_TASK_STATES)
+
+
+@dataclass(frozen=True)
+class MarkPlan:
+    """What `mark` would change, as it is now: the run, the tasks named, their task instances
+    that would take the state (the web view's confirmation lists them)."""
+
+    run: dict[str, Any]
+    task_ids: list[str]
+    state: TaskState
+    tis: list[dict[str, Any]]
+
+
+def plan_mark(
+    store: Store,
+    flow: FlowSpec,
+    task_id: str | None,
+    date_text: str,
+    state_text: str,
+    downstream: bool,
+) -> MarkPlan:
+    """Check a mark's input and list what it would change; nothing is written."""
+    state = parse_mark_state(state_text, whole_run=task_id is None)
+    if task_id is None and downstream:
+        raise InvalidInputError("--downstream needs a task: FLOW.TASK")
+    tasks = related_tasks(flow, [task_id] if task_id else [], downstream, upstream=False)
+    run = control.find_one_run(store, flow, date_text)
+    kept = () if task_id is not None else _kept_by_run_mark(state)
+    order = {t: i for i, t in enumerate(tasks)}
+    tis = sorted(
+        (
+            ti
+            for ti in store.tis_of_runs([run["run_id"]])
+            if ti["task_id"] in order and ti["state"] not in kept
+        ),
+        key=lambda ti: order[ti["task_id"]],
+    )
+    return MarkPlan(run, tasks, state, tis)
 
 
 # --- backfill ----------------------------------------------------------------------------------

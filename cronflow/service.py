@@ -115,6 +115,10 @@ class UnitSpec:
     grace_period_s: float = 30.0
 
     @property
+    def name(self) -> str:
+        return SERVICE_NAME
+
+    @property
     def protect_home(self) -> str:
         """ProtectHome= as strict as the home and the executable's location allow."""
         if _under_home(self.home):
@@ -173,6 +177,63 @@ class UnitSpec:
         return _USER_HARDENING.format(writable=" ".join(writable), bound=" ".join(bound)).rstrip()
 
 
+WEB_SERVICE_NAME = "cronflow-web.service"
+WEB_HOST, WEB_PORT = "127.0.0.1", 8787
+
+# The web view runs no task: it gets what the daemon's tasks cannot (no writable-executable
+# memory, a narrower system call set, no other address families).
+_WEB_HARDENING = """\
+MemoryDenyWriteExecute=yes
+SystemCallFilter=~@privileged @resources
+"""
+
+
+@dataclass(frozen=True)
+class WebUnitSpec:
+    """The unit of `cronflow web`, beside the daemon's: same user and home, its own sandbox."""
+
+    executable: Path
+    home: Path
+    user: str | None
+    host: str = WEB_HOST
+    port: int = WEB_PORT
+
+    @property
+    def name(self) -> str:
+        return WEB_SERVICE_NAME
+
+    def render(self) -> str:
+        daemon = UnitSpec(self.executable, self.home, self.user)
+        lines = [
+            "[Unit]",
+            "Description=cronflow web view",
+            f"After={SERVICE_NAME}" + (" network-online.target" if self.user else ""),
+            "",
+            "[Service]",
+            "Type=exec",
+            *([f"User={self.user}", f"Group={self.user}"] if self.user else []),
+            f"Environment=CRONFLOW_HOME={self.home}",
+            "Environment=PYTHONUNBUFFERED=1",
+            f"ExecStart={self.executable} web --host {self.host} --port {self.port}",
+            f"WorkingDirectory={self.home}",
+        ]
+        if self.user and self.home == STATE_HOME:
+            lines += ["StateDirectory=cronflow", "StateDirectoryMode=0700"]
+        lines += ["UMask=0077", "Restart=on-failure", "RestartSec=2s"]
+        if self.user:
+            hardening = _HARDENING.format(home=self.home, protect_home=daemon.protect_home)
+            lines.append(hardening.rstrip())
+            lines.append(_WEB_HARDENING.rstrip())
+        else:
+            lines += ["NoNewPrivileges=yes"]
+        lines += [
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target" if self.user else "WantedBy=default.target",
+        ]
+        return "\n".join(lines) + "\n"
+
+
 def _under_home(path: Path) -> bool:
     return any(
         path.is_relative_to(top) for top in (Path("/home"), Path("/root"), Path("/run/user"))
@@ -188,16 +249,16 @@ def unreadable_by_others(path: Path) -> Path | None:
     return None
 
 
-def unit_path(user_unit: bool) -> Path:
+def unit_path(user_unit: bool, name: str = SERVICE_NAME) -> Path:
     if user_unit:
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        return config / "systemd" / "user" / SERVICE_NAME
-    return Path("/etc/systemd/system") / SERVICE_NAME
+        return config / "systemd" / "user" / name
+    return Path("/etc/systemd/system") / name
 
 
-def install_commands(user_unit: bool) -> list[list[str]]:
+def install_commands(user_unit: bool, name: str = SERVICE_NAME) -> list[list[str]]:
     systemctl = ["systemctl", "--user"] if user_unit else ["systemctl"]
-    return [[*systemctl, "daemon-reload"], [*systemctl, "enable", "--now", SERVICE_NAME]]
+    return [[*systemctl, "daemon-reload"], [*systemctl, "enable", "--now", name]]
 
 
 def system_user_command(home: Path) -> list[str] | None:
@@ -218,7 +279,7 @@ def system_user_command(home: Path) -> list[str] | None:
         ]
 
 
-def install(spec: UnitSpec, user_unit: bool) -> Path:
+def install(spec: UnitSpec | WebUnitSpec, user_unit: bool) -> Path:
     """Write the unit, create the user if needed, reload systemd and start the service."""
     if not user_unit and os.geteuid() != 0:
         raise ServiceError(
@@ -226,7 +287,7 @@ def install(spec: UnitSpec, user_unit: bool) -> Path:
         )
     if shutil.which("systemctl") is None:
         raise ServiceError("systemctl not found: this machine does not run systemd")
-    commands = install_commands(user_unit)
+    commands = install_commands(user_unit, spec.name)
     if not user_unit:
         create_user = system_user_command(spec.home)
         if create_user:
@@ -238,7 +299,7 @@ def install(spec: UnitSpec, user_unit: bool) -> Path:
             )
     if user_unit or spec.home != STATE_HOME:  # systemd creates its StateDirectory itself
         init_home(spec.home, example=False)
-    path = unit_path(user_unit)
+    path = unit_path(user_unit, spec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(spec.render(), encoding="utf-8")
     for command in commands:

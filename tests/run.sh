@@ -12,6 +12,8 @@ DEBIAN_NEEDS=(
   "debootstrap:debootstrap"
   "systemd-nspawn:systemd-container"
   "/usr/sbin/sshd:openssh-server"  # the SSH/SFTP operator tests start their own sshd
+  "/usr/bin/chromium:chromium"  # the web view's browser tests (tests/test_web_browser.py)
+  "/usr/bin/chromedriver:chromium-driver"
 )
 missing=()
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
@@ -29,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,web]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
 # Bytecode as a regular install has it: the tests start hundreds of `python -m cronflow`

@@ -43,8 +43,15 @@ LIBRARY_HOMES = {
     "typer": {"cli"},
     "croniter": {"timetable"},
     "paramiko": {"ops"},
-    "jinja2": {"templates"},
     "click": set(),
+    # the web view's libraries: its subpackage only (cronflow[web]); jinja2 also renders the
+    # task templates (cronflow/templates.py, sandboxed), a separate environment.
+    "starlette": {"web"},
+    "uvicorn": {"web"},
+    "jinja2": {"web", "templates"},
+    "prometheus_client": {"web"},
+    "anyio": {"web"},
+    "selenium": set(),
 }
 
 
@@ -112,3 +119,14 @@ def test_nothing_imports_the_cli():
     for module, imported in modules().items():
         if top(module) not in ("cli", "__main__"):
             assert not any(m.startswith("cronflow.cli") for m in imported), module
+
+
+def test_the_web_view_talks_to_the_store_only_through_the_library():
+    """cronflow/web has no SQL of its own: it never imports sqlite3 or the store's internals."""
+    for module, imported in modules().items():
+        if top(module) == "web":
+            assert not {"sqlite3", "sqlite_utils"} & {top(m) for m in imported}, module
+    for path in (PACKAGE / "web").rglob("*.py"):
+        text = path.read_text()
+        for word in ("SELECT ", "UPDATE ", "INSERT ", "DELETE FROM", ".conn", "._rows"):
+            assert word not in text, f"{path.name} has {word!r}"

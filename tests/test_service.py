@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from cronflow.service import STATE_HOME, UnitSpec, cronflow_executable
+from cronflow.service import STATE_HOME, UnitSpec, WebUnitSpec, cronflow_executable
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_EXE = Path("/opt/cronflow/bin/cronflow")
@@ -25,9 +25,49 @@ def user_unit(executable: Path = SHIPPED_EXE, home: Path = Path("%h/.cronflow"))
     return UnitSpec(executable, home, None).render()
 
 
+def web_unit(
+    executable: Path = SHIPPED_EXE, home: Path = STATE_HOME, user: str | None = "cronflow"
+) -> str:
+    return WebUnitSpec(executable, home, user).render()
+
+
 def test_shipped_units_are_what_install_service_writes():
     assert (REPO / "systemd" / "cronflow.service").read_text() == system_unit()
     assert (REPO / "systemd" / "cronflow-user.service").read_text() == user_unit()
+    assert (REPO / "systemd" / "cronflow-web.service").read_text() == web_unit()
+    user_web = web_unit(home=Path("%h/.cronflow"), user=None)
+    assert (REPO / "systemd" / "cronflow-web-user.service").read_text() == user_web
+
+
+def test_web_unit_passes_verify_and_is_more_sandboxed_than_the_daemon(tmp_path):
+    unit = tmp_path / "cronflow-web.service"
+    unit.write_text(web_unit(cronflow_executable()))
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
+    )
+    score = re.search(r"Overall exposure level for cronflow-web.service: (\d+\.\d+)", result.stdout)
+    assert score, result.stdout + result.stderr
+    assert float(score.group(1)) <= 1.5
+    lines = unit.read_text().splitlines()
+    for line in (
+        "User=cronflow",
+        "MemoryDenyWriteExecute=yes",
+        "ReadWritePaths=/var/lib/cronflow",
+        f"ExecStart={cronflow_executable()} web --host 127.0.0.1 --port 8787",
+    ):
+        assert line in lines, line
+
+
+def test_install_service_web_dry_run(home):
+    result = cli(home, "install-service", "--web", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# /etc/systemd/system/cronflow-web.service\n[Unit]\n")
+    assert f"ExecStart={cronflow_executable()} web --host 127.0.0.1 --port 8787" in result.stdout
+    assert "systemctl enable --now cronflow-web.service\n" in result.stdout
 
 
 def test_system_unit_passes_systemd_analyze_verify(tmp_path):

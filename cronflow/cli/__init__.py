@@ -14,6 +14,7 @@ from cronflow.cli import (
     testrun,  # noqa: F401
     top,  # noqa: F401
     variables,  # noqa: F401
+    web,  # noqa: F401
     xcom,  # noqa: F401
 )
 from cronflow.cli.app import app

@@ -20,11 +20,16 @@ def install_service(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
     ] = False,
+    web: Annotated[
+        bool,
+        typer.Option("--web", help="Install the web view's unit (cronflow-web.service) instead."),
+    ] = False,
 ) -> None:
     """Write the systemd unit for this cronflow, then daemon-reload and enable --now.
 
     The system unit runs as the dedicated user 'cronflow' with its home in /var/lib/cronflow
     (unless --home or CRONFLOW_HOME says otherwise); --user runs it as you, with your home.
+    --web installs `cronflow web` (127.0.0.1:8787) as its own, more sandboxed unit.
     """
     from cronflow import service
     from cronflow.config import home_path
@@ -35,13 +40,19 @@ def install_service(
     grace = (
         settings_from_options(home_required=False).grace_period_s if (user or explicit) else 30.0
     )
-    spec = service.UnitSpec(
-        executable=service.cronflow_executable(),
-        home=home,
-        user=None if user else service.SERVICE_USER,
-        grace_period_s=grace,
-    )
-    commands = service.install_commands(user)
+    spec: service.UnitSpec | service.WebUnitSpec
+    if web:
+        spec = service.WebUnitSpec(
+            service.cronflow_executable(), home, None if user else service.SERVICE_USER
+        )
+    else:
+        spec = service.UnitSpec(
+            executable=service.cronflow_executable(),
+            home=home,
+            user=None if user else service.SERVICE_USER,
+            grace_period_s=grace,
+        )
+    commands = service.install_commands(user, spec.name)
     if not user:
         create = service.system_user_command(home)
         if create:
@@ -54,14 +65,13 @@ def install_service(
                 err=True,
             )
     if dry_run:
-        typer.echo(f"# {service.unit_path(user)}")
+        typer.echo(f"# {service.unit_path(user, spec.name)}")
         typer.echo(spec.render())
         for command in commands:
             typer.echo(shlex.join(command))
         return
     path = service.install(spec, user)
-    typer.echo(f"installed {path} and started {service.SERVICE_NAME} (home: {home})")
-    status = "systemctl --user status cronflow" if user else "systemctl status cronflow"
-    typer.echo(
-        f"check it with: {status}   and: journalctl {'--user ' if user else ''}-u cronflow -f"
-    )
+    unit = spec.name.removesuffix(".service")
+    typer.echo(f"installed {path} and started {spec.name} (home: {home})")
+    status = f"systemctl --user status {unit}" if user else f"systemctl status {unit}"
+    typer.echo(f"check it with: {status}   and: journalctl {'--user ' if user else ''}-u {unit} -f")

@@ -1,0 +1,98 @@
+"""Jinja2 for the web view's pages: one environment, autoescaped, with the formatting helpers
+the templates share (moments in a flow's zone, durations, state cells).
+
+States are written as text in every cell (the CLI's abbreviations in the grid), and coloured
+by a CSS class per state whose colour is the CLI's (static/style.css; a test compares them).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.responses import HTMLResponse
+
+# Grid cells: the same short words as `cronflow show` (a test compares them).
+STATE_CELLS = {
+    "success": "ok",
+    "failed": "FAIL",
+    "running": "run",
+    "queued": "queue",
+    "scheduled": "sched",
+    "up_for_retry": "retry",
+    "up_for_reschedule": "poke",
+    "upstream_failed": "upfail",
+    "skipped": "skip",
+    "none": "·",
+}
+
+
+def short_time(stamp: str | None, tz: ZoneInfo) -> str:
+    """'YYYY-MM-DD HH:MM' (':SS' when not zero) in the flow's zone, like the CLI's tables."""
+    if not stamp:
+        return "-"
+    moment = datetime.fromisoformat(stamp).astimezone(tz)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second else "%Y-%m-%d %H:%M")
+
+
+def zone_name(stamp: str | None, tz: ZoneInfo) -> str:
+    if not stamp:
+        return ""
+    return datetime.fromisoformat(stamp).astimezone(tz).strftime("%Z")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def offset_text(offset: int) -> str:
+    if offset == 0:
+        return "the same day"
+    if offset == -1:
+        return "the day before"
+    return f"{abs(offset)} days {'before' if offset < 0 else 'after'}"
+
+
+def query(params: dict[str, Any]) -> str:
+    """A query string of the non-empty values (lists repeat their key)."""
+    pairs = [
+        (key, item)
+        for key, value in params.items()
+        for item in (value if isinstance(value, list) else [value])
+        if item
+    ]
+    return urlencode(pairs)
+
+
+def cell(state: str | None) -> str:
+    return STATE_CELLS.get(state or "", state or "")
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("cronflow.web", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(duration=duration, cell=cell, offset_text=offset_text, query=query)
+    env.globals.update(
+        short_time=short_time, zone_name=zone_name, state_cells_json=json.dumps(STATE_CELLS)
+    )
+    return env
+
+
+ENV = _environment()
+
+
+def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(ENV.get_template(name).render(**context), status_code=status_code)
