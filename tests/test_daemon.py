@@ -165,7 +165,9 @@ def test_a_clean_stop_ends_what_a_task_left_outside_its_session(home, daemon, wr
         f"""
         from cronflow import Flow, Shell
         with Flow("escape"):
-            Shell("t", "setsid sleep 300 & echo $! > {pidfile}")
+            # ends once the child has its own session (else the end of the task stops it)
+            Shell("t", 'setsid sleep 300 & echo $! > {pidfile}; '
+                       'until [ $(cut -d" " -f6 /proc/$!/stat) = $! ]; do sleep 0.01; done')
     """,
     )
     process = daemon()

@@ -315,6 +315,8 @@ def test_a_task_deadline_alerts_the_task_and_names_its_state(make, write_flow, h
 def test_why_says_the_deadline_before_it_passes_and_the_miss_after(make, write_flow, home):
     h = meteo(make, write_flow, home, utc(2026, 12, 3, 0, 0))
     h.tick()
+    h.settle()  # yesterday's 23:50 ingest (caught up at the start) has failed
+    assert [r["state"] for r in h.runs("meteo_ingest")][-1] == "failed"
     h.at(utc(2026, 12, 3, 0, 30))
     flow = h.scheduler.catalog.get("meteo_daily")
 
