@@ -16,7 +16,7 @@ from cronflow.catalog import FlowSpec
 from cronflow.errors import InvalidInputError, NotFoundError
 from cronflow.processtext import check_text
 from cronflow.states import RunType
-from cronflow.store import Store
+from cronflow.store import RunExistsError, Store
 from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
 from cronflow.timetable import data_interval
 
@@ -124,6 +124,26 @@ def trigger(
     return run_id
 
 
+def trigger_manual(
+    store: Store,
+    flow: FlowSpec,
+    date_text: str | None,
+    now: datetime,
+    conf: dict[str, Any] | None = None,
+    actor: Actor | None = None,
+) -> tuple[int, datetime]:
+    """`cronflow trigger` (and the web's trigger): a manual run for a date, or for now at the
+    second. A second manual run in the same second (a script's loop) takes now to the
+    microsecond instead of failing; a date given twice is refused (use replay)."""
+    logical_at = logical_date_for_trigger(flow, date_text, now)
+    try:
+        return trigger(store, flow, logical_at, conf, actor=actor), logical_at
+    except RunExistsError:
+        if date_text is not None or now == logical_at:
+            raise
+    return trigger(store, flow, now, conf, actor=actor), now
+
+
 def local_time(flow: FlowSpec, at: datetime | str) -> str:
     """'2026-12-03 00:30 CET': a moment in the flow's timezone, for audit entries."""
     moment = datetime.fromisoformat(at) if isinstance(at, str) else at
@@ -176,4 +196,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["find_one_run", "find_runs", "iso", "logical_date_for_trigger", "parse_conf", "trigger"]
+__all__ = [
+    "find_one_run",
+    "find_runs",
+    "iso",
+    "logical_date_for_trigger",
+    "parse_conf",
+    "trigger",
+    "trigger_manual",
+]

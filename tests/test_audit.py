@@ -219,3 +219,21 @@ def test_audit_bad_limit_through_invoke_names_the_option(daily):
     result = invoke(daily, "audit", "--limit", "20000")
     assert result.exit_code == 2
     assert result.stderr == "Error: --limit must be between 1 and 10000, got 20000\n"
+
+
+def test_two_manual_runs_in_one_second_both_start_a_date_given_twice_does_not(daily):
+    """A script triggering in a loop gets a run each time: the second run of the same second
+    takes the moment to the microsecond. A date asked for twice is still refused."""
+    db = store(daily)
+    flow = catalog.sync(db, load_settings(daily)).get("daily")
+    now = datetime(2024, 3, 5, 1, 30, 7, 250000, tzinfo=UTC)
+    first, first_at = control.trigger_manual(db, flow, None, now)
+    second, second_at = control.trigger_manual(db, flow, None, now, {"k": 1})
+    assert first != second
+    assert (first_at, second_at) == (now.replace(microsecond=0), now)
+    assert db.run(second)["logical_date"] == "2024-03-05T01:30:07.250000+00:00"
+    with pytest.raises(RunExistsError):
+        control.trigger_manual(db, flow, None, now)  # that microsecond is taken too
+    with pytest.raises(RunExistsError):
+        control.trigger_manual(db, flow, "2024-03-05T01:30:07+00:00", now)
+    assert len(rows(daily, "audit")) == 2

@@ -100,16 +100,30 @@ def _write_big_log(path, compressed: bool, size: int = BIG_LOG_BYTES) -> int:
     return written
 
 
+# Started by a small interpreter of its own: a child's peak RSS includes its parent's at the
+# fork, and a pytest worker that ran the browser tests holds well over 100 MB.
+_LAUNCH_AND_MEASURE = """
+import os, sys
+out = (os.POSIX_SPAWN_OPEN, 1, sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+argv = [sys.executable, "-m", "cronflow", *sys.argv[2:]]
+pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=[out])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
+"""
+
+
 def _peak_rss_of(home, *args: str, out_path) -> tuple[int, int]:
     """Run `cronflow ARGS` with stdout to a file: (exit code, peak RSS in bytes of that process)."""
     env = {**os.environ, "CRONFLOW_HOME": str(home), "NO_COLOR": "1"}
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cronflow", *args], stdout=out, stderr=subprocess.PIPE, env=env
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss * 1024
+    launcher = subprocess.run(
+        [sys.executable, "-c", _LAUNCH_AND_MEASURE, str(out_path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    code, peak = launcher.stdout.split()
+    return int(code), int(peak)
 
 
 @pytest.mark.parametrize(

@@ -153,13 +153,13 @@ def trigger(
     settings, store, cat = open_home()
     flow = cat.get(flow_id)
     parsed_conf = control.parse_conf(conf)
-    logical_at = control.logical_date_for_trigger(flow, date, utc_now())
+    control.logical_date_for_trigger(flow, date, utc_now())  # a bad date before anything else
     daemon_pid = running_daemon_pid(settings.home)
     if wait and daemon_pid is None:
         from cronflow.errors import DaemonError
 
         raise DaemonError(f"no daemon is running on {settings.home}: start `cronflow daemon` first")
-    run_id = control.trigger(store, flow, logical_at, parsed_conf)
+    run_id, logical_at = control.trigger_manual(store, flow, date, utc_now(), parsed_conf)
     poke(settings.home)
     local = logical_at.astimezone(flow.tz).isoformat()
     typer.echo(f"run {run_id} of {flow_id} for {local} queued")

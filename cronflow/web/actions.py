@@ -179,8 +179,9 @@ async def trigger(request: Request) -> Response:
     def act(ctx: Context) -> list[str]:
         spec = ctx.cat.get(flow_id)
         conf = control.parse_conf(form.get("conf") or None)
-        logical_at = control.logical_date_for_trigger(spec, form.get("date") or None, ctx.now)
-        run_id = control.trigger(ctx.store, spec, logical_at, conf, actor=_actor(session))
+        run_id, logical_at = control.trigger_manual(
+            ctx.store, spec, form.get("date") or None, ctx.now, conf, _actor(session)
+        )
         poke(ctx.settings.home)
         said = [
             f"run {run_id} of {flow_id} for {logical_at.astimezone(spec.tz).isoformat()} queued"
