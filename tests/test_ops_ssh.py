@@ -269,3 +269,31 @@ def test_ssh_command_values_cannot_inject_a_remote_command(
     assert r.states(run_id) == {"say": "success"}, r.log(run_id, "say")
     assert f"<{evil}><{evil.upper()}>" in r.log(run_id, "say")
     assert not marker.exists() and not Path(str(marker).upper()).exists()
+
+
+def test_a_secret_in_an_ssh_command_is_not_on_the_remote_command_line(
+    home, write_flow, sshd, monkeypatch, tmp_path
+):
+    """The remote shell reads the command from stdin: the remote host's `ps` shows no rendered
+    value. The command itself lists every command line on the (here: same) host as it runs."""
+    secret = "Sup3r-s3cret-remote-token"
+    Store(home / "cronflow.db").set_variable("token", secret, is_secret=True)
+    scan = tmp_path / "command-lines"
+    monkeypatch.setenv("CRONFLOW_CONN_STATION", sshd.uri())
+    write_flow(
+        "remote_secret",
+        f"""
+        from cronflow import Flow, SSHCommand
+        with Flow("remote_secret"):
+            SSHCommand("use", "echo {{{{ var.token }}}} > /dev/null; "
+                       "for f in /proc/[0-9]*/cmdline; do tr '\\\\0' ' ' < $f; echo; done "
+                       "> {scan}; echo scanned", conn_id="station")
+        """,
+    )
+    r = Runner(home)
+    run_id = r.run("remote_secret")
+    assert r.states(run_id) == {"use": "success"}, r.log(run_id, "use")
+    lines = scan.read_text(errors="replace")
+    assert secret not in lines
+    assert "head -c" in lines  # the remote shell was seen, reading its command
+    assert secret not in r.log(run_id, "use") and "scanned" in r.log(run_id, "use")

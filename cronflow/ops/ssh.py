@@ -170,13 +170,22 @@ def _open_socket(conn: Connection, where: str, timeout: float) -> socket.socket:
     return sock
 
 
+READ_COMMAND_FROM_STDIN = 'c=$(head -c {size}); eval "$c"'
+
+
 def run_remote(client: Any, command: str, get_pty: bool = False) -> tuple[int, str]:
     """Run a command on the open client, copying its stdout and stderr to ours as they come;
     return its exit code and the last line it wrote (for the reason of a failure)."""
     channel = client.get_transport().open_session()
     if get_pty:
         channel.get_pty()
-    channel.exec_command(command)
+        channel.exec_command(command)  # a terminal would echo what stdin brings
+    else:
+        # The command goes in on stdin: on the remote host `ps` shows only this reader, never
+        # the values rendered into the command (a secret variable, say).
+        data = command.encode()
+        channel.exec_command(READ_COMMAND_FROM_STDIN.format(size=len(data)))
+        channel.sendall(data)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     tail = b""
     while True:
