@@ -58,3 +58,39 @@ def test_help_imports_no_heavy_module():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trigger"], "Error: Missing argument 'FLOW'. (see `cronflow trigger --help`)"),
+        (["list", "--bogus"], "Error: No such option: --bogus (see `cronflow list --help`)"),
+        (
+            ["runs", "x", "--limit", "abc"],
+            "Error: Invalid value for '--limit': 'abc' is not a valid int. "
+            "(see `cronflow runs --help`)",
+        ),
+        (["nosuch"], "Error: No such command 'nosuch'. (see `cronflow --help`)"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "cronflow", "--home", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (2, message + "\n", "")
+
+
+def test_exit_codes_pass_through_the_executable(tmp_path):
+    """A command's own exit code (status: 1 when no daemon runs) is the process's."""
+    home = tmp_path / "home"
+    subprocess.run([sys.executable, "-m", "cronflow", "--home", str(home), "init"], check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cronflow", "--home", str(home), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr

@@ -23,4 +23,23 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    app()
+    """The `cronflow` executable. A usage error (a missing argument, an unknown option, a value
+    of the wrong type) is one line saying what and where to read more, exit 2, as every other
+    bad input; click would print the usage block around it."""
+    import sys
+
+    import typer
+    from typer.main import get_command
+
+    try:
+        code = get_command(app).main(prog_name="cronflow", standalone_mode=False)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    except typer.TyperException as exc:  # click's usage errors
+        ctx = getattr(exc, "ctx", None)
+        more = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"Error: {message}{more}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
