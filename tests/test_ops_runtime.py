@@ -339,6 +339,51 @@ def test_flow_sensor_waits_for_another_flows_task(home, write_flow, tmp_path):
     assert r.states(down) == {"wait_load": "success", "wait_run": "success"}
 
 
+def test_flow_sensor_waits_for_every_fire_time_of_the_day(home, write_flow):
+    """One successful run of two is not the day: the fire time without a run is waited for,
+    as `wait_for` does; a day the target never fires has nothing to wait for."""
+    write_flow(
+        "twice",
+        """
+        from cronflow import Flow, Shell
+        with Flow("twice", schedule="0 6,18 * * *", start_date="2024-01-01"):
+            Shell("load", "true")
+        """,
+    )
+    write_flow(
+        "mondays",
+        """
+        from cronflow import Flow, Shell
+        with Flow("mondays", schedule="0 6 * * 1", start_date="2024-01-01"):
+            Shell("load", "true")
+        """,
+    )
+    write_flow(
+        "after",
+        """
+        from cronflow import Flow, FlowSensor
+        with Flow("after"):
+            FlowSensor("day", "twice", date="{{ ds }}", poke_interval=60, mode="reschedule")
+            FlowSensor("task", "twice", task="load", date="{{ ds }}", poke_interval=60,
+                       mode="reschedule")
+            FlowSensor("friday", "mondays", date="{{ ds }}", poke_interval=60, mode="reschedule")
+        """,
+    )
+    r = Runner(home)
+    assert r.state(r.run("twice", "2024-03-01T06:00:00+00:00"), "load") == "success"
+    down = r.run("after", "2024-03-01")  # a Friday
+    assert r.state(down, "friday") == "success"
+    assert "mondays' does not fire on 2024-03-01" in r.log(down, "friday")
+    for task_id in ("day", "task"):
+        assert r.ti(down, task_id)["reason"] == (
+            "not yet: flow 'twice' has no run yet for 1 of its fire times on 2024-03-01 "
+            "(the first at 18:00)"
+        )
+    assert r.state(r.run("twice", "2024-03-01T18:00:00+00:00"), "load") == "success"
+    r.advance(60)
+    assert r.states(down) == {"day": "success", "task": "success", "friday": "success"}
+
+
 def _whole_time():  # type: ignore[no-untyped-def]
     from conftest import utc
 

@@ -16,8 +16,10 @@ local midnight for a manual-only flow) or an ISO date-time (that exact logical d
   (poke_interval, timeout, mode and soft_fail as for every sensor). The daemon starts the new
   run at its next tick (within two seconds). Waiting in poke mode holds a slot: with little
   parallelism prefer mode="reschedule".
-- FlowSensor waits until the target flow's runs of that day have all succeeded (at least one),
-  or, with `task=`, until that task succeeded in them.
+- FlowSensor waits for the target flow's whole day, as `wait_for` does: every fire time of
+  that day (by its schedule and dates) has a run and every run of the day succeeded (or, with
+  `task=`, that task succeeded in each); a flow without schedule needs at least one run. A day
+  on which the target does not fire has nothing to wait for. A date-time waits for that run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cronflow.states import RunState, RunType, TaskState
 from cronflow.store import RunExistsError, Store
 from cronflow.templates import render
 from cronflow.timeparse import iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.waits import expected_fires
 
 TINY = timedelta(microseconds=1)
 
@@ -60,6 +63,19 @@ def runs_for(store: Store, flow: FlowSpec, text: str) -> tuple[str, list[dict[st
     start = start_of_day(value, flow.tz)
     end = start_of_day(value + timedelta(days=1), flow.tz)
     return value.isoformat(), store.runs_between(flow.flow_id, start, end)
+
+
+def missing_fires(
+    flow: FlowSpec, text: str, runs: list[dict[str, Any]]
+) -> tuple[list[datetime], str | None]:
+    """For a day: its fire times (by the flow's schedule and dates) that have no run, and the
+    note when it has none at all; a whole day is waited for, as `wait_for` does."""
+    value = parse_date_or_datetime(text, flow.tz)
+    if isinstance(value, datetime):
+        return [], None
+    fires, note = expected_fires(flow, value)
+    have = {r["logical_date"] for r in runs}
+    return [f for f in fires if iso(f) not in have], note
 
 
 class TriggerFlow(Sensor):
@@ -141,8 +157,20 @@ class FlowSensor(Sensor):
     def poke(self, context: Mapping[str, Any]) -> bool:
         store: Store = context["store"]
         flow = target_flow(store, render(self.target_id, context))
-        what, runs = runs_for(store, flow, render(self.date, context))
+        text = render(self.date, context)
+        what, runs = runs_for(store, flow, text)
+        missing, note = missing_fires(flow, text, runs)
+        if missing:
+            first = missing[0].astimezone(flow.tz).strftime("%H:%M")
+            self.status = (
+                f"flow '{flow.flow_id}' has no run yet for {len(missing)} of its fire times "
+                f"on {what} (the first at {first})"
+            )
+            return False
         if not runs:
+            if note:  # a day it does not fire, or outside its dates: as wait_for decides
+                self.status = note
+                return True
             self.status = f"flow '{flow.flow_id}' has no run for {what} yet"
             return False
         if self.target_task is None:
