@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -220,10 +221,28 @@ def sync(store: Store, settings: Settings) -> Catalog:
     so a command never waits on the same hung import as the daemon."""
     on_disk, changed, removed = _scan(store, settings)
     claimed = files_claimed(settings.home) if changed else set()
+    if claimed & changed.keys() and _await_daemon_import(settings, set(changed)):
+        on_disk, changed, removed = _scan(store, settings)  # as the daemon recorded them
+        claimed = files_claimed(settings.home) if changed else set()
     todo = {p: sig for p, sig in changed.items() if p not in claimed}
     if todo:
         import_files(store, settings, todo)
     return _current(store, on_disk, check_across=bool(todo or removed))
+
+
+AWAIT_DAEMON_IMPORT_S = 2.0  # a file just written is usually imported in a fraction of that
+
+
+def _await_daemon_import(settings: Settings, files: set[str]) -> bool:
+    """Wait a little for the daemon to finish importing `files` (True once it has): a flow
+    file written just before `cronflow trigger` is then known, while a hung import costs a
+    command at most AWAIT_DAEMON_IMPORT_S, never import_timeout_s."""
+    end = time.monotonic() + min(AWAIT_DAEMON_IMPORT_S, settings.import_timeout_s)
+    while files_claimed(settings.home) & files:
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def refresh(store: Store, settings: Settings) -> tuple[Catalog, dict[str, Signature]]:

@@ -16,6 +16,7 @@ so the daemon never imports user code itself.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -133,6 +134,7 @@ class Task:
                 f"task '{task_id}' is not inside a flow: create it within `with Flow(...):`"
             )
         self.flow: Flow = owner
+        self.line = _flow_file_line()  # errors found later (spec) still say where
         try:
             self.task_id = _check_id("task", task_id)
         except FlowDefinitionError as exc:
@@ -235,7 +237,8 @@ class Task:
         alerts = self.alert_spec(flow_defaults, problems)
         deadline_s = _checked(problems, lambda: _deadline(self.deadline, self.flow.schedule))
         if problems:
-            raise FlowDefinitionError(f"task '{self.task_id}': {'; '.join(problems)}")
+            where = f"task '{self.task_id}'" + (f" (line {self.line})" if self.line else "")
+            raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
         return {
             "task_id": self.task_id,
             "kind": self.kind,
@@ -288,6 +291,18 @@ def alert_spec(alerts: Mapping[str, Any], problems: list[str]) -> dict[str, Any]
                 problems.append(f"email_on_failure needs e-mail addresses, got {address!r}")
         spec["email_on_failure"] = addresses
     return spec
+
+
+_PACKAGE_DIR = __file__.rsplit("/", 1)[0] + "/"
+
+
+def _flow_file_line() -> int | None:
+    """The line of the flow file that is creating a task: the first caller outside cronflow
+    (an operator's constructor is inside it)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    return frame.f_lineno if frame is not None else None
 
 
 def _deadline(value: float | str | timedelta | None, schedule: Schedule | None) -> float | None:

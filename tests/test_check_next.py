@@ -374,7 +374,7 @@ def test_check_lists_every_bad_option_of_a_task(tmp_path: Path) -> None:
     )
     [problem] = check_flows(tmp_path, timeout_s=30).problems
     assert problem.text == (
-        f"{tmp_path}/options.py: flow 'options': task 'wait': "
+        f"{tmp_path}/options.py: flow 'options': task 'wait' (line 4): "
         "mode must be 'poke' or 'reschedule', got 'push'; "
         "poke_interval: cannot read 'often' (use seconds or units like 30s, 5m, 2h, 90d); "
         "retries must be a whole number >= 0"

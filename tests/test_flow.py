@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -388,14 +389,18 @@ def test_end_date_equal_to_start_date_is_allowed() -> None:
 def test_bad_task_settings_name_flow_and_task(task_args: dict[str, Any], pattern: str) -> None:
     with Flow("meteo") as flow:
         Shell("fetch", "x", **task_args)
-    with pytest.raises(FlowDefinitionError, match=r"^flow 'meteo': task 'fetch': " + pattern):
+    with pytest.raises(
+        FlowDefinitionError, match=r"^flow 'meteo': task 'fetch' \(line \d+\): " + pattern
+    ):
         flow.spec()
 
 
 def test_bad_setting_in_flow_defaults_names_each_task_it_reaches() -> None:
     with Flow("meteo", defaults={"trigger_rule": "sometimes"}) as flow:
         Shell("fetch", "x")
-    with pytest.raises(FlowDefinitionError, match="flow 'meteo': task 'fetch': unknown trigger"):
+    with pytest.raises(
+        FlowDefinitionError, match=r"flow 'meteo': task 'fetch' \(line \d+\): unknown trigger"
+    ):
         flow.spec()
 
 
@@ -443,7 +448,9 @@ def test_cross_flow_dependency_names_both_tasks_and_flows() -> None:
 def test_python_task_needs_a_callable() -> None:
     with Flow("meteo") as flow:
         Python("load", "add")  # type: ignore[arg-type]
-    with pytest.raises(FlowDefinitionError, match="task 'load': 'add' is not callable"):
+    with pytest.raises(
+        FlowDefinitionError, match=r"task 'load' \(line \d+\): 'add' is not callable"
+    ):
         flow.spec()
 
 
@@ -681,7 +688,14 @@ def test_every_bad_option_of_every_task_is_named_at_once() -> None:
         Http("ping", data="a", json={}, on_failure=3)
     with pytest.raises(FlowDefinitionError) as raised:
         flow.spec()
-    assert str(raised.value) == (
+    # each task names the line that created it
+    first = int(re.findall(r"\(line (\d+)\)", str(raised.value))[0])
+    assert re.findall(r"task '(\w+)' \(line (\d+)\)", str(raised.value)) == [
+        ("fetch", str(first)),
+        ("wait", str(first + 1)),
+        ("ping", str(first + 3)),
+    ]
+    assert re.sub(r" \(line \d+\)", "", str(raised.value)) == (
         "flow 'meteo': "
         "task 'fetch': retries must be a whole number >= 0; priority must be a whole number; "
         "bad pool id 'my pool': use letters, digits, '_' and '-' (no dots or spaces); "
@@ -708,7 +722,9 @@ def test_describe_file_error_found_by_spec_names_path_flow_and_task(tmp_path: Pa
     )
     error = describe_file(path).error
     assert error is not None
-    assert error.startswith(f"{path}: flow 'meteo': task 'fetch': unknown trigger_rule 'whenever'")
+    assert error.startswith(
+        f"{path}: flow 'meteo': task 'fetch' (line 4): unknown trigger_rule 'whenever'"
+    )
 
 
 @pytest.mark.usefixtures("clean_imports")

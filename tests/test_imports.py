@@ -115,6 +115,30 @@ def test_a_cli_trigger_starts_promptly_while_an_import_hangs(home, daemon, write
     assert [row["flow_id"] for row in listing] == ["quick"]  # the last good catalog serves
 
 
+def test_a_flow_file_written_just_before_a_command_is_known_to_it(home, daemon, write_flow):
+    """The daemon is importing a new file when `trigger` starts: the command waits for that
+    import (briefly, AWAIT_DAEMON_IMPORT_S) rather than answer 'unknown flow'."""
+    process = daemon()
+    fresh = write_flow(
+        "fresh",
+        """
+        import time
+        time.sleep(1.5)  # the command starts while the daemon imports this
+        from cronflow import Flow, Shell
+        with Flow("fresh"):
+            Shell("t", "true")
+        """,
+    )
+    wait_for(
+        lambda: f"event=flow_import_started files=1 paths={fresh}" in process.output(),
+        what="the daemon to start importing the new file",
+    )
+    assert files_claimed(home) == {str(fresh)}
+    result = cli(home, "trigger", "fresh")
+    assert result.returncode == 0, result.stderr
+    assert "run 1 of fresh" in result.stdout
+
+
 def test_a_second_file_with_a_known_flow_id_is_broken_and_names_both(home, daemon, write_flow):
     original = write_flow("station", one_task_flow("station", command="echo original"))
     process = daemon()
