@@ -38,19 +38,25 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:  # for type checkers and editors only
-    from cronflow.flow import Flow, FlowDependency, Task  # noqa: F401
-    from cronflow.ops.ftp import FTPGet, FTPPut  # noqa: F401
-    from cronflow.ops.http import Http  # noqa: F401
-    from cronflow.ops.mail import Email  # noqa: F401
-    from cronflow.ops.python import Python  # noqa: F401
-    from cronflow.ops.sensors import FileSensor, Sensor  # noqa: F401
-    from cronflow.ops.sftp import SFTPGet, SFTPPut  # noqa: F401
-    from cronflow.ops.shell import Shell  # noqa: F401
-    from cronflow.ops.ssh import SSHCommand  # noqa: F401
-    from cronflow.ops.trigger import FlowSensor, TriggerFlow  # noqa: F401
-    from cronflow.outcomes import SkipTask  # noqa: F401
-    from cronflow.states import TriggerRule  # noqa: F401
+if TYPE_CHECKING:  # for type checkers and editors; `X as X` re-exports X (mypy --strict)
+    from cronflow.flow import Flow as Flow
+    from cronflow.flow import FlowDependency as FlowDependency
+    from cronflow.flow import Task as Task
+    from cronflow.ops.ftp import FTPGet as FTPGet
+    from cronflow.ops.ftp import FTPPut as FTPPut
+    from cronflow.ops.http import Http as Http
+    from cronflow.ops.mail import Email as Email
+    from cronflow.ops.python import Python as Python
+    from cronflow.ops.sensors import FileSensor as FileSensor
+    from cronflow.ops.sensors import Sensor as Sensor
+    from cronflow.ops.sftp import SFTPGet as SFTPGet
+    from cronflow.ops.sftp import SFTPPut as SFTPPut
+    from cronflow.ops.shell import Shell as Shell
+    from cronflow.ops.ssh import SSHCommand as SSHCommand
+    from cronflow.ops.trigger import FlowSensor as FlowSensor
+    from cronflow.ops.trigger import TriggerFlow as TriggerFlow
+    from cronflow.outcomes import SkipTask as SkipTask
+    from cronflow.states import TriggerRule as TriggerRule
 
 
 def __getattr__(name: str) -> Any:

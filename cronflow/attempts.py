@@ -165,7 +165,7 @@ def follow_attempt(
 
 def _between_pokes(ti: dict[str, Any]) -> bool:
     """A sensor in reschedule mode waiting for its next poke, within the same try."""
-    return current_try(ti) == ti["try_number"] + 1
+    return current_try(ti) == int(ti["try_number"]) + 1
 
 
 def _local(flow: FlowSpec, run: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from cronflow.catalog import FlowSpec, TaskSpec
@@ -41,6 +41,9 @@ from cronflow.errors import CronflowError, NotFoundError
 from cronflow.logs import TaskLogFormatter, open_attempt_log
 from cronflow.states import TaskState
 from cronflow.timeparse import from_iso
+
+if TYPE_CHECKING:
+    from cronflow.masking import Masker
 
 log = logging.getLogger("cronflow.callbacks")
 
@@ -304,7 +307,7 @@ def logs_command(home: Path, flow_id: str, ti: dict[str, Any], local_date: str) 
 
 
 def log_tail(
-    path: Path, masker: Any, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES
+    path: Path, masker: Masker, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES
 ) -> bytes:
     """The last lines of a log (at most max_bytes), secrets masked."""
     try:

@@ -61,7 +61,7 @@ class TaskSpec:
         """Delay before the next try, after `try_number` failed tries (1-based)."""
         if not self.retry_exponential_backoff:
             return self.retry_delay_s
-        return min(self.retry_delay_s * 2 ** (try_number - 1), self.max_retry_delay_s)
+        return min(self.retry_delay_s * 2.0 ** (try_number - 1), self.max_retry_delay_s)
 
 
 @dataclass(frozen=True)

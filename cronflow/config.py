@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from cronflow.errors import ConfigError, HomeAccessError, HomeNotFoundError
 
@@ -318,25 +318,36 @@ def _smtp(path: Path, data: dict[str, object]) -> SmtpSettings | None:
             f"{path}: smtp.password and smtp.password_env exclude each other; prefer password_env"
         )
     security = "ssl" if data.get("ssl") else "starttls" if data.get("starttls", True) else "none"
-    port = data.get("port")
+    port = _checked(data, "port", int)
     if port is None:
         port = {"ssl": 465, "starttls": 587, "none": 25}[security]
-    if not 0 < port < 65536:  # type: ignore[operator]
+    if not 0 < port < 65536:
         raise ConfigError(f"{path}: smtp.port must be between 1 and 65535, got {port!r}")
+    timeout_s = _checked(data, "timeout_s", float)
     return SmtpSettings(
         host=str(data["host"]),
-        port=int(port),  # type: ignore[arg-type]
+        port=port,
         security=security,
-        user=data.get("user"),  # type: ignore[arg-type]
-        password=data.get("password"),  # type: ignore[arg-type]
-        password_env=data.get("password_env"),  # type: ignore[arg-type]
+        user=_checked(data, "user", str),
+        password=_checked(data, "password", str),
+        password_env=_checked(data, "password_env", str),
         sender=str(data.get("from") or f"cronflow@{os.uname().nodename}"),
-        ca_file=data.get("ca_file"),  # type: ignore[arg-type]
-        timeout_s=_check_bounds(path, "smtp.timeout_s", data.get("timeout_s", 30.0)),
+        ca_file=_checked(data, "ca_file", str),
+        timeout_s=_check_bounds(path, "smtp.timeout_s", 30.0 if timeout_s is None else timeout_s),
     )
 
 
-def _typed(path: Path, data: dict[str, object], key: str, kind: type, default: object):
+_T = TypeVar("_T")
+_Number = TypeVar("_Number", int, float)
+
+
+def _checked(data: Mapping[str, object], key: str, kind: type[_T]) -> _T | None:
+    """data[key], which the caller has checked is a `kind` when present, typed as one."""
+    value = data.get(key)
+    return value if isinstance(value, kind) else None
+
+
+def _typed(path: Path, data: dict[str, object], key: str, kind: type[_T], default: object) -> _T:
     value = data.get(key, default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -345,11 +356,13 @@ def _typed(path: Path, data: dict[str, object], key: str, kind: type, default: o
     return value
 
 
-def _bounded(path: Path, data: dict[str, object], key: str, kind: type, default: object):
+def _bounded(
+    path: Path, data: dict[str, object], key: str, kind: type[_Number], default: object
+) -> _Number:
     return _check_bounds(path, key, _typed(path, data, key, kind, default))
 
 
-def _check_bounds(path: Path, key: str, value: Any) -> Any:
+def _check_bounds(path: Path, key: str, value: _Number) -> _Number:
     """The value if it is within BOUNDS[key], else one line naming the file, key and bounds
     (NaN is within no bounds)."""
     low, high = BOUNDS[key]

@@ -72,7 +72,7 @@ def task_context(
         prev_at = flow.schedule.prev_before(logical_at)
         next_at = flow.schedule.next_after(logical_at)
     conf = json.loads(run["conf"] or "{}")
-    context = date_context(logical_at, interval, flow.tz, prev_at, next_at)  # type: ignore[arg-type]
+    context = date_context(logical_at, interval, flow.tz, prev_at, next_at)
     context.update(
         flow_id=flow.flow_id,
         task_id=task.task_id,

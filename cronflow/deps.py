@@ -135,7 +135,9 @@ def resolve_run(
     `order` (a topological order of `tasks`, or of just the tasks to look at) saves
     recomputing it.
     """
-    current: ChainMap[str, TaskState] = ChainMap({}, states)  # no copy: runs can be large
+    # No copy: runs can be large. typeshed types every map of a ChainMap as mutable; only the
+    # first (the decisions of this pass) is ever written.
+    current: ChainMap[str, TaskState] = ChainMap({}, states)  # type: ignore[arg-type]
     decisions: dict[str, Decision] = {}
     if order is None:
         order = topological_order({t: ups for t, (ups, _) in tasks.items()})

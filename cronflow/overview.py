@@ -107,7 +107,8 @@ def _holds(row: Mapping[str, Any]) -> bool:
 def _next_fire_text(cat: Catalog, flow_id: str, state: dict[str, Any], now: datetime) -> str | None:
     """What the daemon recorded while it holds; otherwise worked out from the spec."""
     if recorded_fire_holds(state, now):
-        return state["next_fire_at"]
+        recorded: str | None = state["next_fire_at"]
+        return recorded
     upcoming = cat.flows[flow_id].next_fires(now, 1)
     return iso(upcoming[0]) if upcoming else None
 

@@ -53,7 +53,7 @@ class RunPlanner:
         self, now: datetime, flows: list[dict[str, Any]], active_runs: list[dict[str, Any]]
     ) -> tuple[list[datetime], int]:
         """Due scheduled runs: the next fire times, and how many runs were created."""
-        active = defaultdict(int)
+        active: defaultdict[str, int] = defaultdict(int)
         for run in active_runs:
             active[run["flow_id"]] += 1
         wakes = []
@@ -246,7 +246,7 @@ class RunPlanner:
         """Queued runs become running (oldest first) as max_active_runs, pauses and inter-flow
         waits allow; the rows of `active_runs` are updated in place. A run whose wait gave up
         starts with its first tasks ended (cronflow.waits). Returns when the next waits give up."""
-        running = defaultdict(int)
+        running: defaultdict[str, int] = defaultdict(int)
         for run in active_runs:
             if run["state"] == RunState.RUNNING:
                 running[run["flow_id"]] += 1

@@ -97,7 +97,7 @@ class Explainer:
             return [f"flow '{flow.flow_id}' has no run yet{nxt}"]
         value = parse_date_or_datetime(date_text, flow.tz)
         moment = value if isinstance(value, datetime) else None
-        fires = [moment] if moment else flow.schedule.fires_on(value)  # type: ignore[arg-type]
+        fires = [moment] if moment else flow.schedule.fires_on(value)
         if not fires:
             return [f"the schedule ({flow.schedule.describe()}) does not fire on {date_text}"]
         first, last = min(fires), max(fires)

@@ -268,7 +268,9 @@ class Scheduler:
             near = set(changed)
             for task_id in changed:
                 near.update(flow.downstream.get(task_id, ()))
-            candidates = sorted((t for t in near if t in flow.position), key=flow.position.get)
+            candidates = sorted(
+                (t for t in near if t in flow.position), key=flow.position.__getitem__
+            )
         states = _States(tis)
         for task_id, decision in deps.resolve_run(flow.graph, states, candidates).items():
             new = _DECIDED.get(decision)
@@ -837,7 +839,8 @@ class _States(Mapping[str, TaskState]):
         self._tis = tis
 
     def __getitem__(self, task_id: str) -> TaskState:
-        return self._tis[task_id]["state"]
+        state: TaskState = self._tis[task_id]["state"]
+        return state
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tis)

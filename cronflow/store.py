@@ -383,7 +383,7 @@ class Store:
         now = iso(_utcnow())
         texts = schedule_texts or {}
         with self._write():
-            self.db["flow_files"].upsert(
+            self.db.table("flow_files").upsert(
                 {
                     "path": path,
                     "mtime_ns": signature[0],
@@ -920,7 +920,7 @@ class Store:
             for table in ("variables", "connections"):
                 rows = self._rows(f"SELECT * FROM {table}")
                 if rows:
-                    target.db[table].insert_all(rows, replace=True)
+                    target.db.table(table).insert_all(rows, replace=True)
 
     # --- retention ------------------------------------------------------------------------
     def finished_runs_before(
@@ -987,7 +987,7 @@ class Store:
     def set_variable(self, name: str, value: str, is_secret: bool = False) -> None:
         self._secrets_epoch += 1
         with self._write():
-            self.db["variables"].upsert(
+            self.db.table("variables").upsert(
                 {
                     "name": name,
                     "value": value,
@@ -1027,7 +1027,7 @@ class Store:
     ) -> None:
         self._secrets_epoch += 1
         with self._write():
-            self.db["connections"].upsert(
+            self.db.table("connections").upsert(
                 {
                     "conn_id": conn_id,
                     "conn_type": conn_type,
@@ -1083,7 +1083,7 @@ class Store:
 
     def push_xcom(self, run_id: int, task_id: str, key: str, value: Any) -> None:
         with self._write():
-            self.db["xcom"].upsert(
+            self.db.table("xcom").upsert(
                 {
                     "run_id": run_id,
                     "task_id": task_id,
@@ -1122,7 +1122,7 @@ class Store:
     # --- the daemon's own record ----------------------------------------------------------
     def record_daemon(self, pid: int, host: str, at: datetime) -> None:
         with self._write():
-            self.db["daemon"].upsert(
+            self.db.table("daemon").upsert(
                 {"id": 1, "pid": pid, "host": host, "started_at": iso(at), "heartbeat_at": iso(at)},
                 pk="id",
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
+from typing import overload
 from zoneinfo import ZoneInfo
 
 from cronflow.errors import InvalidInputError
@@ -67,6 +68,10 @@ def start_of_day(day: date, tz: ZoneInfo) -> datetime:
     return to_utc(datetime(day.year, day.month, day.day, tzinfo=tz))
 
 
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
 def iso(moment: datetime | None) -> str | None:
     """Store format: UTC ISO 8601 with offset, second precision unless finer is needed."""
     if moment is None:
@@ -74,5 +79,9 @@ def iso(moment: datetime | None) -> str | None:
     return to_utc(moment).isoformat()
 
 
+@overload
+def from_iso(text: str) -> datetime: ...
+@overload
+def from_iso(text: None) -> None: ...
 def from_iso(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)

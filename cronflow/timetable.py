@@ -118,7 +118,7 @@ class Schedule:
     def parse(cls, expression: str, timezone: str = "UTC") -> Schedule:
         """Validate `expression` in `timezone`; ScheduleError says what is wrong. Schedules
         are immutable, so flows sharing an expression share one (parsing is the costly part)."""
-        return _parsed_schedule(cls, expression, timezone)
+        return _parsed_schedule(expression, timezone)
 
     def next_after(self, at: datetime) -> datetime | None:
         """The first fire instant strictly after `at` (aware UTC), None if it never fires again."""
@@ -497,5 +497,5 @@ def _weekday_names(weekdays: tuple[int, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed_schedule(cls: type[Schedule], expression: str, timezone: str) -> Schedule:
-    return cls(expression, timezone)
+def _parsed_schedule(expression: str, timezone: str) -> Schedule:
+    return Schedule(expression, timezone)

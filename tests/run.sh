@@ -34,6 +34,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,web]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
+# Types: strict on the whole package ([tool.mypy] in pyproject.toml); an error stops the run.
+.venv/bin/mypy
 # Bytecode as a regular install has it: the tests start hundreds of `python -m cronflow`
 # processes, which would otherwise compile cronflow again each time under PYTHONDONTWRITEBYTECODE.
 .venv/bin/python -m compileall -q cronflow >/dev/null

@@ -6,7 +6,7 @@ Tasks are real processes (the local executor); only time is injected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -123,15 +123,18 @@ def test_daily_0230_runs_once_on_fall_back_day(make, write_flow):
 
 
 def test_clock_walking_through_fall_back_day_fires_each_slot_once(make, write_flow):
+    """The store's unique (flow, date) key would hide a slot offered twice at one instant, so
+    the instants are compared one by one: a wildcard job fires at each half-hour of the 25-hour
+    day (both 02:00-03:00 hours), a fixed-time job once, at the first 02:30."""
     empty_flow(write_flow, cron="*/30 * * * *", start="2024-10-27")
+    empty_flow(write_flow, flow_id="g", cron="30 2 * * *", start="2024-10-27")
     h = make(utc(2024, 10, 26, 22))
     while h.clock.now() < utc(2024, 10, 27, 23):
         h.clock.advance(minutes=7)
         h.tick()
-    dates = h.logical_dates("f")
-    assert len(dates) == len(set(dates))
-    local_day = [d for d in dates if d < "2024-10-27T23:00"]
-    assert len(local_day) == 50  # 25 hours of half-hours
+    half_hours = [utc(2024, 10, 26, 22) + timedelta(minutes=30 * i) for i in range(51)]
+    assert h.logical_dates("f") == [t.isoformat() for t in half_hours]  # 00:00 CEST - 00:00 CET
+    assert h.logical_dates("g") == ["2024-10-27T00:30:00+00:00"]  # not again at 02:30 CET
 
 
 def test_catchup_off_runs_only_the_latest_missed_and_logs_the_rest(make, write_flow, caplog):

@@ -9,7 +9,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import typer
 
@@ -115,12 +115,12 @@ def console(err: bool = False) -> Any:
 
     from rich.console import Console
 
-    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
-    out = Console(stderr=err, highlight=False, soft_wrap=False, **plain)
+    colours: Literal["auto"] | None = None if os.environ.get("NO_COLOR") else "auto"
+    out = Console(stderr=err, highlight=False, soft_wrap=False, color_system=colours)
     if not out.is_terminal:
         if "COLUMNS" not in os.environ:
             out.width = PIPE_WIDTH
-        out.file = TrimmedLines(out.file)
+        out.file = cast(IO[str], TrimmedLines(out.file))  # the rest of IO: __getattr__
     return out
 
 

@@ -1,7 +1,7 @@
 """`cronflow conn add|list|show|delete|test`: named connections to servers; passwords print as
 ***."""
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from cronflow.cli.app import (
     stdin_text,
 )
 
+if TYPE_CHECKING:
+    from cronflow.store import Store
+
 conn_app = typer.Typer(
     help="Connections to servers (ssh, sftp, ftp, ftps, smtp, smtps, http, https); "
     "passwords always print as ***.",
@@ -24,7 +27,7 @@ app.add_typer(conn_app, name="conn")
 ConnId = Annotated[str, typer.Argument(help="The connection's id, e.g. station.")]
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> "Store":
     from cronflow.store import Store
 
     return Store(settings_from_options().db_path)

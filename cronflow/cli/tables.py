@@ -52,8 +52,9 @@ def print_rows(
     colour = styled and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     lines = [_line([_spans(title)], [0], colour)] if title else []
     if not styled:
-        for row in [headers, *plain_rows]:
-            lines.append(GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+        for plain_row in [headers, *plain_rows]:
+            cells = zip(plain_row, widths, strict=False)
+            lines.append(GAP.join(c.ljust(w) for c, w in cells).rstrip())
         sys.stdout.write("\n".join(lines) + "\n")
         return
     folding = [h in wrap for h in headers]

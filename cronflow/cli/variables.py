@@ -1,6 +1,6 @@
 """`cronflow var get|set|list|delete`: the variables templates read as {{ var.NAME }}."""
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,9 @@ from cronflow.cli.app import (
     stdin_text,
 )
 
+if TYPE_CHECKING:
+    from cronflow.store import Store
+
 var_app = typer.Typer(
     help="Variables for templates ({{ var.NAME }}); secret values always print as ***.",
     no_args_is_help=True,
@@ -20,7 +23,7 @@ var_app = typer.Typer(
 app.add_typer(var_app, name="var")
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> "Store":
     from cronflow.store import Store
 
     return Store(settings_from_options().db_path)
