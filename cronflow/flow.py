@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
+from types import FrameType
 from typing import Any
 
 from cronflow import deps
@@ -299,7 +300,7 @@ _PACKAGE_DIR = __file__.rsplit("/", 1)[0] + "/"
 def _flow_file_line() -> int | None:
     """The line of the flow file that is creating a task: the first caller outside cronflow
     (an operator's constructor is inside it)."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
     return frame.f_lineno if frame is not None else None

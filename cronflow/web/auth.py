@@ -78,7 +78,9 @@ def set_cookie(response: Response, request: Request, name: str, value: str, max_
 
 
 def csrf_ok(expected: str | None, given: str | None) -> bool:
-    return bool(expected) and bool(given) and secrets.compare_digest(expected, given)  # type: ignore[arg-type]
+    if not expected or not given:
+        return False
+    return secrets.compare_digest(expected.encode(), given.encode())
 
 
 def same_origin(request: Request) -> bool:

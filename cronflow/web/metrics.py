@@ -126,7 +126,7 @@ async def metrics(request: Request) -> Response:
     def build(ctx: Context) -> bytes:
         figures = monitoring.figures(ctx.settings, ctx.store, ctx.cat, ctx.daemon_pid, ctx.now)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Figures(figures))  # type: ignore[arg-type]
+        registry.register(_Figures(figures))
         return generate_latest(registry)
 
     body = await web(request).backend.run(build)
