@@ -36,6 +36,7 @@ from cronflow.logs import attempt_log_path, last_output_line, write_note
 from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, one_line
+from cronflow.past import past_hold
 from cronflow.planner import RunPlanner
 from cronflow.states import FINISHED_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
@@ -48,6 +49,7 @@ TI = dict[str, Any]
 
 _WAITING = (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE)
 _FINISHED = FINISHED_TASK_STATES
+_PAST_DONE = (TaskState.SUCCESS.value, TaskState.SKIPPED.value)
 
 _DECIDED = {
     deps.Decision.RUN: TaskState.SCHEDULED,
@@ -219,7 +221,21 @@ class Scheduler:
                 self._unfinished[ti["run_id"]] += 1 if was_finished else -1
             self._track(cached)
             self._mark(ti["run_id"], ti["task_id"])
+            if values.get("state") in _PAST_DONE:
+                self._mark_next_runs(cached)
         return True
+
+    def _mark_next_runs(self, ti: TI) -> None:
+        """A task instance that may let later runs' depends_on_past tasks start: have them
+        looked at again."""
+        flow = self.catalog.flows.get(ti["flow_id"])
+        waiting = flow.past_dependents.get(ti["task_id"]) if flow else None
+        if not waiting:
+            return
+        for run_id, run in self._runs.items():
+            if run["flow_id"] == ti["flow_id"] and run["logical_date"] > ti["logical_date"]:
+                for task_id in waiting:
+                    self._mark(run_id, task_id)
 
     def _mark(self, run_id: int, task_id: str | None) -> None:
         """Note that a run needs resolving: for one changed task, or entirely (None)."""
@@ -272,6 +288,12 @@ class Scheduler:
         states = _States(tis)
         for task_id, decision in deps.resolve_run(flow.graph, states, candidates).items():
             new = _DECIDED.get(decision)
+            if (
+                new is TaskState.SCHEDULED
+                and flow.tasks[task_id].depends_on_past
+                and past_hold(self.store, flow, run, task_id) is not None
+            ):
+                continue  # looked at again when that run's instance ends (_mark_next_runs)
             if new is not None:
                 # a fresh start (first time, or after a replay): a sensor's wait starts again
                 ended = (
