@@ -21,6 +21,8 @@ _EXPORTS = {
     "Task": "cronflow.flow",
     "Shell": "cronflow.ops.shell",
     "Python": "cronflow.ops.python",
+    "Branch": "cronflow.ops.python",
+    "ShortCircuit": "cronflow.ops.python",
     "TriggerRule": "cronflow.states",
     "SSHCommand": "cronflow.ops.ssh",
     "SFTPGet": "cronflow.ops.sftp",
@@ -43,7 +45,7 @@ if TYPE_CHECKING:  # for type checkers and editors only
     from cronflow.ops.ftp import FTPGet, FTPPut  # noqa: F401
     from cronflow.ops.http import Http  # noqa: F401
     from cronflow.ops.mail import Email  # noqa: F401
-    from cronflow.ops.python import Python  # noqa: F401
+    from cronflow.ops.python import Branch, Python, ShortCircuit  # noqa: F401
     from cronflow.ops.sensors import FileSensor, Sensor  # noqa: F401
     from cronflow.ops.sftp import SFTPGet, SFTPPut  # noqa: F401
     from cronflow.ops.shell import Shell  # noqa: F401

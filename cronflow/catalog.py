@@ -35,6 +35,8 @@ TINY = timedelta(microseconds=1)
 # Bumped whenever what is stored of a flow file changes shape: every file is then re-read.
 # 2: the flows table holds each flow's timezone and schedule text (for `cronflow list`).
 SPEC_FORMAT = 2
+# task kinds (cronflow.ops.python) whose decision, stored as an XCom, skips tasks after them
+BRANCH_KINDS = ("branch", "short_circuit")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,11 @@ class FlowSpec:
             known = ", ".join(self.tasks) or "none"
             raise NotFoundError(f"flow '{self.flow_id}' has no task '{task_id}' (known: {known})")
         return self.tasks[task_id]
+
+    @cached_property
+    def branch_tasks(self) -> list[str]:
+        """Tasks whose success decides which tasks after them run (Branch, ShortCircuit)."""
+        return [t.task_id for t in self.tasks.values() if t.kind in BRANCH_KINDS]
 
     @cached_property
     def past_dependents(self) -> dict[str, list[str]]:

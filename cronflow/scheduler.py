@@ -35,6 +35,7 @@ from cronflow.executor import Attempt, Finished, LocalExecutor
 from cronflow.logs import attempt_log_path, last_output_line, write_note
 from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
+from cronflow.ops.python import FOLLOWED_KEY, SHORT_CIRCUIT_KEY, ShortCircuit
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, one_line
 from cronflow.past import past_hold
 from cronflow.planner import RunPlanner
@@ -90,6 +91,7 @@ class Scheduler:
         self._unfinished: dict[int, int] = {}  # run -> how many of its TIs have not finished
         self._run_ended = False  # a run ended in this tick: the planner may start another now
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
+        self._decisions: dict[tuple[int, str, int], Any] = {}  # branch decisions read, by try
 
     @property
     def catalog(self) -> Catalog:
@@ -162,6 +164,7 @@ class Scheduler:
         version = self.store.change_stamp()
         if version != self._version:
             self._version = version
+            self._decisions.clear()
             self._tis.clear()
             self._timers.clear()
             self._ready.clear()
@@ -286,7 +289,8 @@ class Scheduler:
                 near.update(flow.downstream.get(task_id, ()))
             candidates = sorted((t for t in near if t in flow.position), key=flow.position.get)
         states = _States(tis)
-        for task_id, decision in deps.resolve_run(flow.graph, states, candidates).items():
+        skips = self._branch_skips(flow, run["run_id"], tis) if flow.branch_tasks else None
+        for task_id, decision in deps.resolve_run(flow.graph, states, candidates, skips).items():
             new = _DECIDED.get(decision)
             if (
                 new is TaskState.SCHEDULED
@@ -299,6 +303,8 @@ class Scheduler:
                 ended = (
                     {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
                 )
+                if skips and task_id in skips:
+                    ended["reason"] = skips[task_id]
                 self._write(tis[task_id], TaskState.NONE, state=new, **ended)
         if self._unfinished.get(run["run_id"]):
             return  # a task has yet to finish
@@ -314,6 +320,29 @@ class Scheduler:
                 run["logical_date"],
                 outcome.value,
             )
+
+    def _branch_skips(self, flow: FlowSpec, run_id: int, tis: Mapping[str, TI]) -> dict[str, str]:
+        """What the run's succeeded Branch and ShortCircuit tasks rule out (their decision is
+        an XCom the worker wrote; one marked success by hand has none, and rules out nothing)."""
+        followed: dict[str, list[str]] = {}
+        cut = []
+        for task_id in flow.branch_tasks:
+            ti = tis.get(task_id)
+            if ti is None or ti["state"] != TaskState.SUCCESS:
+                continue
+            gate = flow.tasks[task_id].kind == ShortCircuit.kind
+            key = (run_id, task_id, ti["try_number"])
+            if key not in self._decisions:
+                name = SHORT_CIRCUIT_KEY if gate else FOLLOWED_KEY
+                self._decisions[key] = self.store.pull_xcom(run_id, task_id, name)
+            decision = self._decisions[key]
+            if decision is None:
+                continue
+            if gate and decision is False:
+                cut.append(task_id)
+            elif not gate:
+                followed[task_id] = list(decision)
+        return deps.branch_skips(flow.downstream, followed, cut)
 
     # --- dispatch ---------------------------------------------------------------------------
     def _dispatch(self) -> None:
