@@ -300,7 +300,7 @@ class Scheduler:
                 continue  # looked at again when that run's instance ends (_mark_next_runs)
             if new is not None:
                 # a fresh start (first time, or after a replay): a sensor's wait starts again
-                ended = (
+                ended: dict[str, Any] = (
                     {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
                 )
                 if skips and task_id in skips:
