@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import pytest
-from clikit import invoke, ok
+from clikit import invoke, ok, rows
 from conftest import cli, wait_for
 from test_scheduler import Harness, utc
 
@@ -180,6 +180,11 @@ def test_why_names_the_run_waited_for_in_the_flows_timezone(make, write_flow, ho
     h.settle()
     out = invoke(home, "why", "ingest", "--date", "2026-12-03").stdout
     assert "load: depends_on_past: waiting for its own run of 2026-12-02 10:30 CET (failed)" in out
+    by_task = {r["task"]: r for r in rows(home, "tasks", "ingest", "--date", "2026-12-03")}
+    assert by_task["load"]["reason"] == (
+        "depends_on_past: waiting for its own run of 2026-12-02 10:30 CET (failed)"
+    )
+    assert by_task["report"]["reason"] is None  # waits for load, in this run
 
 
 def test_replay_of_an_old_day_respects_depends_on_past(make, write_flow, home):
