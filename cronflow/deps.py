@@ -191,6 +191,34 @@ def resolve_run(
     return decisions
 
 
+def branch_joins(
+    tasks: Mapping[str, tuple[list[str], str]], branches: Iterable[str]
+) -> list[tuple[str, str]]:
+    """(branch, join) for each all_success task that joins two or more paths of a branch: it
+    is skipped whenever the branch skips one of them, which is rarely meant (`cronflow check`
+    notes it; the rule for such a join is none_failed_min_one_success)."""
+    downstream: dict[str, list[str]] = {t: [] for t in tasks}
+    for task_id, (ups, _) in tasks.items():
+        for up in ups:
+            downstream.setdefault(up, []).append(task_id)
+    found = []
+    for branch in branches:
+        paths: dict[str, set[str]] = {}  # task -> the branch's direct downstream it is after
+        for child in downstream.get(branch, ()):
+            pending = [child]
+            while pending:
+                task_id = pending.pop()
+                if child not in paths.setdefault(task_id, set()):
+                    paths[task_id].add(child)
+                    pending.extend(downstream.get(task_id, ()))
+        for task_id, (ups, rule) in tasks.items():
+            on_paths = [paths[u] for u in ups if paths.get(u)]
+            joined = set().union(*on_paths) if len(on_paths) > 1 else set()
+            if rule == TriggerRule.ALL_SUCCESS and len(joined) > 1:
+                found.append((branch, task_id))
+    return found
+
+
 def run_outcome(states: Iterable[TaskState]) -> RunState | None:
     """The run's final state once every task has finished; None while any has not.
 

@@ -16,6 +16,7 @@ from conftest import cli
 from test_scheduler import Harness, utc
 
 from cronflow import control
+from cronflow.checks import check_flows
 from cronflow.config import Settings
 
 # pick >> [small, large]; large >> after_large; [small, after_large] >> join (and join_all).
@@ -189,3 +190,14 @@ def test_the_daemon_follows_a_branch(home, daemon, write_flow):
         "join": "success",
         "join_all": "skipped",
     }
+
+
+def test_check_notes_an_all_success_join_after_a_branch(tmp_path):
+    (tmp_path / "sizes.py").write_text(SIZES)
+    report = check_flows(tmp_path, timeout_s=30)
+    assert not report.problems
+    assert [n for n in report.notes if "branch" in n] == [
+        "flow 'sizes': task 'join_all' joins paths of branch 'pick' with trigger_rule "
+        "all_success, so it is skipped whenever the branch skips one of them; "
+        "trigger_rule='none_failed_min_one_success' runs it after the path taken"
+    ]

@@ -9,6 +9,7 @@ import pytest
 
 from cronflow.deps import (
     Decision,
+    branch_joins,
     branch_skips,
     day_progress,
     decide,
@@ -481,3 +482,17 @@ def test_after_a_branch_the_join_follows_its_trigger_rule() -> None:
         if after is not None:
             states = {"pick": S, "small": S, "large": K}
             assert resolve_run(tasks, states, skips=skips) == {"join": after}
+
+
+def test_branch_joins_finds_all_success_tasks_after_two_paths() -> None:
+    tasks = {
+        "pick": ([], "all_success"),
+        "a": (["pick"], "all_success"),
+        "b": (["pick"], "all_success"),
+        "after_b": (["b"], "all_success"),
+        "join": (["a", "after_b"], "all_success"),
+        "ok_join": (["a", "after_b"], "none_failed_min_one_success"),
+        "end": (["ok_join"], "all_success"),  # after the join: one input, no note
+    }
+    assert branch_joins(tasks, ["pick"]) == [("pick", "join")]
+    assert branch_joins(tasks, []) == []
