@@ -14,9 +14,9 @@ file that hangs or exits cannot stop the check. Problems found:
   its task and argument.
 
 Notes, which are no problem: an all_success task that joins paths of a branch (it is skipped
-whenever the branch skips one of them, as in Airflow); days on which a wait has nothing to wait for (the other flow does
-not fire that day, or it is before its start date or after its end date: such runs start
-without waiting, cronflow.waits), and waits for a flow without schedule.
+whenever the branch skips one of them, as in Airflow); days on which a wait has nothing to wait
+for (the other flow does not fire that day, or it is before its start date or after its end
+date: such runs start without waiting, cronflow.waits), and waits for a flow without schedule.
 """
 
 from __future__ import annotations
