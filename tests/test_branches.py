@@ -201,3 +201,13 @@ def test_check_notes_an_all_success_join_after_a_branch(tmp_path):
         "all_success, so it is skipped whenever the branch skips one of them; "
         "trigger_rule='none_failed_min_one_success' runs it after the path taken"
     ]
+
+
+def test_a_short_circuit_marked_success_by_hand_decides_nothing(make, write_flow, home):
+    write_flow("gated", GATED.replace('context["conf"]["files"]', "[]"))
+    h: Harness = make(utc(2026, 12, 3, 12))
+    run_id = control.trigger(h.store, h.scheduler.catalog.get("gated"), utc(2026, 12, 1), {})
+    ok(home, "mark", "gated.any_files", "--date", "2026-12-01", "--state", "success")
+    h.settle()
+    states = {t["task_id"]: t["state"] for t in h.store.tis_of_runs([run_id])}
+    assert states == dict.fromkeys(("any_files", "load", "report", "cleanup"), "success")
