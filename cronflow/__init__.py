@@ -21,6 +21,8 @@ _EXPORTS = {
     "Task": "cronflow.flow",
     "Shell": "cronflow.ops.shell",
     "Python": "cronflow.ops.python",
+    "Branch": "cronflow.ops.python",
+    "ShortCircuit": "cronflow.ops.python",
     "TriggerRule": "cronflow.states",
     "SSHCommand": "cronflow.ops.ssh",
     "SFTPGet": "cronflow.ops.sftp",
@@ -46,7 +48,9 @@ if TYPE_CHECKING:  # for type checkers and editors; `X as X` re-exports X (mypy 
     from cronflow.ops.ftp import FTPPut as FTPPut
     from cronflow.ops.http import Http as Http
     from cronflow.ops.mail import Email as Email
+    from cronflow.ops.python import Branch as Branch
     from cronflow.ops.python import Python as Python
+    from cronflow.ops.python import ShortCircuit as ShortCircuit
     from cronflow.ops.sensors import FileSensor as FileSensor
     from cronflow.ops.sensors import Sensor as Sensor
     from cronflow.ops.sftp import SFTPGet as SFTPGet

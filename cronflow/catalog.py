@@ -36,6 +36,8 @@ TINY = timedelta(microseconds=1)
 # Bumped whenever what is stored of a flow file changes shape: every file is then re-read.
 # 2: the flows table holds each flow's timezone and schedule text (for `cronflow list`).
 SPEC_FORMAT = 2
+# task kinds (cronflow.ops.python) whose decision, stored as an XCom, skips tasks after them
+BRANCH_KINDS = ("branch", "short_circuit")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class TaskSpec:
     callbacks: dict[str, str] = field(default_factory=dict)  # event -> function name
     email_on_failure: list[str] = field(default_factory=list)
     deadline_s: float | None = None  # done (success or skipped) this long after each fire time
+    depends_on_past: bool = False  # waits for its own task instance of the previous run
+    wait_for_downstream: bool = False  # ... and for that one's direct downstream there
 
     def retry_delay_after(self, try_number: int) -> float:
         """Delay before the next try, after `try_number` failed tries (1-based)."""
@@ -160,6 +164,24 @@ class FlowSpec:
             known = ", ".join(self.tasks) or "none"
             raise NotFoundError(f"flow '{self.flow_id}' has no task '{task_id}' (known: {known})")
         return self.tasks[task_id]
+
+    @cached_property
+    def branch_tasks(self) -> list[str]:
+        """Tasks whose success decides which tasks after them run (Branch, ShortCircuit)."""
+        return [t.task_id for t in self.tasks.values() if t.kind in BRANCH_KINDS]
+
+    @cached_property
+    def past_dependents(self) -> dict[str, list[str]]:
+        """Task id -> the tasks whose start waits for it in the *next* run (depends_on_past:
+        the task itself; wait_for_downstream: its upstream tasks too). Empty for most flows."""
+        found: dict[str, list[str]] = {}
+        for task in self.tasks.values():
+            if task.depends_on_past:
+                found.setdefault(task.task_id, []).append(task.task_id)
+            if task.wait_for_downstream:
+                for down in self.downstream[task.task_id]:
+                    found.setdefault(down, []).append(task.task_id)
+        return found
 
     @cached_property
     def graph(self) -> dict[str, tuple[list[str], str]]:

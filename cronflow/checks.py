@@ -13,9 +13,10 @@ file that hangs or exits cannot stop the check. Problems found:
   template with a syntax error or a value that does not exist (`{{ dss }}`), each named with
   its task and argument.
 
-Notes, which are no problem: days on which a wait has nothing to wait for (the other flow does
-not fire that day, or it is before its start date or after its end date: such runs start
-without waiting, cronflow.waits), and waits for a flow without schedule.
+Notes, which are no problem: an all_success task that joins paths of a branch (it is skipped
+whenever the branch skips one of them, as in Airflow); days on which a wait has nothing to wait
+for (the other flow does not fire that day, or it is before its start date or after its end
+date: such runs start without waiting, cronflow.waits), and waits for a flow without schedule.
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ def check_flows(
         report.problems += _target_problems(flow, flows)
         report.problems += _task_problems(flow, pools, connections)
     for flow in flows.values():
+        for branch, join in deps.branch_joins(flow.graph, flow.branch_tasks):
+            report.notes.append(
+                f"flow '{flow.flow_id}': task '{join}' joins paths of branch '{branch}' with "
+                "trigger_rule all_success, so it is skipped whenever the branch skips one of "
+                "them; trigger_rule='none_failed_min_one_success' runs it after the path taken"
+            )
         for wait in flow.waits:
             if wait.flow_id in flows:
                 report.notes += _wait_notes(flow, wait, flows[wait.flow_id], now or _utcnow())

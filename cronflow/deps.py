@@ -117,23 +117,59 @@ def decide(rule: TriggerRule | str, upstream_states: list[TaskState]) -> Decisio
         if failures:
             return Decision.RUN
         return Decision.SKIP if done else Decision.WAIT
-    # NONE_FAILED: runs once upstreams are done, skipped ones included, unless one failed.
+    # NONE_FAILED: runs once upstreams are done, skipped ones included, unless one failed;
+    # NONE_FAILED_MIN_ONE_SUCCESS: the same, but skipped when every upstream was skipped.
     if failures:
         return Decision.UPSTREAM_FAILED
-    return Decision.RUN if done else Decision.WAIT
+    if not done:
+        return Decision.WAIT
+    if rule is TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS and not successes:
+        return Decision.SKIP
+    return Decision.RUN
+
+
+def branch_skips(
+    downstream: Mapping[str, Iterable[str]],
+    followed: Mapping[str, Iterable[str]],
+    cut: Iterable[str] = (),
+) -> dict[str, str]:
+    """Tasks a branch skips whatever their trigger rule, each with the reason it shows.
+
+    `followed` maps each branch task that succeeded to the direct downstream tasks it chose:
+    its other direct downstream tasks are skipped (their own downstream then follow their
+    trigger rules, as in Airflow: an all_success join after a branch is skipped too).
+    `cut` are the short-circuit tasks that returned False: everything downstream of them is
+    skipped."""
+    skips: dict[str, str] = {}
+    for branch, chosen in followed.items():
+        chosen = list(chosen)
+        names = ", ".join(chosen) or "none"
+        for task_id in downstream.get(branch, ()):
+            if task_id not in chosen:
+                skips.setdefault(task_id, f"skipped: branch '{branch}' chose {names}")
+    for gate in cut:
+        pending, seen = list(downstream.get(gate, ())), set()
+        while pending:
+            task_id = pending.pop()
+            if task_id not in seen:
+                seen.add(task_id)
+                skips[task_id] = f"skipped: short-circuit '{gate}' returned False"
+                pending.extend(downstream.get(task_id, ()))
+    return skips
 
 
 def resolve_run(
     tasks: Mapping[str, tuple[list[str], str]],
     states: Mapping[str, TaskState],
     order: Iterable[str] | None = None,
+    skips: Mapping[str, str] | None = None,
 ) -> dict[str, Decision]:
     """Decisions for every task still in state `none`, propagated through the graph at once.
 
     `tasks` maps task id -> (upstream ids, trigger rule). A task decided SKIP or UPSTREAM_FAILED
     counts as such for its downstreams in the same pass, so a failure reaches the leaves at once.
     `order` (a topological order of `tasks`, or of just the tasks to look at) saves
-    recomputing it.
+    recomputing it. `skips` (see `branch_skips`) are skipped whatever their trigger rule.
     """
     # No copy: runs can be large. typeshed types every map of a ChainMap as mutable; only the
     # first (the decisions of this pass) is ever written.
@@ -145,13 +181,44 @@ def resolve_run(
         if current.get(task_id, TaskState.NONE) != TaskState.NONE:
             continue
         ups, rule = tasks[task_id]
-        decision = decide(rule, [current.get(u, TaskState.NONE) for u in ups])
+        if skips and task_id in skips:
+            decision = Decision.SKIP
+        else:
+            decision = decide(rule, [current.get(u, TaskState.NONE) for u in ups])
         decisions[task_id] = decision
         if decision is Decision.SKIP:
             current[task_id] = TaskState.SKIPPED
         elif decision is Decision.UPSTREAM_FAILED:
             current[task_id] = TaskState.UPSTREAM_FAILED
     return decisions
+
+
+def branch_joins(
+    tasks: Mapping[str, tuple[list[str], str]], branches: Iterable[str]
+) -> list[tuple[str, str]]:
+    """(branch, join) for each all_success task that joins two or more paths of a branch: it
+    is skipped whenever the branch skips one of them, which is rarely meant (`cronflow check`
+    notes it; the rule for such a join is none_failed_min_one_success)."""
+    downstream: dict[str, list[str]] = {t: [] for t in tasks}
+    for task_id, (ups, _) in tasks.items():
+        for up in ups:
+            downstream.setdefault(up, []).append(task_id)
+    found = []
+    for branch in branches:
+        paths: dict[str, set[str]] = {}  # task -> the branch's direct downstream it is after
+        for child in downstream.get(branch, ()):
+            pending = [child]
+            while pending:
+                task_id = pending.pop()
+                if child not in paths.setdefault(task_id, set()):
+                    paths[task_id].add(child)
+                    pending.extend(downstream.get(task_id, ()))
+        for task_id, (ups, rule) in tasks.items():
+            on_paths = [paths[u] for u in ups if paths.get(u)]
+            joined = set().union(*on_paths) if len(on_paths) > 1 else set()
+            if rule == TriggerRule.ALL_SUCCESS and len(joined) > 1:
+                found.append((branch, task_id))
+    return found
 
 
 def run_outcome(states: Iterable[TaskState]) -> RunState | None:

@@ -63,6 +63,10 @@ TASK_DEFAULTS: dict[str, Any] = {
     "pool": "default",
     "priority": 1,
     "trigger_rule": TriggerRule.ALL_SUCCESS.value,
+    # the same task of the previous run (by logical date) must have succeeded or been skipped;
+    # wait_for_downstream: its direct downstream tasks there too (cronflow.past)
+    "depends_on_past": False,
+    "wait_for_downstream": False,
 }
 # Alerts: callables run (in a child process) when a task instance reaches failed, up_for_retry or
 # success, and mail to send on failure. Set on a task, or for all tasks of a flow.
@@ -121,6 +125,8 @@ class Task:
         pool: str | None = None,
         priority: int | None = None,
         trigger_rule: str | TriggerRule | None = None,
+        depends_on_past: bool | None = None,
+        wait_for_downstream: bool | None = None,
         params: Mapping[str, Any] | None = None,
         on_failure: Callable[..., Any] | None = None,
         on_retry: Callable[..., Any] | None = None,
@@ -149,6 +155,8 @@ class Task:
             "pool": pool,
             "priority": priority,
             "trigger_rule": trigger_rule,
+            "depends_on_past": depends_on_past,
+            "wait_for_downstream": wait_for_downstream,
         }
         self.params = dict(params or {})
         self._alerts = {
@@ -219,6 +227,14 @@ class Task:
         for key in ("retry_delay", "max_retry_delay", "timeout"):
             if merged[key] is not None:
                 durations[key] = _checked(problems, partial(parse_duration, merged[key], key))
+        past = {}
+        for key in ("depends_on_past", "wait_for_downstream"):
+            if not isinstance(merged[key], bool):
+                problems.append(f"{key} must be True or False, got {merged[key]!r}")
+            elif merged[key]:  # kept out of the spec when off: specs stored before stay equal
+                past[key] = True
+        if past.get("wait_for_downstream"):  # as in Airflow: it implies depends_on_past
+            past["depends_on_past"] = True
         return {
             "retries": retries,
             "retry_delay_s": durations["retry_delay"],
@@ -228,6 +244,7 @@ class Task:
             "pool": pool,
             "priority": priority,
             "trigger_rule": rule,
+            **past,
         }
 
     def spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from cronflow.catalog import Catalog, FlowSpec, catchup_progress, recorded_fire_
 from cronflow.errors import InvalidInputError
 from cronflow.limits import checked_count
 from cronflow.outcomes import current_try
+from cronflow.past import past_hold
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
@@ -206,10 +207,30 @@ def task_rows(
             "end": ti["end_at"],
             "duration_s": ti["duration_s"],
             "host": ti["host"],
-            "reason": ti["reason"] or _waiting_reason(flow, ti, waiting),
+            "reason": ti["reason"]
+            or _waiting_reason(flow, ti, waiting)
+            or _past_reason(store, flow, run, ti),
         }
         for ti in tis
     ]
+
+
+def _past_reason(
+    store: Store, flow: FlowSpec, run: dict[str, Any], ti: Mapping[str, Any]
+) -> str | None:
+    """What a depends_on_past task not yet started waits for in the previous run."""
+    task = flow.tasks.get(ti["task_id"])
+    if task is None or not task.depends_on_past or ti["state"] != TaskState.NONE:
+        return None
+    if run["state"] != RunState.RUNNING:
+        return None
+    hold = past_hold(store, flow, run, ti["task_id"])
+    if hold is None:
+        return None
+    zone = flow.tz
+    return "depends_on_past: " + hold.text(
+        lambda stamp: datetime.fromisoformat(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+    )
 
 
 def _waiting_reason(flow: FlowSpec, ti: Mapping[str, Any], waiting: str) -> str | None:

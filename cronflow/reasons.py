@@ -18,6 +18,7 @@ from cronflow.catalog import Catalog, FlowSpec, catchup_progress
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
 from cronflow.overview import held_back
+from cronflow.past import past_hold
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
 from cronflow.timeparse import from_iso, parse_date_or_datetime, start_of_day
@@ -331,6 +332,9 @@ class Explainer:
         if waiting:
             return "waiting on upstream task(s) " + ", ".join(waiting)
         decision = deps.decide(task.trigger_rule, list(ups.values()))
+        hold = past_hold(self.store, self.flow, run, task.task_id)
+        if decision is deps.Decision.RUN and hold is not None:
+            return f"depends_on_past: {hold.text(self.day)}"
         return f"its upstream tasks are done ({task.trigger_rule}: {decision.value}); the daemon acts at its next pass"
 
     def _slots(self, ti: dict[str, Any]) -> str:

@@ -35,7 +35,9 @@ from cronflow.executor import Attempt, Finished, LocalExecutor
 from cronflow.logs import attempt_log_path, last_output_line, write_note
 from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
+from cronflow.ops.python import FOLLOWED_KEY, SHORT_CIRCUIT_KEY, ShortCircuit
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, one_line
+from cronflow.past import past_hold
 from cronflow.planner import RunPlanner
 from cronflow.states import FINISHED_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
@@ -48,6 +50,7 @@ TI = dict[str, Any]
 
 _WAITING = (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE)
 _FINISHED = FINISHED_TASK_STATES
+_PAST_DONE = (TaskState.SUCCESS.value, TaskState.SKIPPED.value)
 
 _DECIDED = {
     deps.Decision.RUN: TaskState.SCHEDULED,
@@ -88,6 +91,7 @@ class Scheduler:
         self._unfinished: dict[int, int] = {}  # run -> how many of its TIs have not finished
         self._run_ended = False  # a run ended in this tick: the planner may start another now
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
+        self._decisions: dict[tuple[int, str, int], Any] = {}  # branch decisions read, by try
 
     @property
     def catalog(self) -> Catalog:
@@ -160,6 +164,7 @@ class Scheduler:
         version = self.store.change_stamp()
         if version != self._version:
             self._version = version
+            self._decisions.clear()
             self._tis.clear()
             self._timers.clear()
             self._ready.clear()
@@ -219,7 +224,21 @@ class Scheduler:
                 self._unfinished[ti["run_id"]] += 1 if was_finished else -1
             self._track(cached)
             self._mark(ti["run_id"], ti["task_id"])
+            if values.get("state") in _PAST_DONE:
+                self._mark_next_runs(cached)
         return True
+
+    def _mark_next_runs(self, ti: TI) -> None:
+        """A task instance that may let later runs' depends_on_past tasks start: have them
+        looked at again."""
+        flow = self.catalog.flows.get(ti["flow_id"])
+        waiting = flow.past_dependents.get(ti["task_id"]) if flow else None
+        if not waiting:
+            return
+        for run_id, run in self._runs.items():
+            if run["flow_id"] == ti["flow_id"] and run["logical_date"] > ti["logical_date"]:
+                for task_id in waiting:
+                    self._mark(run_id, task_id)
 
     def _mark(self, run_id: int, task_id: str | None) -> None:
         """Note that a run needs resolving: for one changed task, or entirely (None)."""
@@ -272,13 +291,22 @@ class Scheduler:
                 (t for t in near if t in flow.position), key=flow.position.__getitem__
             )
         states = _States(tis)
-        for task_id, decision in deps.resolve_run(flow.graph, states, candidates).items():
+        skips = self._branch_skips(flow, run["run_id"], tis) if flow.branch_tasks else None
+        for task_id, decision in deps.resolve_run(flow.graph, states, candidates, skips).items():
             new = _DECIDED.get(decision)
+            if (
+                new is TaskState.SCHEDULED
+                and flow.tasks[task_id].depends_on_past
+                and past_hold(self.store, flow, run, task_id) is not None
+            ):
+                continue  # looked at again when that run's instance ends (_mark_next_runs)
             if new is not None:
                 # a fresh start (first time, or after a replay): a sensor's wait starts again
-                ended = (
+                ended: dict[str, Any] = (
                     {"first_poke_at": None} if new is TaskState.SCHEDULED else {"end_at": iso(now)}
                 )
+                if skips and task_id in skips:
+                    ended["reason"] = skips[task_id]
                 self._write(tis[task_id], TaskState.NONE, state=new, **ended)
         if self._unfinished.get(run["run_id"]):
             return  # a task has yet to finish
@@ -294,6 +322,29 @@ class Scheduler:
                 run["logical_date"],
                 outcome.value,
             )
+
+    def _branch_skips(self, flow: FlowSpec, run_id: int, tis: Mapping[str, TI]) -> dict[str, str]:
+        """What the run's succeeded Branch and ShortCircuit tasks rule out (their decision is
+        an XCom the worker wrote; one marked success by hand has none, and rules out nothing)."""
+        followed: dict[str, list[str]] = {}
+        cut = []
+        for task_id in flow.branch_tasks:
+            ti = tis.get(task_id)
+            if ti is None or ti["state"] != TaskState.SUCCESS:
+                continue
+            gate = flow.tasks[task_id].kind == ShortCircuit.kind
+            key = (run_id, task_id, ti["try_number"])
+            if key not in self._decisions:
+                name = SHORT_CIRCUIT_KEY if gate else FOLLOWED_KEY
+                self._decisions[key] = self.store.pull_xcom(run_id, task_id, name)
+            decision = self._decisions[key]
+            if decision is None:
+                continue
+            if gate and decision is False:
+                cut.append(task_id)
+            elif not gate:
+                followed[task_id] = list(decision)
+        return deps.branch_skips(flow.downstream, followed, cut)
 
     # --- dispatch ---------------------------------------------------------------------------
     def _dispatch(self) -> None:

@@ -79,3 +79,5 @@ class TriggerRule(StrEnum):
     ONE_SUCCESS = "one_success"
     ONE_FAILED = "one_failed"
     NONE_FAILED = "none_failed"
+    # the join after a branch: no upstream failed and at least one succeeded (the others skipped)
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"

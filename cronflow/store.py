@@ -641,6 +641,15 @@ class Store:
             [flow_id, limit],
         )
 
+    def previous_run(self, flow_id: str, logical_date: str) -> dict[str, Any] | None:
+        """The flow's run just before this logical date (any run type), or None: what
+        depends_on_past looks at (the unique (flow_id, logical_date) index answers it)."""
+        return self._one(
+            """SELECT * FROM runs WHERE flow_id = ? AND logical_date < ?
+               ORDER BY logical_date DESC LIMIT 1""",
+            [flow_id, logical_date],
+        )
+
     def latest_runs(self) -> dict[str, dict[str, Any]]:
         """The newest run of every flow, one indexed lookup per flow."""
         rows = self._rows(

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cronflow import control, deps, supervisor
-from cronflow.catalog import FlowSpec
+from cronflow.catalog import BRANCH_KINDS, FlowSpec
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, LocalExecutor
 from cronflow.logs import attempt_log_path
 from cronflow.ops import launch_for
+from cronflow.ops.python import FOLLOWED_KEY, SHORT_CIRCUIT_KEY, ShortCircuit
 from cronflow.states import RunState, TaskState
 from cronflow.store import Store
 from cronflow.xcom import XCOM_HISTORY_ENV
@@ -91,20 +92,39 @@ class _Session:
             {t.task_id: t.upstream for t in self.flow.tasks.values()}
         )
         states: dict[str, TaskState] = {}
+        followed: dict[str, list[str]] = {}  # what Branch and ShortCircuit tasks decided
+        cut: list[str] = []
         for task_id in order:
             task = self.flow.tasks[task_id]
             decision = deps.Decision.RUN
-            if only is None:
+            skips = deps.branch_skips(self.flow.downstream, followed, cut)
+            if only is None and task_id in skips:
+                decision = deps.Decision.SKIP
+            elif only is None:
                 decision = deps.decide(task.trigger_rule, [states[u] for u in task.upstream])
             if decision is deps.Decision.RUN:
                 result = self.run_one(task_id)
             elif decision is deps.Decision.SKIP:
-                result = TaskResult(task_id, TaskState.SKIPPED, reason=task.trigger_rule)
+                reason = skips.get(task_id, task.trigger_rule)
+                result = TaskResult(task_id, TaskState.SKIPPED, reason=reason)
             else:
                 result = TaskResult(task_id, TaskState.UPSTREAM_FAILED, reason=task.trigger_rule)
             states[task_id] = result.state
+            if result.state is TaskState.SUCCESS and task.kind in BRANCH_KINDS:
+                self._note_decision(task_id, task.kind, followed, cut)
             on_result(result)
         return states
+
+    def _note_decision(
+        self, task_id: str, kind: str, followed: dict[str, list[str]], cut: list[str]
+    ) -> None:
+        if kind == ShortCircuit.kind:
+            if self.store.pull_xcom(self.run["run_id"], task_id, SHORT_CIRCUIT_KEY) is False:
+                cut.append(task_id)
+        else:
+            chosen = self.store.pull_xcom(self.run["run_id"], task_id, FOLLOWED_KEY)
+            if chosen is not None:
+                followed[task_id] = chosen
 
     def run_one(self, task_id: str) -> TaskResult:
         task = self.flow.tasks[task_id]

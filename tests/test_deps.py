@@ -9,6 +9,8 @@ import pytest
 
 from cronflow.deps import (
     Decision,
+    branch_joins,
+    branch_skips,
     day_progress,
     decide,
     find_flow_cycle,
@@ -161,6 +163,13 @@ def test_cycle_message_names_the_cycle_in_the_order_it_was_written(
         ("none_failed", [K, RETRY], WAIT),
         ("none_failed", [S, F], UPF),
         ("none_failed", [R, UF], UPF),
+        # none_failed_min_one_success: the join after a branch
+        ("none_failed_min_one_success", [S, K], RUN),
+        ("none_failed_min_one_success", [S, S], RUN),
+        ("none_failed_min_one_success", [K, K], SKIP),
+        ("none_failed_min_one_success", [K, R], WAIT),
+        ("none_failed_min_one_success", [S, F], UPF),
+        ("none_failed_min_one_success", [K, UF], UPF),
     ],
 )
 def test_decide(rule: str, upstream_states: list[TaskState], expected: Decision) -> None:
@@ -433,3 +442,57 @@ def test_a_flow_without_schedule_needs_a_successful_run_that_day() -> None:
 def test_day_progress_rejects_an_unknown_state() -> None:
     with pytest.raises(ValueError, match="sucess"):
         day_progress([_at(1)], [(_at(1), "sucess")])
+
+
+# --- branches -----------------------------------------------------------------------------------
+def test_branch_skips_the_direct_downstream_not_chosen() -> None:
+    downstream = {"pick": ["small", "large"], "small": ["join"], "large": ["join"], "join": []}
+    assert branch_skips(downstream, {"pick": ["small"]}) == {
+        "large": "skipped: branch 'pick' chose small"
+    }
+    assert branch_skips(downstream, {"pick": []}) == {
+        "small": "skipped: branch 'pick' chose none",
+        "large": "skipped: branch 'pick' chose none",
+    }
+
+
+def test_a_short_circuit_skips_everything_downstream() -> None:
+    downstream = {"gate": ["a"], "a": ["b", "c"], "b": ["c"], "c": []}
+    reason = "skipped: short-circuit 'gate' returned False"
+    assert branch_skips(downstream, {}, ["gate"]) == {"a": reason, "b": reason, "c": reason}
+
+
+def test_after_a_branch_the_join_follows_its_trigger_rule() -> None:
+    # pick >> [small, large] >> join: the join is skipped under all_success (as in Airflow),
+    # runs under none_failed_min_one_success
+    downstream = {"pick": ["small", "large"], "small": ["join"], "large": ["join"], "join": []}
+    skips = branch_skips(downstream, {"pick": ["small"]})
+    for rule, at_once, after in [
+        ("all_success", SKIP, None),  # skipped as soon as one upstream is
+        ("none_failed_min_one_success", WAIT, RUN),
+    ]:
+        tasks = {
+            "pick": ([], "all_success"),
+            "small": (["pick"], "all_success"),
+            "large": (["pick"], "all_success"),
+            "join": (["small", "large"], rule),
+        }
+        decided = resolve_run(tasks, {"pick": S}, skips=skips)
+        assert decided == {"small": RUN, "large": SKIP, "join": at_once}
+        if after is not None:
+            states = {"pick": S, "small": S, "large": K}
+            assert resolve_run(tasks, states, skips=skips) == {"join": after}
+
+
+def test_branch_joins_finds_all_success_tasks_after_two_paths() -> None:
+    tasks = {
+        "pick": ([], "all_success"),
+        "a": (["pick"], "all_success"),
+        "b": (["pick"], "all_success"),
+        "after_b": (["b"], "all_success"),
+        "join": (["a", "after_b"], "all_success"),
+        "ok_join": (["a", "after_b"], "none_failed_min_one_success"),
+        "end": (["ok_join"], "all_success"),  # after the join: one input, no note
+    }
+    assert branch_joins(tasks, ["pick"]) == [("pick", "join")]
+    assert branch_joins(tasks, []) == []

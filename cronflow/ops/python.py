@@ -1,7 +1,14 @@
-"""Python: call a function in a worker process with the run's context.
+"""Python: call a function in a worker process with the run's context; Branch and
+ShortCircuit: a Python task whose return value decides which tasks after it run.
 
 The function may take a `context` argument (or **kwargs) to receive ds, params, var, ...;
 its return value, if not None, becomes the task's XCom `return_value` (it must be JSON).
+
+A Branch returns the id (or a list of ids) of the direct downstream tasks to follow; a
+ShortCircuit returns something true to go on, or false to stop. Each stores its decision as an
+XCom (FOLLOWED_KEY, SHORT_CIRCUIT_KEY), always, even when empty, so a replayed try never leaves
+an older decision behind; the daemon reads it once the task succeeds and skips the tasks it
+ruled out (deps.branch_skips), whatever their trigger rule.
 """
 
 from __future__ import annotations
@@ -10,8 +17,16 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from cronflow.errors import CronflowError
 from cronflow.flow import Task
 from cronflow.templates import INTERNAL_NAMES, render
+
+FOLLOWED_KEY = "followed"  # Branch: the direct downstream task ids it chose
+SHORT_CIRCUIT_KEY = "short_circuit"  # ShortCircuit: whether the tasks after it run
+
+
+class BranchError(CronflowError, ValueError):
+    """A Branch returned something other than ids of its direct downstream tasks."""
 
 
 class Python(Task):
@@ -52,6 +67,43 @@ class Python(Task):
         if _accepts_context(self.fn):  # the task context, without the operators' plumbing
             kwargs["context"] = {k: v for k, v in context.items() if k not in INTERNAL_NAMES}
         return self.fn(*args, **kwargs)
+
+
+class Branch(Python):
+    """`Branch("pick", choose)`: `choose` returns the id, or a list of ids, of the direct
+    downstream tasks to run (None or [] for none of them); the others are skipped, and what
+    follows them obeys its trigger rule (Airflow's BranchPythonOperator, @task.branch)."""
+
+    kind = "branch"
+
+    def execute(self, context: Mapping[str, Any]) -> Any:
+        result = super().execute(context)
+        if result is not None and not isinstance(result, (str, list, tuple, set)):
+            result = [result]  # named as the wrong one below
+        chosen = [result] if isinstance(result, str) else list(result or [])
+        downstream = sorted(
+            t.task_id for t in self.flow.tasks.values() if self.task_id in t.upstream_ids
+        )
+        wrong = [c for c in chosen if not isinstance(c, str) or c not in downstream]
+        if wrong:
+            raise BranchError(
+                f"branch '{self.task_id}' returned {result!r}: {wrong[0]!r} is not one of its "
+                f"direct downstream tasks (known: {', '.join(downstream) or 'none'})"
+            )
+        context["xcom"].push(FOLLOWED_KEY, chosen)
+        return result
+
+
+class ShortCircuit(Python):
+    """`ShortCircuit("any_files", has_files)`: when `has_files` returns something false, every
+    task after it is skipped, whatever its trigger rule (Airflow's ShortCircuitOperator)."""
+
+    kind = "short_circuit"
+
+    def execute(self, context: Mapping[str, Any]) -> Any:
+        result = super().execute(context)
+        context["xcom"].push(SHORT_CIRCUIT_KEY, bool(result))
+        return result
 
 
 def _render(value: Any, context: Mapping[str, Any]) -> Any:
