@@ -59,6 +59,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "max_retry_delay": 3600.0,
     "timeout": None,
     "pool": "default",
+    "queue": None,  # a Celery queue: the servers that run the task (executor = "celery")
     "priority": 1,
     "trigger_rule": TriggerRule.ALL_SUCCESS.value,
 }
@@ -117,6 +118,7 @@ class Task:
         max_retry_delay: float | str | timedelta | None = None,
         timeout: float | str | timedelta | None = None,
         pool: str | None = None,
+        queue: str | None = None,
         priority: int | None = None,
         trigger_rule: str | TriggerRule | None = None,
         params: Mapping[str, Any] | None = None,
@@ -144,6 +146,7 @@ class Task:
             "max_retry_delay": max_retry_delay,
             "timeout": timeout,
             "pool": pool,
+            "queue": queue,
             "priority": priority,
             "trigger_rule": trigger_rule,
         }
@@ -212,6 +215,9 @@ class Task:
         if not isinstance(priority, int) or isinstance(priority, bool):
             problems.append("priority must be a whole number")
         pool = _checked(problems, lambda: _check_id("pool", merged["pool"]))
+        queue = merged["queue"]
+        if queue is not None:
+            queue = _checked(problems, lambda: _check_id("queue", merged["queue"]))
         durations: dict[str, float | None] = {}
         for key in ("retry_delay", "max_retry_delay", "timeout"):
             if merged[key] is not None:
@@ -225,6 +231,8 @@ class Task:
             "pool": pool,
             "priority": priority,
             "trigger_rule": rule,
+            # only when set: specs of flows without queues stay as they were
+            **({"queue": queue} if queue is not None else {}),
         }
 
     def spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,6 +354,7 @@ class Flow:
         on_success: Callable[..., Any] | None = None,
         email_on_failure: str | Iterable[str] | None = None,
         deadline: float | str | timedelta | None = None,
+        queue: str | None = None,
     ) -> None:
         self.flow_id = _check_id("flow", flow_id)
         where = f"flow '{flow_id}'"
@@ -377,6 +386,8 @@ class Flow:
         self.doc = doc or ""
         self.params = dict(params or {})
         self.defaults = dict(defaults or {})
+        if queue is not None:  # Flow(queue=...): the default queue of its tasks
+            self.defaults.setdefault("queue", queue)
         alerts = {
             "on_failure": on_failure,
             "on_retry": on_retry,

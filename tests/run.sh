@@ -12,6 +12,7 @@ DEBIAN_NEEDS=(
   "debootstrap:debootstrap"
   "systemd-nspawn:systemd-container"
   "/usr/sbin/sshd:openssh-server"  # the SSH/SFTP operator tests start their own sshd
+  "redis-server:redis-server"  # the Celery executor tests start their own Redis broker
 )
 missing=()
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
@@ -29,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,celery]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
 # Bytecode as a regular install has it: the tests start hundreds of `python -m cronflow`

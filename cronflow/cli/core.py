@@ -51,6 +51,40 @@ def daemon() -> None:
     run_daemon(home_path(_options["home"]))
 
 
+@app.command()
+@handles_errors
+def worker(
+    queues: Annotated[
+        str, typer.Option("--queues", "-Q", help="Queues to serve, comma-separated: gpu,station.")
+    ],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="Attempts at once.")
+    ] = 4,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="This worker's name (default: the host name)."),
+    ] = None,
+) -> None:
+    """Run attempts of tasks with queue= on this server (executor = "celery"; needs the
+    celery extra and [celery] in this home's cronflow.toml). Runs in the foreground."""
+    from cronflow.config import home_path, load_settings, require_home
+    from cronflow.daemon import configure_logging
+    from cronflow.errors import ConfigError
+
+    home = home_path(_options["home"])
+    require_home(home)
+    settings = load_settings(home)
+    configure_logging()
+    try:
+        from cronflow.celery.worker import run_worker
+    except ImportError as exc:
+        raise ConfigError(
+            f'cronflow worker needs: pip install "cronflow[celery]" ({exc})'
+        ) from None
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    run_worker(settings, names, concurrency, name)
+
+
 @app.command("list")
 @handles_errors
 def list_flows(

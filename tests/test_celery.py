@@ -1,0 +1,221 @@
+"""The Celery executor against real servers: a redis-server of our own (append-only), the
+scheduler daemon in one home and `cronflow worker` processes in homes of their own, each with
+its own copy of the flow files (nothing is shared through the filesystem but the test's view).
+
+Waits are conditions with deadlines; nothing here sleeps to let time pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DaemonProcess, cli, wait_for
+from servers import RedisServer
+
+pytest.importorskip("celery")
+import redis
+
+from cronflow.store import Store
+
+pytestmark = pytest.mark.slow
+
+BROKER_ENV = "CRONFLOW_TEST_BROKER_URL"
+SECRET = "sekrit-token-4711"
+WAIT_S = 60.0
+
+
+class Worker:
+    def __init__(self, home: Path, name: str, queues: str, env: dict[str, str]) -> None:
+        self.home, self.name, self.queues, self.env = home, name, queues, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / f"worker-{name}-{time.monotonic_ns()}.out"
+
+    def start(self, client: redis.Redis) -> Worker:
+        self.log_path = self.home / f"worker-{self.name}-{time.monotonic_ns()}.out"
+        argv = [sys.executable, "-m", "cronflow", "--home", str(self.home), "worker"]
+        argv += ["--queues", self.queues, "--name", self.name, "--concurrency", "2"]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        wait_for(
+            lambda: "ready" in self.output() or self.proc.poll() is not None,  # type: ignore[union-attr]
+            WAIT_S,
+            f"worker {self.name} to start",
+        )
+        assert self.proc.poll() is None, self.output()
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Farm:
+    """A scheduler home and worker homes around one Redis."""
+
+    def __init__(self, tmp_path: Path, redis_server: RedisServer, **celery: float | str) -> None:
+        self.tmp_path = tmp_path
+        self.redis = redis_server
+        self.home = tmp_path / "scheduler"
+        settings = {"heartbeat_timeout_s": 3, **celery}
+        lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+        self.config = f'[celery]\nbroker_url_env = "{BROKER_ENV}"\n{lines}\n'
+        self._init(self.home, 'executor = "celery"\nparallelism = 4\ngrace_period_s = 5\n')
+        self.env = {**os.environ, BROKER_ENV: redis_server.url}
+        self.workers: list[Worker] = []
+        self.daemons: list[DaemonProcess] = []
+        self.client = redis.Redis.from_url(redis_server.url)
+
+    def _init(self, home: Path, top: str) -> None:
+        (home / "flows").mkdir(parents=True)
+        (home / "cronflow.toml").write_text(top + self.config)
+
+    def write_flow(self, name: str, source: str, *, homes: list[Path] | None = None) -> None:
+        """The same flow file in the scheduler's home and every worker's (or only `homes`)."""
+        for home in homes or [self.home, *(w.home for w in self.workers)]:
+            (home / "flows" / f"{name}.py").write_text(textwrap.dedent(source))
+
+    def worker(self, name: str, queues: str) -> Worker:
+        home = self.tmp_path / f"worker-{name}"
+        self._init(home, "")
+        for flow in (self.home / "flows").glob("*.py"):
+            (home / "flows" / flow.name).write_text(flow.read_text())
+        env = {**self.env, "CRONFLOW_VAR_token": SECRET, "WORKER_NAME": name}
+        worker = Worker(home, name, queues, env).start(self.client)
+        self.workers.append(worker)
+        wait_for(lambda: self.client.hget("cronflow:workers", name), WAIT_S, f"{name}'s first beat")
+        return worker
+
+    def daemon(self) -> DaemonProcess:
+        saved = dict(os.environ)
+        os.environ[BROKER_ENV] = self.redis.url
+        try:
+            process = DaemonProcess(self.home).start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        self.daemons.append(process)
+        return process
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return cli(self.home, *args)
+
+    def trigger(self, flow: str) -> int:
+        result = self.cli("trigger", flow)
+        assert result.returncode == 0, result.stderr
+        store = self.store()
+        try:
+            return max(r["run_id"] for r in store.runs_of_flow(flow))
+        finally:
+            store.close()
+
+    def store(self) -> Store:
+        return Store(self.home / "cronflow.db")
+
+    def ti(self, run_id: int, task_id: str) -> dict[str, Any]:
+        store = self.store()
+        try:
+            return store.ti(run_id, task_id) or {}
+        finally:
+            store.close()
+
+    def wait_state(self, run_id: int, task_id: str, *states: str) -> dict[str, Any]:
+        wait_for(
+            lambda: self.ti(run_id, task_id).get("state") in states,
+            WAIT_S,
+            f"{task_id} to be {'/'.join(states)} (daemon: {self.daemon_output()[-2000:]})",
+        )
+        return self.ti(run_id, task_id)
+
+    def run_state(self, run_id: int) -> str:
+        store = self.store()
+        try:
+            return str(store.run(run_id)["state"])
+        finally:
+            store.close()
+
+    def daemon_output(self) -> str:
+        return "".join(d.output() for d in self.daemons)
+
+    def log(self, run_id: int, task_id: str) -> str:
+        path = self.ti(run_id, task_id).get("log_path")
+        return Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
+
+    def close(self) -> None:
+        for process in self.daemons:
+            process.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.client.close()
+
+
+@pytest.fixture
+def farm(tmp_path: Path, redis_server: RedisServer) -> Iterator[Farm]:
+    farm = Farm(tmp_path, redis_server)
+    yield farm
+    farm.close()
+
+
+PIPELINE = """\
+    import os
+    from cronflow import Flow, Python, Shell
+
+    def produce(context):
+        print("token is", os.environ["CRONFLOW_VAR_token"], flush=True)
+        return {"rows": 42, "worker": os.environ["WORKER_NAME"], "home": os.environ["CRONFLOW_HOME"]}
+
+    def consume(context):
+        value = context["xcom"].pull("a")
+        print("got", value["rows"], "from", value["worker"], flush=True)
+        return {"rows": value["rows"] + 1, "worker": os.environ["WORKER_NAME"]}
+
+    with Flow("pipeline", schedule=None):
+        a = Python("a", produce, queue="A")
+        b = Python("b", consume, queue="B")
+        c = Shell("c", "echo local got {{ xcom.b.rows }} on $CRONFLOW_HOME")
+        a >> b >> c
+"""
+
+
+def test_a_flow_over_two_workers_passes_xcom_and_masks_on_the_worker(farm: Farm) -> None:
+    farm.write_flow("pipeline", PIPELINE)
+    farm.worker("wa", "A")
+    farm.worker("wb", "B")
+    farm.daemon()
+    run_id = farm.trigger("pipeline")
+    wait_for(lambda: farm.run_state(run_id) in ("success", "failed"), WAIT_S, "the run to end")
+    assert farm.run_state(run_id) == "success", farm.daemon_output()
+    store = farm.store()
+    a_value = store.pull_xcom(run_id, "a")
+    b_value = store.pull_xcom(run_id, "b")
+    store.close()
+    # a ran on wa, in a scratch home of the worker's, not in the scheduler's home
+    assert a_value["worker"] == "wa"
+    assert a_value["home"].startswith(str(farm.tmp_path / "worker-wa"))
+    assert b_value == {"rows": 43, "worker": "wb"}
+    # the logs came home, masked on the worker
+    a_log = farm.log(run_id, "a")
+    assert "token is ***" in a_log
+    assert SECRET not in a_log
+    assert "running on worker wa" in a_log
+    assert "got 42 from wa" in farm.log(run_id, "b")
+    assert f"local got 43 on {farm.home}" in farm.log(run_id, "c")
+    assert farm.ti(run_id, "a")["host"].startswith("wa")
+    assert farm.ti(run_id, "c")["host"] == os.uname().nodename
