@@ -219,3 +219,107 @@ def test_a_flow_over_two_workers_passes_xcom_and_masks_on_the_worker(farm: Farm)
     assert f"local got 43 on {farm.home}" in farm.log(run_id, "c")
     assert farm.ti(run_id, "a")["host"].startswith("wa")
     assert farm.ti(run_id, "c")["host"] == os.uname().nodename
+
+
+def _pid_in(path: Path) -> int:
+    wait_for(lambda: path.exists() and path.read_text().strip(), WAIT_S, f"{path} to be written")
+    return int(path.read_text().strip())
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_retry_timeout_and_mark_stop_remote_tasks(farm: Farm, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    farm.write_flow(
+        "rules",
+        f"""\
+        from cronflow import Flow, Shell
+
+        with Flow("rules", schedule=None, queue="A"):
+            Shell("flaky", "[ -e {spool}/flag ] || {{ touch {spool}/flag; echo first try fails; exit 3; }}",
+                  retries=1, retry_delay=0)
+            Shell("slow", "echo $$ > {spool}/slow.pid; sleep 300", timeout=2)
+            Shell("long", "echo $$ > {spool}/long.pid; sleep 300", queue="B")
+        """,
+    )
+    farm.worker("wa", "A")
+    farm.worker("wb", "B")
+    farm.daemon()
+    run_id = farm.trigger("rules")
+
+    flaky = farm.wait_state(run_id, "flaky", "success")
+    assert flaky["try_number"] == 2
+    first = Path(flaky["log_path"]).with_name("try-1.log").read_text()
+    assert "first try fails" in first
+    assert "exit code 3: first try fails; retry at" in first
+
+    slow = farm.wait_state(run_id, "slow", "failed")
+    assert slow["reason"] == "timed out after 2s"
+    assert _dead(_pid_in(spool / "slow.pid"))
+
+    long_pid = _pid_in(spool / "long.pid")
+    logical = farm.store().run(run_id)["logical_date"]
+    marked = farm.cli("mark", "rules.long", "--date", logical, "--state", "failed")
+    assert marked.returncode == 0, marked.stderr
+    wait_for(lambda: _dead(long_pid), 30, "the marked remote task's process to be killed")
+    assert farm.wait_state(run_id, "long", "failed")["try_number"] == 1
+    wait_for(lambda: "stopped: its state was changed" in farm.log(run_id, "long"), 30, "the note")
+
+
+def test_a_queue_no_live_worker_serves_waits_saying_so(farm: Farm) -> None:
+    farm.write_flow(
+        "lonely",
+        """\
+        from cronflow import Flow, Shell
+
+        with Flow("lonely", schedule=None):
+            Shell("here", "echo on the scheduler")
+            Shell("there", "echo on a worker of B", queue="B")
+        """,
+    )
+    farm.worker("wa", "A")
+    farm.daemon()
+    run_id = farm.trigger("lonely")
+    farm.wait_state(run_id, "here", "success")
+    wait_for(
+        lambda: (
+            farm.ti(run_id, "there").get("reason") == "waiting: no live worker serves queue 'B'"
+        ),
+        WAIT_S,
+        "the reason of the task nobody serves",
+    )
+    assert farm.ti(run_id, "there")["state"] == "scheduled"
+    assert farm.client.llen("cronflow:B") == 0  # nothing was published
+    farm.worker("wb", "B")
+    there = farm.wait_state(run_id, "there", "success")
+    assert there["try_number"] == 1 and there["reason"] is None
+    assert "echo on a worker of B" not in farm.log(run_id, "there")
+    assert "on a worker of B" in farm.log(run_id, "there")
+
+
+def test_a_flow_file_changed_on_one_worker_only_fails_the_try(farm: Farm) -> None:
+    farm.write_flow(
+        "code",
+        """\
+        from cronflow import Flow, Shell
+
+        with Flow("code", schedule=None, queue="A"):
+            Shell("t", "echo same code")
+        """,
+    )
+    worker = farm.worker("wa", "A")
+    (worker.home / "flows" / "code.py").write_text(
+        (worker.home / "flows" / "code.py").read_text() + "# edited on the worker\n"
+    )
+    farm.daemon()
+    run_id = farm.trigger("code")
+    t = farm.wait_state(run_id, "t", "failed")
+    assert "the flow file code.py on worker wa differs from the scheduler's" in t["reason"]
+    assert "same code" not in farm.log(run_id, "t").replace("echo same code", "")
