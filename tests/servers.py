@@ -444,6 +444,7 @@ class RedisServer:
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
         argv += ["--dir", str(self.directory), "--appendonly", "yes", "--save", ""]
         argv += ["--logfile", str(self.log_path), "--daemonize", "no"]
+        self.log_path.unlink(missing_ok=True)  # a restart waits for its own "Ready" line
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._ready, DEADLINE_S, "redis-server to accept connections")
         assert self.process.poll() is None, self.log_path.read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,15 +36,25 @@ WAIT_S = 60.0
 
 
 class Worker:
-    def __init__(self, home: Path, name: str, queues: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, home: Path, name: str, queues: str, env: dict[str, str], concurrency: int = 2
+    ) -> None:
         self.home, self.name, self.queues, self.env = home, name, queues, env
+        self.concurrency = concurrency
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home / f"worker-{name}-{time.monotonic_ns()}.out"
 
     def start(self, client: redis.Redis) -> Worker:
         self.log_path = self.home / f"worker-{self.name}-{time.monotonic_ns()}.out"
         argv = [sys.executable, "-m", "cronflow", "--home", str(self.home), "worker"]
-        argv += ["--queues", self.queues, "--name", self.name, "--concurrency", "2"]
+        argv += [
+            "--queues",
+            self.queues,
+            "--name",
+            self.name,
+            "--concurrency",
+            str(self.concurrency),
+        ]
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         wait_for(
@@ -92,13 +103,13 @@ class Farm:
         for home in homes or [self.home, *(w.home for w in self.workers)]:
             (home / "flows" / f"{name}.py").write_text(textwrap.dedent(source))
 
-    def worker(self, name: str, queues: str) -> Worker:
+    def worker(self, name: str, queues: str, concurrency: int = 2) -> Worker:
         home = self.tmp_path / f"worker-{name}"
         self._init(home, "")
         for flow in (self.home / "flows").glob("*.py"):
             (home / "flows" / flow.name).write_text(flow.read_text())
         env = {**self.env, "CRONFLOW_VAR_token": SECRET, "WORKER_NAME": name}
-        worker = Worker(home, name, queues, env).start(self.client)
+        worker = Worker(home, name, queues, env, concurrency).start(self.client)
         self.workers.append(worker)
         wait_for(lambda: self.client.hget("cronflow:workers", name), WAIT_S, f"{name}'s first beat")
         return worker
@@ -171,6 +182,14 @@ def farm(tmp_path: Path, redis_server: RedisServer) -> Iterator[Farm]:
     farm = Farm(tmp_path, redis_server)
     yield farm
     farm.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    """Where the test's tasks leave traces (pids, counts, gates)."""
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
 
 
 PIPELINE = """\
@@ -323,3 +342,133 @@ def test_a_flow_file_changed_on_one_worker_only_fails_the_try(farm: Farm) -> Non
     t = farm.wait_state(run_id, "t", "failed")
     assert "the flow file code.py on worker wa differs from the scheduler's" in t["reason"]
     assert "same code" not in farm.log(run_id, "t").replace("echo same code", "")
+
+
+def _published(farm: Farm, task_id: str, try_number: int) -> str:
+    """The id the scheduler gave one attempt (from its log)."""
+    pattern = re.compile(
+        rf"event=attempt_published attempt=(\w+) queue=\w+ run=\d+ task={task_id} try={try_number}\b"
+    )
+    found = wait_for(lambda: pattern.search(farm.daemon_output()), WAIT_S, "the publication")
+    return found.group(1)  # type: ignore[union-attr]
+
+
+def test_a_worker_killed_mid_task_loses_the_attempt_once(farm: Farm, spool: Path) -> None:
+    farm.write_flow(
+        "victim",
+        f"""\
+        from cronflow import Flow, Shell
+
+        with Flow("victim", schedule=None):
+            Shell("job", "echo $$ >> {spool}/pids; [ -e {spool}/flag ] && exit 0; touch {spool}/flag; sleep 300",
+                  queue="A", retries=1, retry_delay=0)
+        """,
+    )
+    worker = farm.worker("wa", "A")
+    farm.daemon()
+    run_id = farm.trigger("victim")
+    orphan = _pid_in(spool / "pids")
+    first_id = _published(farm, "job", 1)
+    assert worker.proc is not None
+    worker.proc.kill()  # kill -9: its task goes on, in a session of its own
+    worker.proc.wait()
+    assert not _dead(orphan)
+    # no heartbeat for heartbeat_timeout_s: try 1 is a counted failure, retried once a worker
+    # serves A again
+    job = farm.wait_state(run_id, "job", "scheduled", "up_for_retry")
+    try_1 = Path(job["log_path"] or "").with_name("try-1.log")
+    wait_for(
+        lambda: farm.ti(run_id, "job").get("reason") == "waiting: no live worker serves queue 'A'",
+        WAIT_S,
+        "the wait",
+    )
+    assert (
+        "try 1 ended" in try_1.read_text()
+        and "lost: worker wa stopped reporting at" in try_1.read_text()
+    )
+    assert not _dead(orphan)  # nothing on this host kills it but the worker's next start
+    worker.start(farm.client)
+    wait_for(lambda: _dead(orphan), WAIT_S, "the restarted worker to kill its dead self's task")
+    job = farm.wait_state(run_id, "job", "success")
+    assert job["try_number"] == 2
+    # the first message, delivered again, is dropped: the attempt is claimed
+    from cronflow.celery.broker import make_app, publish
+
+    publish(make_app(farm.redis.url, "cronflow"), "A", {"attempt_id": first_id})
+    wait_for(
+        lambda: f"event=attempt_dropped attempt={first_id}" in worker.output(), WAIT_S, "the drop"
+    )
+    assert len((spool / "pids").read_text().split()) == 2  # the task started exactly twice
+
+
+def test_an_attempt_nobody_takes_is_dispatched_again_without_counting(
+    tmp_path: Path, redis_server: RedisServer, spool: Path
+) -> None:
+    farm = Farm(tmp_path, redis_server, queued_timeout_s=2)
+    try:
+        farm.write_flow(
+            "busy",
+            f"""\
+            from cronflow import Flow, Shell
+
+            with Flow("busy", schedule=None, queue="A"):
+                Shell("first", "while [ ! -e {spool}/gate ]; do sleep 0.1; done")
+                Shell("second", "echo second ran >> {spool}/second")
+            """,
+        )
+        farm.worker("wa", "A", concurrency=1)
+        farm.daemon()
+        run_id = farm.trigger("busy")
+        wait_for(
+            lambda: "event=task_interrupted flow=busy task=second" in farm.daemon_output(),
+            WAIT_S,
+            "the queued attempt to be given back",
+        )
+        (spool / "gate").touch()
+        second = farm.wait_state(run_id, "second", "success")
+        assert farm.wait_state(run_id, "first", "success")["try_number"] == 1
+        assert (spool / "second").read_text() == "second ran\n"  # once
+        assert second["max_tries"] > 1  # each try given back was not counted
+        logs = Path(second["log_path"]).parent
+        assert (
+            "not taken from queue 'A' within 2s; dispatched again"
+            in (logs / "try-1.log").read_text()
+        )
+    finally:
+        farm.close()
+
+
+def test_redis_restarted_while_tasks_wait_and_run_each_ends_once(
+    farm: Farm, redis_server: RedisServer, spool: Path
+) -> None:
+    tasks = ["t1", "t2", "t3", "t4"]
+    body = "\n".join(
+        f'    Shell("{t}", "echo {t} >> {spool}/ran; while [ ! -e {spool}/gate ]; do sleep 0.1; done")'
+        for t in tasks
+    )
+    farm.write_flow(
+        "outage",
+        'from cronflow import Flow, Shell\n\nwith Flow("outage", schedule=None, queue="A"):\n'
+        + body
+        + "\n",
+    )
+    farm.worker("wa", "A", concurrency=2)
+    daemon = farm.daemon()
+    run_id = farm.trigger("outage")
+    wait_for(lambda: len(_lines(spool / "ran")) == 2, WAIT_S, "two tasks to run")
+    wait_for(lambda: farm.client.llen("cronflow:A") == 2, WAIT_S, "two messages to wait")
+    farm.client.close()
+    redis_server.stop()
+    wait_for(lambda: "event=broker_unreachable" in daemon.output(), WAIT_S, "the daemon to notice")
+    redis_server.start()
+    (spool / "gate").touch()
+    wait_for(lambda: farm.run_state(run_id) in ("success", "failed"), 90, "the run to end")
+    assert farm.run_state(run_id) == "success", farm.daemon_output()
+    assert sorted(_lines(spool / "ran")) == tasks  # each ran exactly once
+    for t in tasks:
+        assert farm.ti(run_id, t)["try_number"] == 1
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
