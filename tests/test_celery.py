@@ -265,7 +265,7 @@ def test_retry_timeout_and_mark_stop_remote_tasks(farm: Farm, tmp_path: Path) ->
             Shell("flaky", "[ -e {spool}/flag ] || {{ touch {spool}/flag; echo first try fails; exit 3; }}",
                   retries=1, retry_delay=0)
             Shell("slow", "echo $$ > {spool}/slow.pid; sleep 300", timeout=2)
-            Shell("long", "echo $$ > {spool}/long.pid; sleep 300", queue="B")
+            Shell("long", "echo $$ > {spool}/long.pid; echo long started; sleep 300", queue="B")
         """,
     )
     farm.worker("wa", "A")
@@ -284,12 +284,21 @@ def test_retry_timeout_and_mark_stop_remote_tasks(farm: Farm, tmp_path: Path) ->
     assert _dead(_pid_in(spool / "slow.pid"))
 
     long_pid = _pid_in(spool / "long.pid")
+    # its output reaches the try's log on the scheduler's host while it runs (logs -f)
+    wait_for(lambda: "long started" in farm.log(run_id, "long"), WAIT_S, "the live log")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cronflow", "--home", str(farm.home), "logs", "rules.long", "-f"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     logical = farm.store().run(run_id)["logical_date"]
     marked = farm.cli("mark", "rules.long", "--date", logical, "--state", "failed")
     assert marked.returncode == 0, marked.stderr
     wait_for(lambda: _dead(long_pid), 30, "the marked remote task's process to be killed")
     assert farm.wait_state(run_id, "long", "failed")["try_number"] == 1
     wait_for(lambda: "stopped: its state was changed" in farm.log(run_id, "long"), 30, "the note")
+    followed, _ = follow.communicate(timeout=WAIT_S)  # -f ends with the try
+    assert "long started" in followed and "stopped: its state was changed" in followed
 
 
 def test_a_queue_no_live_worker_serves_waits_saying_so(farm: Farm) -> None:
@@ -472,3 +481,53 @@ def test_redis_restarted_while_tasks_wait_and_run_each_ends_once(
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
+
+
+def test_a_reschedule_sensor_pokes_on_a_worker(farm: Farm, spool: Path) -> None:
+    farm.write_flow(
+        "sensing",
+        f"""\
+        from cronflow import FileSensor, Flow
+
+        with Flow("sensing", schedule=None):
+            FileSensor("arrival", "{spool}/data.csv", queue="A", mode="reschedule", poke_interval=1)
+        """,
+    )
+    farm.worker("wa", "A")
+    farm.daemon()
+    run_id = farm.trigger("sensing")
+    farm.wait_state(run_id, "arrival", "up_for_reschedule")
+    assert "data.csv" in farm.ti(run_id, "arrival")["reason"]  # the worker's words
+    (spool / "data.csv").write_text("x\n")
+    arrival = farm.wait_state(run_id, "arrival", "success")
+    assert arrival["try_number"] == 1  # pokes are not tries
+    assert farm.log(run_id, "arrival").count("running on worker wa") >= 2
+
+
+def test_a_daemon_killed_while_a_remote_task_runs_adopts_it(farm: Farm, spool: Path) -> None:
+    farm.write_flow(
+        "adopted",
+        f"""\
+        from cronflow import Flow, Shell
+
+        with Flow("adopted", schedule=None):
+            Shell("job", "echo before; while [ ! -e {spool}/gate ]; do sleep 0.1; done; echo after >> {spool}/ran; echo after",
+                  queue="A")
+        """,
+    )
+    farm.worker("wa", "A")
+    daemon = farm.daemon()
+    run_id = farm.trigger("adopted")
+    wait_for(lambda: "before" in farm.log(run_id, "job"), WAIT_S, "the task to start")
+    assert daemon.proc is not None
+    daemon.proc.kill()  # a crash: the task goes on, on its worker
+    daemon.proc.wait()
+    (spool / "gate").touch()
+    wait_for(lambda: (spool / "ran").exists(), WAIT_S, "the task to end without a daemon")
+    farm.daemon()
+    job = farm.wait_state(run_id, "job", "success")
+    assert job["try_number"] == 1
+    assert (spool / "ran").read_text() == "after\n"
+    log = farm.log(run_id, "job")
+    assert log.index("before") < log.index("after") < log.index("try 1 ended")
+    assert "event=attempt_adopted" in farm.daemon_output()
