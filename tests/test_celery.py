@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DaemonProcess, cli, wait_for
+from conftest import DaemonProcess, wait_for
 from servers import RedisServer
 
 pytest.importorskip("celery")
@@ -126,7 +126,10 @@ class Farm:
         return process
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return cli(self.home, *args)
+        """The real `cronflow` command on the scheduler's home, the broker URL in its env."""
+        env = {**self.env, "CRONFLOW_HOME": str(self.home), "NO_COLOR": "1", "COLUMNS": "200"}
+        argv = [sys.executable, "-m", "cronflow", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
 
     def trigger(self, flow: str) -> int:
         result = self.cli("trigger", flow)
@@ -312,8 +315,17 @@ def test_a_queue_no_live_worker_serves_waits_saying_so(farm: Farm) -> None:
             Shell("there", "echo on a worker of B", queue="B")
         """,
     )
-    farm.worker("wa", "A")
     farm.daemon()
+    status = farm.cli("status")
+    assert (
+        f"broker: {farm.redis.url.rsplit('/', 1)[0]}/0 reachable, append-only on" in status.stdout
+    )
+    assert "workers: none" in status.stdout
+    farm.worker("wa", "A")
+    status = farm.cli("status")
+    assert "worker wa on " in status.stdout and "live, queues A, 0/2 busy" in status.stdout
+    doctor = farm.cli("doctor")
+    assert "live: wa (A)" in doctor.stdout, doctor.stdout
     run_id = farm.trigger("lonely")
     farm.wait_state(run_id, "here", "success")
     wait_for(
@@ -469,6 +481,8 @@ def test_redis_restarted_while_tasks_wait_and_run_each_ends_once(
     farm.client.close()
     redis_server.stop()
     wait_for(lambda: "event=broker_unreachable" in daemon.output(), WAIT_S, "the daemon to notice")
+    status = farm.cli("status")
+    assert status.returncode == 0 and "UNREACHABLE" in status.stdout  # the daemon runs on
     redis_server.start()
     (spool / "gate").touch()
     wait_for(lambda: farm.run_state(run_id) in ("success", "failed"), 90, "the run to end")
