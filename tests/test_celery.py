@@ -545,3 +545,28 @@ def test_a_daemon_killed_while_a_remote_task_runs_adopts_it(farm: Farm, spool: P
     log = farm.log(run_id, "job")
     assert log.index("before") < log.index("after") < log.index("try 1 ended")
     assert "event=attempt_adopted" in farm.daemon_output()
+
+
+def test_a_daemon_stop_stops_remote_tasks_and_gives_their_tries_back(
+    farm: Farm, spool: Path
+) -> None:
+    farm.write_flow(
+        "stopping",
+        f"""\
+        from cronflow import Flow, Shell
+
+        with Flow("stopping", schedule=None):
+            Shell("job", "echo $$ > {spool}/pid; sleep 300", queue="A")
+        """,
+    )
+    farm.worker("wa", "A")
+    daemon = farm.daemon()
+    run_id = farm.trigger("stopping")
+    pid = _pid_in(spool / "pid")
+    daemon.signal(signal.SIGTERM)  # grace_period_s = 5, then its tasks are stopped
+    assert daemon.wait(WAIT_S) == 0, daemon.output()
+    assert _dead(pid)
+    job = farm.ti(run_id, "job")
+    assert job["state"] == "up_for_retry"
+    assert job["max_tries"] == 2  # given back: the next start runs it again, uncounted
+    assert "interrupted by the daemon's shutdown" in job["reason"]

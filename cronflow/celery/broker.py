@@ -123,6 +123,11 @@ def publish(app: Celery, queue: str, payload: dict[str, Any]) -> None:
     )
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the clients here return bytes)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 def describe(url: str) -> str:
     """The broker's address without its password, for messages."""
     scheme, sep, rest = url.partition("://")

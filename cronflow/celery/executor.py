@@ -47,10 +47,11 @@ from cronflow.celery.broker import (
     describe,
     make_app,
     publish,
+    text,
 )
 from cronflow.celery.runner import file_digest
 from cronflow.config import Settings
-from cronflow.executor import Attempt, Finished, LocalExecutor
+from cronflow.executor import KILL_GRACE_S, Attempt, Finished, LocalExecutor
 from cronflow.states import TaskState
 from cronflow.store import Store
 from cronflow.timeparse import iso
@@ -72,6 +73,7 @@ class _Remote:
     claimed_by: str | None = None  # "name|incarnation|host"
     kill_reason: str | None = None
     kill_sent: bool = False
+    kill_at: float | None = None  # monotonic: when the kill was asked
 
 
 def record_path(log_path: Path) -> Path:
@@ -130,6 +132,7 @@ class CeleryExecutor:
             return self.local.start(attempt)
         remote = _Remote(attempt, uuid.uuid4().hex, attempt.queue, time.time())
         payload = self._payload(attempt, remote.attempt_id)
+        self._supersede(record_path(attempt.log_path))
         _write_record(record_path(attempt.log_path), remote)
         try:
             publish(self.app, remote.queue, payload)
@@ -148,6 +151,19 @@ class CeleryExecutor:
             attempt.try_number,
         )
         return 0
+
+    def _supersede(self, path: Path) -> None:
+        """A record of this very try already exists: a daemon published it and died before it
+        recorded the start, so the try starts again. The old attempt must not run too: it is
+        cancelled if no worker took it, else its worker is told to kill it."""
+        try:
+            old = json.loads(path.read_text())["attempt_id"]
+        except (OSError, ValueError, KeyError):
+            return
+        if not self.client.set(self.keys.claim(old), CANCELLED, nx=True, ex=CLAIM_TTL_S):
+            reason = "stopped: its start was not recorded before the daemon stopped"
+            self.client.set(self.keys.kill(old), reason, ex=KILL_TTL_S)
+        log.warning("event=attempt_superseded attempt=%s", old)
 
     def adopt(self, attempt: Attempt, pid: int | None, elapsed_s: float) -> None:
         """An attempt an earlier daemon started: a remote one is followed through Redis again
@@ -170,6 +186,7 @@ class CeleryExecutor:
             self.local.kill(key, reason)
         elif r.kill_reason is None:
             r.kill_reason = reason
+            r.kill_at = time.monotonic()
 
     def enforce(self) -> None:
         self.local.enforce()
@@ -188,7 +205,28 @@ class CeleryExecutor:
                 finished += self._poll()
             except BROKER_ERRORS as exc:
                 self._broker_down(exc)
+            finished += self._unconfirmed_kills()
         return finished
+
+    def _unconfirmed_kills(self) -> list[Finished]:
+        """Kills no worker confirmed in time (the broker is down, the worker silent): the try
+        ends here as asked, so a stopping daemon never waits forever; the kill request stays
+        in Redis for the worker, and a restarted worker kills what it left anyway."""
+        patience_s = 2 * KILL_GRACE_S + self.conf.heartbeat_timeout_s
+        ended = []
+        for key, r in list(self._remote.items()):
+            if r.kill_at is not None and time.monotonic() - r.kill_at > patience_s:
+                del self._remote[key]
+                with contextlib.suppress(*BROKER_ERRORS):
+                    self.client.set(
+                        self.keys.kill(r.attempt_id), r.kill_reason or "", ex=KILL_TTL_S
+                    )
+                with contextlib.suppress(OSError):
+                    record_path(r.attempt.log_path).unlink()
+                log.error("event=kill_unconfirmed attempt=%s", r.attempt_id)
+                reason = f"{r.kill_reason}; its worker did not confirm the kill"
+                ended.append(Finished(r.attempt, None, 0.0, reason))
+        return ended
 
     # --- workers ------------------------------------------------------------------------------
     def live_workers(self) -> list[dict[str, Any]]:
@@ -208,7 +246,7 @@ class CeleryExecutor:
             self._broker_down(exc)
             return
         self._broker_up()
-        self._workers = {k.decode(): {"name": k.decode(), **json.loads(v)} for k, v in raw.items()}
+        self._workers = {text(k): {"name": text(k), **json.loads(v)} for k, v in raw.items()}
 
     def _broker_down(self, exc: BaseException) -> None:
         if self.broker_error is None:
@@ -254,7 +292,7 @@ class CeleryExecutor:
         if claim == CANCELLED:  # cancelled by an earlier daemon that died before it settled
             return Finished(r.attempt, None, 0.0, r.kill_reason, given_back=r.kill_reason is None)
         if r.claimed_by is None:
-            r.claimed_by = claim.decode(errors="replace")
+            r.claimed_by = text(claim)
             self._record_host(r)
         if r.kill_reason is not None and not r.kill_sent:
             self.client.set(self.keys.kill(r.attempt_id), r.kill_reason, ex=KILL_TTL_S)

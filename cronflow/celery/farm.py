@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from cronflow.celery.broker import BROKER_ERRORS, Keys, broker_url, connect, describe
+from cronflow.celery.broker import BROKER_ERRORS, Keys, broker_url, connect, describe, text
 from cronflow.config import Settings
 from cronflow.errors import ConfigError
 
@@ -41,7 +41,7 @@ def farm_status(settings: Settings) -> dict[str, Any]:
         age_s = now - record["beat_at"]
         workers.append(
             {
-                "name": name.decode(),
+                "name": text(name),
                 "host": record["host"],
                 "queues": record["queues"],
                 "busy": record["busy"],

@@ -37,7 +37,7 @@ import redis
 
 import cronflow
 from cronflow.catalog import FlowSpec
-from cronflow.celery.broker import BROKER_ERRORS, CLAIM_TTL_S, Keys
+from cronflow.celery.broker import BROKER_ERRORS, CLAIM_TTL_S, Keys, text
 from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
@@ -97,7 +97,7 @@ def run_message(worker: WorkerIdentity, payload: dict[str, Any]) -> None:
         log.warning(
             "event=attempt_dropped attempt=%s claimed_by=%r (a message delivered again)",
             attempt_id,
-            owner.decode(errors="replace") if owner else None,
+            text(owner) if owner else None,
         )
         return
     worker.busy += 1
@@ -267,7 +267,7 @@ class _AttemptRun:
                 if not killed:
                     reason = self.worker.client.get(self.worker.keys.kill(self.attempt_id))
                     if reason is not None:
-                        executor.kill(attempt.key, reason.decode(errors="replace"))
+                        executor.kill(attempt.key, text(reason))
                         killed = True
             time.sleep(POLL_S)
 

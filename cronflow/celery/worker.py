@@ -142,5 +142,5 @@ def _beat(
 
 def _forget(worker: WorkerIdentity) -> None:
     """A clean stop: the scheduler stops sending to this worker at once."""
-    with contextlib.suppress(BROKER_ERRORS):
+    with contextlib.suppress(*BROKER_ERRORS):
         worker.client.hdel(worker.keys.workers, worker.name)
