@@ -58,7 +58,7 @@ from cronflow.timeparse import iso
 
 log = logging.getLogger("cronflow.celery")
 
-POLL_S = 0.25  # how often remote attempts are polled while any runs
+POLL_S = 0.1  # how often remote attempts are polled while any runs (one Redis round trip)
 WORKERS_TTL_S = 1.0  # how long the list of live workers is trusted
 REMOTE_ROOM = 1_000_000  # remote attempts take no local slot: queues and caps limit them
 CANCELLED = b"cancelled"
@@ -98,6 +98,7 @@ class CeleryExecutor:
         self.broker_error: str | None = None
         self._reachable_since = time.monotonic()
         self._digests: dict[str, tuple[tuple[int, int], str]] = {}
+        self._spec_cache: tuple[str, dict[str, Any]] | None = None
 
     # --- the executor interface ---------------------------------------------------------------
     @property
@@ -391,9 +392,12 @@ class CeleryExecutor:
         knows it, the run, the run's XComs, and what proves the worker has the same code."""
         run = self.store.run(attempt.run_id)
         flow = self.store.flow(run["flow_id"])
-        spec = json.loads(flow["spec"])
+        spec = self._spec(flow["spec"])
         path = Path(flow["path"])
         task = next(t for t in spec["tasks"] if t["task_id"] == attempt.task_id)
+        # only this task: a worker needs no other (XComs are sent apart), and a flow of a
+        # thousand tasks would otherwise travel whole with each of them
+        spec = {**spec, "tasks": [{**task, "upstream": []}]}
         try:
             relative = str(path.relative_to(self.settings.flows_dir))
         except ValueError:
@@ -426,6 +430,12 @@ class CeleryExecutor:
             "xcom_max_bytes": self.settings.xcom_max_bytes,
             "queue": task.get("queue"),
         }
+
+    def _spec(self, text: str) -> dict[str, Any]:
+        """A flow's spec, parsed again only when it changed."""
+        if self._spec_cache is None or self._spec_cache[0] != text:
+            self._spec_cache = (text, json.loads(text))
+        return self._spec_cache[1]
 
     def _digest(self, path: Path) -> str:
         """The flow file's sha256, computed again only when the file changed."""

@@ -64,6 +64,7 @@ def run_worker(
         keys=Keys(settings.celery.namespace),
     )
     killed = kill_leftovers(identity)
+    identity.make_template()
     app = make_app(url, settings.celery.namespace)
 
     @app.task(name=TASK_NAME, acks_late=True)  # type: ignore[untyped-decorator]
