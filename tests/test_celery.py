@@ -570,3 +570,41 @@ def test_a_daemon_stop_stops_remote_tasks_and_gives_their_tries_back(
     assert job["state"] == "up_for_retry"
     assert job["max_tries"] == 2  # given back: the next start runs it again, uncounted
     assert "interrupted by the daemon's shutdown" in job["reason"]
+
+
+def test_a_worker_refuses_a_try_from_another_cronflow_version(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The worker's side alone, against the real Redis: the message a scheduler of another
+    version sent is claimed, refused with that reason, and nothing runs."""
+    from cronflow.celery.broker import Keys, connect
+    from cronflow.celery.runner import WorkerIdentity, file_digest, run_message
+    from cronflow.config import load_settings
+
+    home = tmp_path / "worker"
+    (home / "flows").mkdir(parents=True)
+    flow_file = home / "flows" / "f.py"
+    flow_file.write_text(f"# would run: touch {tmp_path}/ran\n")
+    client = connect(redis_server.url)
+    worker = WorkerIdentity("w1", "inc1", "host1", load_settings(home), client, Keys("cronflow"))
+    worker.make_template()
+    payload = {
+        "attempt_id": "a1",
+        "version": "0.0.0-other",
+        "flow_id": "f",
+        "task_id": "t",
+        "try_number": 1,
+        "flow_file": "f.py",
+        "flow_sha256": file_digest(flow_file),
+        "spec": {"timezone": "UTC"},
+    }
+    run_message(worker, payload)
+    result = json.loads(client.get("cronflow:attempt:a1:result"))
+    assert result["exit_code"] == 1
+    assert result["reason"].startswith("worker w1 runs cronflow ")
+    assert "the scheduler 0.0.0-other: install the same version on both" in result["reason"]
+    log = b"".join(client.lrange("cronflow:attempt:a1:log", 0, -1)).decode()
+    assert "the scheduler 0.0.0-other" in log
+    assert client.get("cronflow:attempt:a1:claim") == b"w1|inc1|host1"
+    assert not (tmp_path / "ran").exists()
+    client.close()
