@@ -1,4 +1,4 @@
-"""systemd units for the daemon, and `cronflow install-service`.
+"""systemd units for the daemon (and a Celery worker: --worker), and `cronflow install-service`.
 
 The system unit runs the daemon as a dedicated user with its home in systemd's StateDirectory,
 Type=notify (the daemon sends READY=1 once flows are loaded and WATCHDOG=1 with each heartbeat),
@@ -21,6 +21,9 @@ from cronflow.errors import CronflowError
 from cronflow.home import init_home
 
 SERVICE_NAME = "cronflow.service"
+WORKER_SERVICE_NAME = "cronflow-worker.service"
+# The worker's broker URL (with its password) goes here, not into the unit.
+WORKER_ENV_FILE = "/etc/cronflow/worker.env"
 SERVICE_USER = "cronflow"
 STATE_HOME = Path("/var/lib/cronflow")
 WATCHDOG_S = 30
@@ -113,6 +116,11 @@ class UnitSpec:
     home: Path
     user: str | None  # None: a user unit (runs as the user who owns the manager)
     grace_period_s: float = 30.0
+    worker: str | None = None  # `cronflow worker` arguments: the unit of a Celery worker
+
+    @property
+    def name(self) -> str:
+        return WORKER_SERVICE_NAME if self.worker is not None else SERVICE_NAME
 
     @property
     def protect_home(self) -> str:
@@ -138,19 +146,28 @@ class UnitSpec:
             f"ExecStart={self.executable} daemon",
             f"WorkingDirectory={self.home}",
         ]
+        if self.worker is not None:
+            lines = self._worker_lines(lines)
         if self.user and self.home == STATE_HOME:
             lines += ["StateDirectory=cronflow", "StateDirectoryMode=0700"]
         lines += [
             "UMask=0077",
             "Restart=on-failure",
             "RestartSec=2s",
-            f"WatchdogSec={WATCHDOG_S}s",
-            f"TimeoutStopSec={stop_s}s",
-            # Signals to the daemon only. On a stop it ends its tasks itself after the grace
-            # period; after a crash, systemd kills none of them and the restarted daemon
-            # adopts the ones still running.
-            "KillMode=process",
         ]
+        if self.worker is not None:
+            # A stop lets running tries end (Celery's warm shutdown), then ends what is left;
+            # a restart after a crash kills what the dead worker left (its tasks' marker).
+            lines += ["TimeoutStopSec=300s", "KillMode=mixed"]
+        else:
+            lines += [
+                f"WatchdogSec={WATCHDOG_S}s",
+                f"TimeoutStopSec={stop_s}s",
+                # Signals to the daemon only. On a stop it ends its tasks itself after the grace
+                # period; after a crash, systemd kills none of them and the restarted daemon
+                # adopts the ones still running.
+                "KillMode=process",
+            ]
         if self.user:
             lines.append(_HARDENING.format(home=self.home, protect_home=self.protect_home).rstrip())
         else:
@@ -162,6 +179,24 @@ class UnitSpec:
         ]
         return "\n".join(lines) + "\n"
 
+    def _worker_lines(self, lines: list[str]) -> list[str]:
+        """The daemon's first lines, made a worker's: no notify, its arguments, the broker URL
+        from an environment file."""
+        swapped = []
+        for line in lines:
+            if line == "Description=cronflow flow scheduler":
+                line = "Description=cronflow worker (tasks with queue= of a cronflow scheduler)"
+            elif line == "Type=notify":
+                line = "Type=simple"
+            elif line == "NotifyAccess=main":
+                continue
+            elif line.startswith("ExecStart="):
+                line = f"ExecStart={self.executable} worker {self.worker}"
+                if self.user:
+                    swapped.append(f"EnvironmentFile=-{WORKER_ENV_FILE}")
+            swapped.append(line)
+        return swapped
+
     def _user_hardening(self) -> str:
         """The user unit's sandbox: the home is writable (and reachable behind
         ProtectHome=tmpfs) wherever CRONFLOW_HOME puts it."""
@@ -171,6 +206,17 @@ class UnitSpec:
             if _under_home(self.home):
                 bound.append(str(self.home))
         return _USER_HARDENING.format(writable=" ".join(writable), bound=" ".join(bound)).rstrip()
+
+
+def worker_arguments(queues: str, concurrency: int) -> str:
+    """`cronflow worker`'s arguments in a unit; the name is the host's (%H)."""
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    for name in names:
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ServiceError(f"--worker: queue names are letters, digits, - _ . (got {name!r})")
+    if not names:
+        raise ServiceError("--worker needs the queues to serve, e.g. --worker gpu,station")
+    return f"--queues {','.join(names)} --concurrency {concurrency} --name %H"
 
 
 def _under_home(path: Path) -> bool:
@@ -188,16 +234,16 @@ def unreadable_by_others(path: Path) -> Path | None:
     return None
 
 
-def unit_path(user_unit: bool) -> Path:
+def unit_path(user_unit: bool, name: str = SERVICE_NAME) -> Path:
     if user_unit:
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        return config / "systemd" / "user" / SERVICE_NAME
-    return Path("/etc/systemd/system") / SERVICE_NAME
+        return config / "systemd" / "user" / name
+    return Path("/etc/systemd/system") / name
 
 
-def install_commands(user_unit: bool) -> list[list[str]]:
+def install_commands(user_unit: bool, name: str = SERVICE_NAME) -> list[list[str]]:
     systemctl = ["systemctl", "--user"] if user_unit else ["systemctl"]
-    return [[*systemctl, "daemon-reload"], [*systemctl, "enable", "--now", SERVICE_NAME]]
+    return [[*systemctl, "daemon-reload"], [*systemctl, "enable", "--now", name]]
 
 
 def system_user_command(home: Path) -> list[str] | None:
@@ -226,7 +272,7 @@ def install(spec: UnitSpec, user_unit: bool) -> Path:
         )
     if shutil.which("systemctl") is None:
         raise ServiceError("systemctl not found: this machine does not run systemd")
-    commands = install_commands(user_unit)
+    commands = install_commands(user_unit, spec.name)
     if not user_unit:
         create_user = system_user_command(spec.home)
         if create_user:
@@ -238,7 +284,7 @@ def install(spec: UnitSpec, user_unit: bool) -> Path:
             )
     if user_unit or spec.home != STATE_HOME:  # systemd creates its StateDirectory itself
         init_home(spec.home, example=False)
-    path = unit_path(user_unit)
+    path = unit_path(user_unit, spec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(spec.render(), encoding="utf-8")
     for command in commands:

@@ -20,6 +20,16 @@ def install_service(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
     ] = False,
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            "--worker",
+            help="Install a Celery worker's unit instead, serving these queues: gpu,station.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=1024, help="With --worker: tries at once.")
+    ] = 4,
 ) -> None:
     """Write the systemd unit for this cronflow, then daemon-reload and enable --now.
 
@@ -40,8 +50,9 @@ def install_service(
         home=home,
         user=None if user else service.SERVICE_USER,
         grace_period_s=grace,
+        worker=service.worker_arguments(worker, concurrency) if worker is not None else None,
     )
-    commands = service.install_commands(user)
+    commands = service.install_commands(user, spec.name)
     if not user:
         create = service.system_user_command(home)
         if create:
@@ -54,14 +65,13 @@ def install_service(
                 err=True,
             )
     if dry_run:
-        typer.echo(f"# {service.unit_path(user)}")
+        typer.echo(f"# {service.unit_path(user, spec.name)}")
         typer.echo(spec.render())
         for command in commands:
             typer.echo(shlex.join(command))
         return
     path = service.install(spec, user)
-    typer.echo(f"installed {path} and started {service.SERVICE_NAME} (home: {home})")
-    status = "systemctl --user status cronflow" if user else "systemctl status cronflow"
-    typer.echo(
-        f"check it with: {status}   and: journalctl {'--user ' if user else ''}-u cronflow -f"
-    )
+    typer.echo(f"installed {path} and started {spec.name} (home: {home})")
+    unit = spec.name.removesuffix(".service")
+    status = f"systemctl --user status {unit}" if user else f"systemctl status {unit}"
+    typer.echo(f"check it with: {status}   and: journalctl {'--user ' if user else ''}-u {unit} -f")
