@@ -863,6 +863,9 @@ def main() -> None:
         "python": lambda: [{"name": "20 Python tasks: per-task overhead", **python_overhead(root)}],
         "idle": lambda: idle_daemon(root, 20 if args.quick else 60),
         "start": lambda: daemon_start(root),
+        # 1,000 tasks over two Celery workers and a chain of 50, beside the local executor
+        # (bench/celery_farm.py: needs redis-server and the celery extra)
+        "celery": lambda: __import__("celery_farm").scenario(root),
         "fire": lambda: [
             {
                 "name": "100 flows every minute: fire to first task start",

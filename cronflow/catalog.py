@@ -40,6 +40,10 @@ SPEC_FORMAT = 2
 BRANCH_KINDS = ("branch", "short_circuit")
 
 
+LOCAL_QUEUE = "local"  # queue="local": on the scheduler's host, whatever the executor
+STORE_KINDS = frozenset({"trigger_flow", "flow_sensor"})  # they read or write the store
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     task_id: str
@@ -60,6 +64,15 @@ class TaskSpec:
     deadline_s: float | None = None  # done (success or skipped) this long after each fire time
     depends_on_past: bool = False  # waits for its own task instance of the previous run
     wait_for_downstream: bool = False  # ... and for that one's direct downstream there
+    queue: str | None = None  # the Celery queue whose workers run it (None: this server)
+
+    @property
+    def remote_queue(self) -> str | None:
+        """The queue a Celery executor sends this task to, or None to run it on the scheduler's
+        host: no queue, queue="local", and kinds that need the scheduler's store."""
+        if self.queue in (None, LOCAL_QUEUE) or self.kind in STORE_KINDS:
+            return None
+        return self.queue
 
     def retry_delay_after(self, try_number: int) -> float:
         """Delay before the next try, after `try_number` failed tries (1-based)."""

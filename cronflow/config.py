@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cronflow.errors import ConfigError, HomeAccessError, HomeNotFoundError
 
@@ -101,6 +101,26 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class CelerySettings:
+    """[celery] in cronflow.toml (executor = "celery"): the Redis broker, given as `broker_url`
+    or, better (it may hold a password), as the name of an environment variable holding it;
+    how soon a silent worker counts as lost and a task nobody takes is dispatched again; and
+    per-queue caps on the tasks sent at once ([celery.queues] gpu = 2)."""
+
+    broker_url: str | None = field(default=None, repr=False)
+    broker_url_env: str | None = None
+    heartbeat_timeout_s: float = 30.0
+    queued_timeout_s: float = 600.0
+    namespace: str = "cronflow"  # prefix of every Redis key: several homes may share a Redis
+    queues: dict[str, int] = field(default_factory=dict)
+
+    def resolved_broker_url(self, environ: Mapping[str, str] | None = None) -> str | None:
+        if self.broker_url_env:
+            return (os.environ if environ is None else environ).get(self.broker_url_env)
+        return self.broker_url
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the daemon and the CLI need to know about a home."""
 
@@ -113,6 +133,8 @@ class Settings:
     retention: Retention = field(default_factory=lambda: Retention())
     smtp: SmtpSettings | None = None
     xcom_max_bytes: int = 64 * 1024
+    executor: str = "local"  # or "celery": tasks with a queue run on workers ([celery])
+    celery: CelerySettings = field(default_factory=lambda: CelerySettings())
 
     @property
     def db_path(self) -> Path:
@@ -216,7 +238,10 @@ _KNOWN_KEYS = {
     "retention",
     "smtp",
     "xcom_max_bytes",
+    "executor",
+    "celery",
 }
+EXECUTORS = ("local", "celery")
 
 
 def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
@@ -243,7 +268,51 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
         retention=_retention(path, _typed(path, data, "retention", dict, {})),
         smtp=_smtp(path, _typed(path, data, "smtp", dict, {})),
         xcom_max_bytes=_bounded(path, data, "xcom_max_bytes", int, 64 * 1024),
+        executor=_executor(path, data),
+        celery=_celery(path, _typed(path, data, "celery", dict, {})),
     )
+
+
+def _executor(path: Path, data: dict[str, object]) -> str:
+    executor = _typed(path, data, "executor", str, "local")
+    if executor not in EXECUTORS:
+        raise ConfigError(
+            f"{path}: executor must be one of {', '.join(EXECUTORS)}, got {executor!r}"
+        )
+    if executor == "celery" and not isinstance(data.get("celery"), dict):
+        raise ConfigError(
+            f'{path}: executor = "celery" needs a [celery] section with broker_url_env'
+        )
+    return str(executor)
+
+
+def _celery(path: Path, data: dict[str, object]) -> CelerySettings:
+    """[celery]: broker_url or broker_url_env, the timeouts, namespace, [celery.queues]."""
+    known = CelerySettings.__dataclass_fields__
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key 'celery.{unknown[0]}' (known: {', '.join(known)})")
+    if data.get("broker_url") is not None and data.get("broker_url_env") is not None:
+        raise ConfigError(
+            f"{path}: celery.broker_url and celery.broker_url_env exclude each other; "
+            "prefer broker_url_env"
+        )
+    values: dict[str, Any] = {}
+    for key in ("broker_url", "broker_url_env", "namespace"):
+        if key in data:
+            values[key] = _typed(path, data, key, str, None)
+    for key in ("heartbeat_timeout_s", "queued_timeout_s"):
+        if key in data:
+            values[key] = _check_bounds(path, f"celery.{key}", _typed(path, data, key, float, 0.0))
+    queues = _typed(path, data, "queues", dict, {})
+    low, high = BOUNDS["pools"]
+    for name, slots in queues.items():
+        if not isinstance(slots, int) or isinstance(slots, bool) or not low <= slots <= high:
+            raise ConfigError(
+                f"{path}: celery.queues.{name} must be an integer between {low} and {high:,}, "
+                f"got {slots!r}"
+            )
+    return CelerySettings(**values, queues=dict(queues))
 
 
 # The bounds of every number of cronflow.toml, both included (a low bound of 0 for a duration
@@ -260,6 +329,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "retention.delete_runs_after_days": (0, 36_500),
     "retention.delete_audit_after_days": (0, 36_500),
     "smtp.timeout_s": (0, 3600),
+    "celery.heartbeat_timeout_s": (0, 86_400),
+    "celery.queued_timeout_s": (0, 7 * 86_400),
 }
 _MAY_BE_ZERO = {key for key in BOUNDS if key.startswith("retention.")}
 

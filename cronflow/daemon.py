@@ -27,8 +27,8 @@ from typing import IO
 from cronflow import catalog, recovery
 from cronflow.catalog import Catalog
 from cronflow.config import Settings
-from cronflow.errors import DaemonError
-from cronflow.executor import LocalExecutor
+from cronflow.errors import ConfigError, DaemonError
+from cronflow.executor import Executor, LocalExecutor
 from cronflow.home import daemon_home
 from cronflow.housekeeping import run_housekeeping
 from cronflow.importer import Importer
@@ -121,9 +121,7 @@ class Daemon:
     def run(self) -> None:
         lock = acquire_lock(self.settings.lock_path)
         store = Store(self.settings.db_path)
-        scheduler = Scheduler(
-            store, self.settings, LocalExecutor(self.settings.parallelism), self.clock
-        )
+        scheduler = Scheduler(store, self.settings, make_executor(self.settings, store), self.clock)
         selector, (wake_r, wake_w), wake_sock = self._wakeup_channels()
         try:
             started = self.clock.now()
@@ -281,6 +279,19 @@ class Daemon:
         stray = recovery.stop_strays(scheduler)
         if stray:
             log.warning("event=stray_processes_killed count=%s", stray)
+
+
+def make_executor(settings: Settings, store: Store) -> Executor:
+    """The executor cronflow.toml asks for; Celery is imported only when it is the one."""
+    if settings.executor != "celery":
+        return LocalExecutor(settings.parallelism)
+    try:
+        from cronflow.celery.executor import CeleryExecutor
+    except ImportError as exc:
+        raise ConfigError(
+            f'executor = "celery" needs the celery extra: pip install "cronflow[celery]" ({exc})'
+        ) from None
+    return CeleryExecutor(settings, store)
 
 
 def configure_logging() -> None:

@@ -61,6 +61,7 @@ def diagnose(home: Path) -> list[Finding]:
             ("stale state", _stale_state),
             ("flows", _flows),
             ("logs", _logs),
+            ("broker", _broker),
         ]
         for name, check in checks:
             try:
@@ -204,6 +205,42 @@ def _logs(settings: Settings, _store: Store) -> list[Finding]:
     cap = settings.retention.max_logs_mb * 1024 * 1024
     text = f"{len(files)} task log file(s), {total / 1e6:.1f} MB (cap {settings.retention.max_logs_mb:g} MB)"
     return [Finding("logs", "warn" if cap and total > cap else "ok", text)]
+
+
+def _broker(settings: Settings, _store: Store) -> list[Finding]:
+    """executor = "celery": the broker answers and persists what it queues; workers beat."""
+    if settings.executor != "celery":
+        return []
+    try:
+        from cronflow.celery.farm import farm_status
+    except ImportError:
+        return [
+            Finding("broker", "fail", 'the celery extra is missing: pip install "cronflow[celery]"')
+        ]
+    farm = farm_status(settings)
+    broker = farm["broker"]
+    if not broker["reachable"]:
+        return [Finding("broker", "fail", f"{broker['url'] or 'no URL'}: {broker['error']}")]
+    findings = [Finding("broker", "ok", f"{broker['url']} answers")]
+    if not broker.get("append_only"):
+        findings.append(
+            Finding(
+                "broker",
+                "warn",
+                "Redis runs without appendonly yes: a restart loses queued tasks "
+                "(set appendonly yes in redis.conf)",
+            )
+        )
+    live = [w for w in farm["workers"] if w["live"]]
+    silent = [w["name"] for w in farm["workers"] if not w["live"]]
+    if live:
+        served = ", ".join(f"{w['name']} ({','.join(w['queues'])})" for w in live)
+        findings.append(Finding("workers", "ok", f"live: {served}"))
+    else:
+        findings.append(Finding("workers", "warn", "no live worker: tasks with a queue wait"))
+    if silent:
+        findings.append(Finding("workers", "warn", f"silent (no heartbeat): {', '.join(silent)}"))
+    return findings
 
 
 def exit_code(findings: list[Finding]) -> int:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from cronflow import supervisor
 from cronflow.logs import open_attempt_log
@@ -58,6 +58,7 @@ class Attempt:
     # the rendered command never appears on a command line.
     script: str | None = None
     keep_background: bool = False  # leave what the task started in the background running
+    queue: str | None = None  # a Celery queue: run on a worker serving it (cronflow.celery)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -77,6 +78,24 @@ class Finished:
     stopped: int = 0
     kept: int = 0
     notes: tuple[str, ...] = ()  # from its exit record, e.g. its output could not be logged
+    given_back: bool = False  # it never ran (nobody took it from its queue): not counted
+
+
+class Executor(Protocol):
+    """What the scheduler asks of an executor: LocalExecutor here, CeleryExecutor in
+    cronflow.celery (attempts on workers)."""
+
+    @property
+    def free_slots(self) -> int: ...
+    def running(self) -> list[Attempt]: ...
+    def pool_usage(self) -> dict[str, int]: ...
+    def hold(self, queue: str | None) -> str | None: ...
+    def start(self, attempt: Attempt) -> int: ...
+    def adopt(self, attempt: Attempt, pid: int | None, elapsed_s: float) -> None: ...
+    def reap(self) -> list[Finished]: ...
+    def enforce(self) -> None: ...
+    def kill(self, key: tuple[int, str], reason: str) -> None: ...
+    def next_deadline(self) -> float | None: ...
 
 
 class _Child:
@@ -182,6 +201,11 @@ class LocalExecutor:
         for r in self._running.values():
             usage[r.attempt.pool] = usage.get(r.attempt.pool, 0) + 1
         return usage
+
+    def hold(self, queue: str | None) -> str | None:
+        """Why an attempt for `queue` cannot be started now ("" if it needs no saying), or
+        None if it can. The local executor runs every queue itself."""
+        return None
 
     def start(self, attempt: Attempt) -> int:
         """Start an attempt under its supervisor and return the supervisor's pid; OSError if it

@@ -61,6 +61,7 @@ TASK_DEFAULTS: dict[str, Any] = {
     "max_retry_delay": 3600.0,
     "timeout": None,
     "pool": "default",
+    "queue": None,  # a Celery queue: the servers that run the task (executor = "celery")
     "priority": 1,
     "trigger_rule": TriggerRule.ALL_SUCCESS.value,
     # the same task of the previous run (by logical date) must have succeeded or been skipped;
@@ -123,6 +124,7 @@ class Task:
         max_retry_delay: float | str | timedelta | None = None,
         timeout: float | str | timedelta | None = None,
         pool: str | None = None,
+        queue: str | None = None,
         priority: int | None = None,
         trigger_rule: str | TriggerRule | None = None,
         depends_on_past: bool | None = None,
@@ -153,6 +155,7 @@ class Task:
             "max_retry_delay": max_retry_delay,
             "timeout": timeout,
             "pool": pool,
+            "queue": queue,
             "priority": priority,
             "trigger_rule": trigger_rule,
             "depends_on_past": depends_on_past,
@@ -223,6 +226,9 @@ class Task:
         if not isinstance(priority, int) or isinstance(priority, bool):
             problems.append("priority must be a whole number")
         pool = _checked(problems, lambda: _check_id("pool", merged["pool"]))
+        queue = merged["queue"]
+        if queue is not None:
+            queue = _checked(problems, lambda: _check_id("queue", merged["queue"]))
         durations: dict[str, float | None] = {}
         for key in ("retry_delay", "max_retry_delay", "timeout"):
             if merged[key] is not None:
@@ -245,6 +251,8 @@ class Task:
             "priority": priority,
             "trigger_rule": rule,
             **past,
+            # only when set: specs of flows without queues stay as they were
+            **({"queue": queue} if queue is not None else {}),
         }
 
     def spec(self, flow_defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -379,6 +387,7 @@ class Flow:
         on_success: Callable[..., Any] | None = None,
         email_on_failure: str | Iterable[str] | None = None,
         deadline: float | str | timedelta | None = None,
+        queue: str | None = None,
     ) -> None:
         self.flow_id = _check_id("flow", flow_id)
         where = f"flow '{flow_id}'"
@@ -410,6 +419,8 @@ class Flow:
         self.doc = doc or ""
         self.params = dict(params or {})
         self.defaults = dict(defaults or {})
+        if queue is not None:  # Flow(queue=...): the default queue of its tasks
+            self.defaults.setdefault("queue", queue)
         alerts = {
             "on_failure": on_failure,
             "on_retry": on_retry,

@@ -31,7 +31,7 @@ from cronflow.config import Settings
 from cronflow.context import task_context, task_environment
 from cronflow.deadlines import DeadlineChecker
 from cronflow.errors import CronflowError
-from cronflow.executor import Attempt, Finished, LocalExecutor
+from cronflow.executor import Attempt, Executor, Finished
 from cronflow.logs import attempt_log_path, last_output_line, write_note
 from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
@@ -70,7 +70,7 @@ class SystemClock:
 
 class Scheduler:
     def __init__(
-        self, store: Store, settings: Settings, executor: LocalExecutor, clock: Clock | None = None
+        self, store: Store, settings: Settings, executor: Executor, clock: Clock | None = None
     ) -> None:
         self.store = store
         self.settings = settings
@@ -366,13 +366,22 @@ class Scheduler:
                 with self.attempt_step("start", run_id, task_id, ti["try_number"] + 1):
                     self._fail_unstartable(ti, f"pool '{pool}' is not configured in cronflow.toml")
                 continue
-            if (run_id, task_id) in busy or usage.get(pool, 0) >= slots:
+            if (run_id, task_id) in busy or usage.get(pool, 0) >= slots or self._held(ti):
                 held_back.append(entry)
                 continue
             if self._start_attempt(ti):
                 usage[pool] = usage.get(pool, 0) + 1
         for entry in held_back:
             heapq.heappush(self._ready, entry)
+
+    def _held(self, ti: TI) -> bool:
+        """Whether the executor cannot take this TI now (no live worker serves its queue); the
+        reason it gives is shown on the scheduled TI."""
+        task = self._task_spec(ti)
+        reason = self.executor.hold(task.remote_queue if task else None)
+        if reason and ti["reason"] != reason:
+            self._write(ti, TaskState.SCHEDULED, reason=reason)
+        return reason is not None
 
     def _start_attempt(self, ti: TI) -> bool:
         """Start one try, inside the attempt boundary (rendering, the log, the process, the
@@ -476,6 +485,7 @@ class Scheduler:
             stdin=launch.stdin,
             script=launch.script,
             keep_background=launch.keep_background,
+            queue=task.remote_queue,
         )
 
     def _fail_unstartable(self, ti: TI, reason: str) -> None:
@@ -538,7 +548,7 @@ class Scheduler:
         ti = self._ti(attempt.run_id, attempt.task_id)
         if ti is None or ti["try_number"] != attempt.try_number:
             return
-        if attempt.key in self._interrupted:
+        if attempt.key in self._interrupted or finished.given_back:
             self._interrupted.discard(attempt.key)
             self._give_back(ti, now, finished)
             return

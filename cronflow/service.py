@@ -1,4 +1,4 @@
-"""systemd units for the daemon, and `cronflow install-service`.
+"""systemd units for the daemon (and a Celery worker: --worker), and `cronflow install-service`.
 
 The system unit runs the daemon as a dedicated user with its home in systemd's StateDirectory,
 Type=notify (the daemon sends READY=1 once flows are loaded and WATCHDOG=1 with each heartbeat),
@@ -21,6 +21,9 @@ from cronflow.errors import CronflowError
 from cronflow.home import init_home
 
 SERVICE_NAME = "cronflow.service"
+WORKER_SERVICE_NAME = "cronflow-worker.service"
+# The worker's broker URL (with its password) goes here, not into the unit.
+WORKER_ENV_FILE = "/etc/cronflow/worker.env"
 SERVICE_USER = "cronflow"
 STATE_HOME = Path("/var/lib/cronflow")
 WATCHDOG_S = 30
@@ -113,10 +116,11 @@ class UnitSpec:
     home: Path
     user: str | None  # None: a user unit (runs as the user who owns the manager)
     grace_period_s: float = 30.0
+    worker: str | None = None  # `cronflow worker` arguments: the unit of a Celery worker
 
     @property
     def name(self) -> str:
-        return SERVICE_NAME
+        return WORKER_SERVICE_NAME if self.worker is not None else SERVICE_NAME
 
     @property
     def protect_home(self) -> str:
@@ -142,19 +146,28 @@ class UnitSpec:
             f"ExecStart={self.executable} daemon",
             f"WorkingDirectory={self.home}",
         ]
+        if self.worker is not None:
+            lines = self._worker_lines(lines)
         if self.user and self.home == STATE_HOME:
             lines += ["StateDirectory=cronflow", "StateDirectoryMode=0700"]
         lines += [
             "UMask=0077",
             "Restart=on-failure",
             "RestartSec=2s",
-            f"WatchdogSec={WATCHDOG_S}s",
-            f"TimeoutStopSec={stop_s}s",
-            # Signals to the daemon only. On a stop it ends its tasks itself after the grace
-            # period; after a crash, systemd kills none of them and the restarted daemon
-            # adopts the ones still running.
-            "KillMode=process",
         ]
+        if self.worker is not None:
+            # A stop lets running tries end (Celery's warm shutdown), then ends what is left;
+            # a restart after a crash kills what the dead worker left (its tasks' marker).
+            lines += ["TimeoutStopSec=300s", "KillMode=mixed"]
+        else:
+            lines += [
+                f"WatchdogSec={WATCHDOG_S}s",
+                f"TimeoutStopSec={stop_s}s",
+                # Signals to the daemon only. On a stop it ends its tasks itself after the grace
+                # period; after a crash, systemd kills none of them and the restarted daemon
+                # adopts the ones still running.
+                "KillMode=process",
+            ]
         if self.user:
             lines.append(_HARDENING.format(home=self.home, protect_home=self.protect_home).rstrip())
         else:
@@ -165,6 +178,24 @@ class UnitSpec:
             "WantedBy=multi-user.target" if self.user else "WantedBy=default.target",
         ]
         return "\n".join(lines) + "\n"
+
+    def _worker_lines(self, lines: list[str]) -> list[str]:
+        """The daemon's first lines, made a worker's: no notify, its arguments, the broker URL
+        from an environment file."""
+        swapped = []
+        for line in lines:
+            if line == "Description=cronflow flow scheduler":
+                line = "Description=cronflow worker (tasks with queue= of a cronflow scheduler)"
+            elif line == "Type=notify":
+                line = "Type=simple"
+            elif line == "NotifyAccess=main":
+                continue
+            elif line.startswith("ExecStart="):
+                line = f"ExecStart={self.executable} worker {self.worker}"
+                if self.user:
+                    swapped.append(f"EnvironmentFile=-{WORKER_ENV_FILE}")
+            swapped.append(line)
+        return swapped
 
     def _user_hardening(self) -> str:
         """The user unit's sandbox: the home is writable (and reachable behind
@@ -232,6 +263,17 @@ class WebUnitSpec:
             "WantedBy=multi-user.target" if self.user else "WantedBy=default.target",
         ]
         return "\n".join(lines) + "\n"
+
+
+def worker_arguments(queues: str, concurrency: int) -> str:
+    """`cronflow worker`'s arguments in a unit; the name is the host's (%H)."""
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    for name in names:
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ServiceError(f"--worker: queue names are letters, digits, - _ . (got {name!r})")
+    if not names:
+        raise ServiceError("--worker needs the queues to serve, e.g. --worker gpu,station")
+    return f"--queues {','.join(names)} --concurrency {concurrency} --name %H"
 
 
 def _under_home(path: Path) -> bool:

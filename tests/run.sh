@@ -14,6 +14,7 @@ DEBIAN_NEEDS=(
   "/usr/sbin/sshd:openssh-server"  # the SSH/SFTP operator tests start their own sshd
   "/usr/bin/chromium:chromium"  # the web view's browser tests (tests/test_web_browser.py)
   "/usr/bin/chromedriver:chromium-driver"
+  "redis-server:redis-server"  # the Celery executor tests start their own Redis broker
 )
 missing=()
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then missing+=(python3-venv); fi
@@ -31,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,web]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,web,celery]'
 .venv/bin/ruff check cronflow tests
 .venv/bin/ruff format --check cronflow tests
 # Types: strict on the whole package ([tool.mypy] in pyproject.toml); an error stops the run.

@@ -417,3 +417,58 @@ def http_server() -> Iterator[HttpServer]:
     server.shutdown()
     server.server_close()
     thread.join(10)
+
+
+# --- Redis (Debian's redis-server), the Celery executor's broker -----------------------------------
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of our own on a free loopback port, append-only (as the README asks), so
+    a restart keeps what was queued."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    def start(self) -> RedisServer:
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--dir", str(self.directory), "--appendonly", "yes", "--save", ""]
+        argv += ["--logfile", str(self.log_path), "--daemonize", "no"]
+        self.log_path.unlink(missing_ok=True)  # a restart waits for its own "Ready" line
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(self._ready, DEADLINE_S, "redis-server to accept connections")
+        assert self.process.poll() is None, self.log_path.read_text()
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return True
+        log = self.log_path.read_text() if self.log_path.exists() else ""
+        return "Ready to accept connections" in log
+
+    def stop(self) -> None:
+        """SIGTERM: Redis writes its append-only file and exits."""
+        if self.process is not None:
+            stop(self.process)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if not os.path.exists(REDIS_SERVER):
+        pytest.skip("redis-server is not installed (tests/run.sh installs it)")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    server.stop()

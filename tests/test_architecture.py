@@ -52,6 +52,10 @@ LIBRARY_HOMES = {
     "prometheus_client": {"web"},
     "anyio": {"web"},
     "selenium": set(),
+    # the Celery executor and worker (an extra): nothing outside cronflow/celery/ imports them
+    "celery": {"celery"},
+    "kombu": {"celery"},
+    "redis": {"celery"},
 }
 
 
@@ -110,6 +114,26 @@ def test_listing_and_help_do_not_import_jinja(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_single_server_path_does_not_import_celery(tmp_path):
+    """`--help`, the CLI and the daemon's modules never pay for Celery unless executor =
+    "celery" asks for it."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cronflow.cli import app\n"
+        "import cronflow.daemon, cronflow.scheduler, cronflow.recovery\n"
+        "result = CliRunner().invoke(app, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu', 'redis')"
+        " or m.startswith('cronflow.celery')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

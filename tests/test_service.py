@@ -212,3 +212,27 @@ def test_user_unit_keeps_a_home_outside_the_users_home_writable(home, writable, 
     lines = user_unit(home=home).splitlines()
     assert f"ReadWritePaths={writable}" in lines
     assert f"BindPaths={bound}" in lines
+
+
+def test_the_shipped_worker_unit_is_what_install_service_worker_writes():
+    from cronflow.service import worker_arguments
+
+    spec = UnitSpec(SHIPPED_EXE, STATE_HOME, "cronflow", worker=worker_arguments("gpu", 4))
+    assert (REPO / "systemd" / "cronflow-worker.service").read_text() == spec.render()
+
+
+def test_install_service_worker_dry_run(home):
+    result = cli(
+        home, "install-service", "--worker", "gpu,station", "--concurrency", "2", "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# /etc/systemd/system/cronflow-worker.service\n[Unit]\n")
+    exe = cronflow_executable()
+    assert f"ExecStart={exe} worker --queues gpu,station --concurrency 2 --name %H" in result.stdout
+    assert "EnvironmentFile=-/etc/cronflow/worker.env" in result.stdout
+    assert "KillMode=mixed" in result.stdout and "Type=simple" in result.stdout
+    assert "WatchdogSec" not in result.stdout and "NotifyAccess" not in result.stdout
+    assert "systemctl enable --now cronflow-worker.service" in result.stdout
+    bad = cli(home, "install-service", "--worker", "gpu;rm -rf /", "--dry-run")
+    assert bad.returncode == 2
+    assert "queue names are letters, digits" in bad.stderr

@@ -1,8 +1,8 @@
-"""Core commands: init, daemon, list, trigger, tasks."""
+"""Core commands: init, daemon, worker, list, trigger, tasks, status."""
 
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +23,9 @@ from cronflow.cli.app import (
     utc_now,
 )
 from cronflow.cli.tables import Cell, Spans, print_rows
+
+if TYPE_CHECKING:
+    from cronflow.config import Settings
 
 
 @app.command()
@@ -49,6 +52,40 @@ def daemon() -> None:
     from cronflow.daemon import run_daemon
 
     run_daemon(home_path(_options["home"]))
+
+
+@app.command()
+@handles_errors
+def worker(
+    queues: Annotated[
+        str, typer.Option("--queues", "-Q", help="Queues to serve, comma-separated: gpu,station.")
+    ],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="Attempts at once.")
+    ] = 4,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="This worker's name (default: the host name)."),
+    ] = None,
+) -> None:
+    """Run attempts of tasks with queue= on this server (executor = "celery"; needs the
+    celery extra and [celery] in this home's cronflow.toml). Runs in the foreground."""
+    from cronflow.config import home_path, load_settings, require_home
+    from cronflow.daemon import configure_logging
+    from cronflow.errors import ConfigError
+
+    home = home_path(_options["home"])
+    require_home(home)
+    settings = load_settings(home)
+    configure_logging()
+    try:
+        from cronflow.celery.worker import run_worker
+    except ImportError as exc:
+        raise ConfigError(
+            f'cronflow worker needs: pip install "cronflow[celery]" ({exc})'
+        ) from None
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    run_worker(settings, names, concurrency, name)
 
 
 @app.command("list")
@@ -257,6 +294,9 @@ def status(
         "running_tasks": counts["running"],
         "waiting_tasks": counts["waiting"],
     }
+    farm = _farm(settings)
+    if farm is not None:
+        info["farm"] = farm
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     elif quiet:
@@ -268,5 +308,22 @@ def status(
         typer.echo(f"daemon: running, pid {pid}, since {info['started_at']}")
         typer.echo(f"last heartbeat: {info['heartbeat_at']}")
         typer.echo(f"tasks: {info['running_tasks']} running, {info['waiting_tasks']} waiting")
+    if farm is not None and not quiet and not as_json:
+        from cronflow.celery.farm import status_lines
+
+        for line in status_lines(farm):
+            typer.echo(line)
     if pid is None:
         raise typer.Exit(1)
+
+
+def _farm(settings: "Settings") -> dict[str, Any] | None:
+    """The broker and workers of a home whose executor is "celery" (None otherwise)."""
+    if settings.executor != "celery":
+        return None
+    try:
+        from cronflow.celery.farm import farm_status
+    except ImportError:
+        error = 'the celery extra is not installed: pip install "cronflow[celery]"'
+        return {"broker": {"url": None, "reachable": False, "error": error}, "workers": []}
+    return farm_status(settings)

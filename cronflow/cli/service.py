@@ -24,6 +24,16 @@ def install_service(
         bool,
         typer.Option("--web", help="Install the web view's unit (cronflow-web.service) instead."),
     ] = False,
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            "--worker",
+            help="Install a Celery worker's unit instead, serving these queues: gpu,station.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=1024, help="With --worker: tries at once.")
+    ] = 4,
 ) -> None:
     """Write the systemd unit for this cronflow, then daemon-reload and enable --now.
 
@@ -41,6 +51,8 @@ def install_service(
         settings_from_options(home_required=False).grace_period_s if (user or explicit) else 30.0
     )
     spec: service.UnitSpec | service.WebUnitSpec
+    if web and worker is not None:
+        raise service.ServiceError("--web and --worker install different units: give one")
     if web:
         spec = service.WebUnitSpec(
             service.cronflow_executable(), home, None if user else service.SERVICE_USER
@@ -51,6 +63,7 @@ def install_service(
             home=home,
             user=None if user else service.SERVICE_USER,
             grace_period_s=grace,
+            worker=service.worker_arguments(worker, concurrency) if worker is not None else None,
         )
     commands = service.install_commands(user, spec.name)
     if not user:
