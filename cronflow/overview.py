@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cronflow.catalog import Catalog, FlowSpec, catchup_progress, recorded_fire_holds
+from cronflow.catalog import Catalog, FlowSpec, catchup_progress, recorded_fire_holds, sync
+from cronflow.config import Settings
 from cronflow.errors import InvalidInputError
 from cronflow.limits import checked_count
 from cronflow.outcomes import current_try
@@ -207,12 +208,19 @@ def task_rows(
             "end": ti["end_at"],
             "duration_s": ti["duration_s"],
             "host": ti["host"],
+            "queue": _queue(flow, ti["task_id"]),
             "reason": ti["reason"]
             or _waiting_reason(flow, ti, waiting)
             or _past_reason(store, flow, run, ti),
         }
         for ti in tis
     ]
+
+
+def _queue(flow: FlowSpec, task_id: str) -> str | None:
+    """The Celery queue the task is sent to (None: it runs on the scheduler's host)."""
+    task = flow.tasks.get(task_id)
+    return task.remote_queue if task else None
 
 
 def _past_reason(
@@ -441,3 +449,45 @@ def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:
         "host": ti["host"],
         "reason": ti["reason"],
     }
+
+
+def queue_waits(store: Store, cat: Catalog) -> dict[str, dict[str, Any]]:
+    """queue -> {"tasks": how many scheduled TIs wait to be sent there, "since": the oldest
+    time one of them was held (None if not held yet)}: what `status` and `top` compare with the
+    live workers. One indexed query; only the flows with a scheduled TI are parsed."""
+    waits: dict[str, dict[str, Any]] = {}
+    for ti in store.tis_in_states([TaskState.SCHEDULED]):
+        flow = cat.flows.get(ti["flow_id"])
+        queue = _queue(flow, ti["task_id"]) if flow else None
+        if queue is None:
+            continue
+        wait = waits.setdefault(queue, {"tasks": 0, "since": None})
+        wait["tasks"] += 1
+        # the scheduler stamps queued_at with each hold reason ("waiting: ..."); without one,
+        # queued_at is the previous try's start
+        held = ti["queued_at"] if (ti["reason"] or "").startswith("waiting: ") else None
+        if held and (wait["since"] is None or held < wait["since"]):
+            wait["since"] = held
+    return waits
+
+
+def farm_overview(
+    settings: Settings, store: Store | None, cat: Catalog | None = None
+) -> dict[str, Any] | None:
+    """The broker, the workers and the queues no live worker serves, for a home whose
+    executor is "celery" (cronflow.celery.farm); None otherwise, without importing Celery."""
+    if settings.executor != "celery":
+        return None
+    try:
+        from cronflow.celery.farm import farm_status
+    except ImportError:
+        error = 'the celery extra is not installed: pip install "cronflow[celery]"'
+        return {
+            "broker": {"url": None, "reachable": False, "error": error},
+            "workers": [],
+            "unserved_queues": [],
+        }
+    waits: dict[str, dict[str, Any]] = {}
+    if store is not None:
+        waits = queue_waits(store, cat if cat is not None else sync(store, settings))
+    return farm_status(settings, waits)

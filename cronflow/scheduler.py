@@ -376,11 +376,12 @@ class Scheduler:
 
     def _held(self, ti: TI) -> bool:
         """Whether the executor cannot take this TI now (no live worker serves its queue); the
-        reason it gives is shown on the scheduled TI."""
+        reason it gives is shown on the scheduled TI, and queued_at says since when (`status`
+        shows how long tasks have waited for a queue; the start of the try overwrites it)."""
         task = self._task_spec(ti)
         reason = self.executor.hold(task.remote_queue if task else None)
         if reason and ti["reason"] != reason:
-            self._write(ti, TaskState.SCHEDULED, reason=reason)
+            self._write(ti, TaskState.SCHEDULED, reason=reason, queued_at=iso(self.clock.now()))
         return reason is not None
 
     def _start_attempt(self, ti: TI) -> bool:

@@ -335,13 +335,33 @@ def test_a_queue_no_live_worker_serves_waits_saying_so(farm: Farm) -> None:
         WAIT_S,
         "the reason of the task nobody serves",
     )
-    assert farm.ti(run_id, "there")["state"] == "scheduled"
+    held = farm.ti(run_id, "there")
+    assert held["state"] == "scheduled" and held["queued_at"]  # since when it has waited
     assert farm.client.llen("cronflow:B") == 0  # nothing was published
+    # status, top and tasks say which queue it waits on, how many wait there, since when
+    unserved = json.loads(farm.cli("status", "--json").stdout)["farm"]["unserved_queues"]
+    assert [(q["queue"], q["tasks"], q["waiting_since"]) for q in unserved] == [
+        ("B", 1, held["queued_at"])
+    ]
+    assert unserved[0]["waited_s"] >= 0
+    line = f"queue 'B': no live worker serves it, 1 task waits since {held['queued_at']} ("
+    assert line in farm.cli("status").stdout
+    top = farm.cli("top", "--once")
+    assert line in top.stdout and "worker wa on " in top.stdout, top.stdout + top.stderr
+    assert "farm" in json.loads(farm.cli("top", "--json").stdout)
+    rows = json.loads(farm.cli("tasks", "lonely", "--json").stdout)
+    assert {r["task"]: r["queue"] for r in rows} == {"here": None, "there": "B"}
+    table = farm.cli("tasks", "lonely").stdout.splitlines()
+    header = next(t for t in table if t.lstrip().startswith("task"))
+    assert header.split()[6] == "queue", header
+    assert next(t for t in table if t.lstrip().startswith("there")).split()[6] == "B", table
     farm.worker("wb", "B")
     there = farm.wait_state(run_id, "there", "success")
     assert there["try_number"] == 1 and there["reason"] is None
     assert "echo on a worker of B" not in farm.log(run_id, "there")
     assert "on a worker of B" in farm.log(run_id, "there")
+    status = json.loads(farm.cli("status", "--json").stdout)
+    assert status["farm"]["unserved_queues"] == []
 
 
 def test_a_flow_file_changed_on_one_worker_only_fails_the_try(farm: Farm) -> None:

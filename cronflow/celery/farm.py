@@ -1,5 +1,6 @@
-"""What `status` and `doctor` say about a Celery farm: the broker (reachable, append-only
-persistence on) and each worker (queues, busy/slots, version, last seen, live or not).
+"""What `status`, `top` and `doctor` say about a Celery farm: the broker (reachable, append-only
+persistence on), each worker (queues, busy/slots, version, last seen, live or not) and the
+queues tasks wait on that no live worker serves (how many tasks, since when).
 
 Read only from Redis, with short timeouts: a broker outage is something to report, never a
 reason for a command to hang.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from cronflow.celery.broker import BROKER_ERRORS, Keys, broker_url, connect, describe, text
@@ -16,13 +18,17 @@ from cronflow.config import Settings
 from cronflow.errors import ConfigError
 
 
-def farm_status(settings: Settings) -> dict[str, Any]:
-    """{"broker": {...}, "workers": [...]} for a home whose executor is "celery"."""
+def farm_status(
+    settings: Settings, waits: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """{"broker": {...}, "workers": [...], "unserved_queues": [...]} for a home whose executor
+    is "celery"; `waits` is cronflow.overview.queue_waits (queue -> tasks, since)."""
     conf = settings.celery
     try:
         url = broker_url(conf)
     except ConfigError as exc:
-        return {"broker": {"url": None, "reachable": False, "error": str(exc)}, "workers": []}
+        missing = {"url": None, "reachable": False, "error": str(exc)}
+        return {"broker": missing, "workers": [], "unserved_queues": []}
     broker: dict[str, Any] = {"url": describe(url), "reachable": False, "error": None}
     workers: list[dict[str, Any]] = []
     client = connect(url)
@@ -32,7 +38,7 @@ def farm_status(settings: Settings) -> dict[str, Any]:
         broker["reachable"] = True
     except BROKER_ERRORS as exc:
         broker["error"] = str(exc) or type(exc).__name__
-        return {"broker": broker, "workers": workers}
+        return {"broker": broker, "workers": workers, "unserved_queues": []}
     finally:
         client.close()
     now = time.time()
@@ -51,23 +57,21 @@ def farm_status(settings: Settings) -> dict[str, Any]:
                 "live": age_s <= conf.heartbeat_timeout_s,
             }
         )
-    return {"broker": broker, "workers": workers}
+    served = {q for w in workers if w["live"] for q in w["queues"]}
+    unserved = [
+        {
+            "queue": queue,
+            "tasks": wait["tasks"],
+            "waiting_since": wait["since"],
+            "waited_s": _waited_s(wait["since"], now),
+        }
+        for queue, wait in sorted((waits or {}).items())
+        if queue not in served
+    ]
+    return {"broker": broker, "workers": workers, "unserved_queues": unserved}
 
 
-def status_lines(farm: dict[str, Any]) -> list[str]:
-    """The farm in a few lines of text, for `cronflow status`."""
-    broker = farm["broker"]
-    if not broker["reachable"]:
-        return [f"broker: {broker['url'] or '?'} UNREACHABLE: {broker['error']}"]
-    persistence = "append-only on" if broker.get("append_only") else "append-only OFF"
-    lines = [f"broker: {broker['url']} reachable, {persistence}"]
-    if not farm["workers"]:
-        lines.append("workers: none")
-    for w in farm["workers"]:
-        state = "live" if w["live"] else "SILENT"
-        lines.append(
-            f"worker {w['name']} on {w['host']}: {state}, queues {','.join(w['queues'])}, "
-            f"{w['busy']}/{w['slots']} busy, cronflow {w['version']}, "
-            f"last seen {w['last_seen_s']:g}s ago"
-        )
-    return lines
+def _waited_s(since: str | None, now: float) -> float | None:
+    if since is None:
+        return None
+    return round(max(0.0, now - datetime.fromisoformat(since).timestamp()), 1)

@@ -189,6 +189,34 @@ def duration_text(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+def farm_lines(farm: dict[str, Any]) -> list[str]:
+    """A Celery farm (cronflow.overview.farm_overview) in a few lines of text, for `status`
+    and `top`: the broker, each worker, each queue tasks wait on that no live worker serves."""
+    broker = farm["broker"]
+    if not broker["reachable"]:
+        return [f"broker: {broker['url'] or '?'} UNREACHABLE: {broker['error']}"]
+    persistence = "append-only on" if broker.get("append_only") else "append-only OFF"
+    lines = [f"broker: {broker['url']} reachable, {persistence}"]
+    if not farm["workers"]:
+        lines.append("workers: none")
+    for w in farm["workers"]:
+        state = "live" if w["live"] else "SILENT"
+        lines.append(
+            f"worker {w['name']} on {w['host']}: {state}, queues {','.join(w['queues'])}, "
+            f"{w['busy']}/{w['slots']} busy, cronflow {w['version']}, "
+            f"last seen {w['last_seen_s']:g}s ago"
+        )
+    for q in farm["unserved_queues"]:
+        tasks = "1 task waits" if q["tasks"] == 1 else f"{q['tasks']} tasks wait"
+        since = (
+            f" since {q['waiting_since']} ({duration_text(q['waited_s'])})"
+            if q["waiting_since"]
+            else ""
+        )
+        lines.append(f"queue '{q['queue']}': no live worker serves it, {tasks}{since}")
+    return lines
+
+
 def utc_now() -> Any:
     from datetime import UTC, datetime
 

@@ -2,7 +2,7 @@
 
 import json
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -11,6 +11,7 @@ from cronflow.cli.app import (
     _options,
     app,
     console,
+    farm_lines,
     handles_errors,
     local_text,
     open_home,
@@ -23,9 +24,6 @@ from cronflow.cli.app import (
     utc_now,
 )
 from cronflow.cli.tables import Cell, Spans, print_rows
-
-if TYPE_CHECKING:
-    from cronflow.config import Settings
 
 
 @app.command()
@@ -232,7 +230,8 @@ def tasks(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """The task instances of one run: state, try, start, end, duration, host."""
+    """The task instances of one run: state, try, start, end, duration, queue (for a flow
+    that sends tasks to Celery workers), host."""
     from cronflow import control
     from cronflow.overview import task_rows, triggered_by
 
@@ -244,22 +243,28 @@ def tasks(
         print_json(rows)
         return
     local = local_text(cat, flow_id, run["logical_date"])
+    queues = any(row["queue"] for row in rows)  # a column only for a flow that sends tasks
     headers = ["task", "state", "try", "start", "end", "duration", "host", "reason"]
+    if queues:
+        headers.insert(6, "queue")
+    table: list[list[Cell]] = []
+    for row in rows:
+        cells: list[Cell] = [
+            row["task"],
+            state_cell(row["state"]),
+            f"{row['try_number']}/{row['max_tries']}",
+            local_text(cat, flow_id, row["start"]),
+            local_text(cat, flow_id, row["end"]),
+            "-" if row["duration_s"] is None else f"{row['duration_s']:.2f}s",
+            row["host"] or "-",
+            row["reason"] or "",
+        ]
+        if queues:
+            cells.insert(6, row["queue"] or "-")
+        table.append(cells)
     print_rows(
         headers,
-        [
-            [
-                row["task"],
-                state_cell(row["state"]),
-                f"{row['try_number']}/{row['max_tries']}",
-                local_text(cat, flow_id, row["start"]),
-                local_text(cat, flow_id, row["end"]),
-                "-" if row["duration_s"] is None else f"{row['duration_s']:.2f}s",
-                row["host"] or "-",
-                row["reason"] or "",
-            ]
-            for row in rows
-        ],
+        table,
         wrap=headers,
         title=[
             (f"{flow_id} {local} (", ""),
@@ -277,7 +282,7 @@ def status(
 ) -> None:
     """Is the daemon alive: pid, start time, last heartbeat, running and queued tasks. Exit 1 if not."""
     from cronflow.daemon import running_daemon_pid
-    from cronflow.overview import live_counts
+    from cronflow.overview import farm_overview, live_counts
     from cronflow.store import Store
 
     settings = settings_from_options()
@@ -294,7 +299,7 @@ def status(
         "running_tasks": counts["running"],
         "waiting_tasks": counts["waiting"],
     }
-    farm = _farm(settings)
+    farm = farm_overview(settings, store)
     if farm is not None:
         info["farm"] = farm
     if as_json:
@@ -309,21 +314,7 @@ def status(
         typer.echo(f"last heartbeat: {info['heartbeat_at']}")
         typer.echo(f"tasks: {info['running_tasks']} running, {info['waiting_tasks']} waiting")
     if farm is not None and not quiet and not as_json:
-        from cronflow.celery.farm import status_lines
-
-        for line in status_lines(farm):
+        for line in farm_lines(farm):
             typer.echo(line)
     if pid is None:
         raise typer.Exit(1)
-
-
-def _farm(settings: "Settings") -> dict[str, Any] | None:
-    """The broker and workers of a home whose executor is "celery" (None otherwise)."""
-    if settings.executor != "celery":
-        return None
-    try:
-        from cronflow.celery.farm import farm_status
-    except ImportError:
-        error = 'the celery extra is not installed: pip install "cronflow[celery]"'
-        return {"broker": {"url": None, "reachable": False, "error": error}, "workers": []}
-    return farm_status(settings)

@@ -1,5 +1,5 @@
 """`cronflow top`: a live view of running and waiting tasks, the latest failures and missed
-deadlines."""
+deadlines, and with executor = "celery" the broker, the workers and unserved queues."""
 
 import time
 from typing import Annotated, Any
@@ -10,6 +10,7 @@ from cronflow.cli.app import (
     app,
     console,
     duration_text,
+    farm_lines,
     handles_errors,
     open_home,
     short_text,
@@ -39,18 +40,24 @@ def top(
     import json
 
     from cronflow.daemon import running_daemon_pid
-    from cronflow.overview import live_tasks
+    from cronflow.overview import farm_overview, live_tasks
 
     checked("--interval", interval, *REFRESH_S)
     settings, store, cat = open_home()
     out = console()
 
+    def data() -> dict[str, Any]:
+        frame_data = live_tasks(store, utc_now(), failures)
+        farm = farm_overview(settings, store, cat)  # None unless executor = "celery"
+        if farm is not None:
+            frame_data["farm"] = farm
+        return frame_data
+
     def frame() -> Any:
-        data = live_tasks(store, utc_now(), failures)
-        return _render(cat, data, running_daemon_pid(settings.home))
+        return _render(cat, data(), running_daemon_pid(settings.home))
 
     if as_json:
-        typer.echo(json.dumps(live_tasks(store, utc_now(), failures), indent=2))
+        typer.echo(json.dumps(data(), indent=2))
     elif once or not out.is_terminal:
         out.print(frame())
     else:
@@ -121,7 +128,22 @@ def _render(cat: Any, data: dict[str, Any], daemon_pid: int | None) -> Any:
     parts.append(failed if data["failures"] else "no failures")
     if data["missed_deadlines"]:
         parts.append(_missed(cat, data["missed_deadlines"]))
+    if "farm" in data:
+        parts.append(_farm(data["farm"]))
     return Group(*parts)
+
+
+def _farm(farm: dict[str, Any]) -> Any:
+    """The broker, the workers and the queues no live worker serves (executor = "celery")."""
+    from rich.text import Text
+
+    lines = farm_lines(farm)
+    text = Text("farm\n", style="bold")
+    for line in lines:
+        alarm = "UNREACHABLE" in line or "SILENT" in line or "no live worker" in line
+        text.append(line + "\n", style="red" if alarm else "")
+    text.rstrip()
+    return text
 
 
 def _missed(cat: Any, misses: list[dict[str, Any]]) -> Any:
