@@ -91,6 +91,8 @@ class RunPlanner:
                 self.store.set_last_scheduled(flow.flow_id, now)
                 return self._cached_next(flow, now)
             cursor = flow.start_at - TINY
+        elif flow.start_at and cursor < flow.start_at - TINY:
+            cursor = flow.start_at - TINY  # start_date moved later: nothing before it runs
         for _ in range(MAX_RUNS_PER_TICK):
             fire = self._cached_next(flow, cursor)
             if fire is None or (flow.end_at and fire > flow.end_at):

@@ -283,3 +283,16 @@ def test_a_flow_with_one_due_fire_time_is_not_catching_up(settings, write_flow, 
     assert len(store.runs_between("f", utc(2024, 1, 1), utc(2025, 1, 1))) == 1
     assert "catchup_started" not in caplog.text
     assert store.flow_states()[0]["catchup_from_at"] is None
+
+
+def test_a_start_date_moved_later_is_where_the_runs_start_again(settings, write_flow):
+    """The planner's saved position is before the new start date: the fire times between are
+    not run (with catch-up on, they would all have been)."""
+    now = utc(2024, 3, 10, 12)
+    store = plan_once(settings, write_flow, "0 6 * * *", "UTC", utc(2024, 3, 1), None, True, now)
+    assert len(store.runs_between("f", utc(1, 1, 1), utc(9999, 1, 1))) == MAX_ACTIVE  # 1-3 March
+    for run in store.runs_between("f", utc(1, 1, 1), utc(9999, 1, 1)):
+        store.set_run_state(run["run_id"], RunState.SUCCESS, now)
+    later = plan_once(settings, write_flow, "0 6 * * *", "UTC", utc(2024, 3, 8), None, True, now)
+    dates = [r["logical_date"] for r in later.runs_between("f", utc(1, 1, 1), utc(9999, 1, 1))]
+    assert dates[MAX_ACTIVE:] == [f"2024-03-{d:02}T06:00:00+00:00" for d in (8, 9, 10)]
