@@ -844,10 +844,10 @@ class Store:
         at: datetime,
         only_states: Iterable[TaskState] = (),
     ) -> int:
-        """`cronflow replay`: put task instances back to `none` so the daemon runs them again.
-        `selection` maps run id -> {task id: the task's retries}. The try number stays (the next
-        try gets a new log) and each gets its retries again; a finished run goes back to
-        queued. One transaction for everything; returns how many task instances changed."""
+        """`cronflow replay`: put task instances back to `none` so the daemon runs them again,
+        without their XComs. `selection` maps run id -> {task id: the task's retries}. The try
+        number stays (the next try gets a new log) and each gets its retries again; a finished
+        run goes back to queued. One transaction for everything; returns how many task instances changed."""
         changed = 0
         with self._write():
             for run_id, retries in selection.items():
@@ -872,6 +872,10 @@ class Store:
                     duration_s = NULL WHERE run_id = ? AND task_id = ?{state_filter}""",
                 [task_retries, run_id, task_id, *extra],
             )
+            if cursor.rowcount:  # as Airflow's clear: the next try starts without old XComs
+                self.db.execute(
+                    "DELETE FROM xcom WHERE run_id = ? AND task_id = ?", [run_id, task_id]
+                )
             changed += cursor.rowcount
         return changed
 

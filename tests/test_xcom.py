@@ -181,3 +181,35 @@ def test_cli_xcom_bad_input(h: Home, home: Path) -> None:
     result = invoke(home, "xcom", "ingest")
     assert result.exit_code == 0 and "no XCom values" in result.stdout
     assert json.loads(ok(home, "xcom", "ingest", "--json").stdout) == []
+
+
+def test_a_replay_clears_the_xcoms_of_what_it_clears(home: Path, write_flow: Any) -> None:
+    """As Airflow's clear: the replayed task starts without the values its last try pushed;
+    the task instances left alone keep theirs."""
+    write_flow(
+        "pair",
+        """
+        from cronflow import Flow, Python
+
+        def one(context):
+            context["xcom"].push("extra", "from the first try")
+            return 1
+
+        with Flow("pair"):
+            Python("a", one)
+            Python("b", lambda: 2)
+        """,
+    )
+    r = Runner(home)
+    run_id = r.run("pair")
+    assert (r.xcom(run_id, "a"), r.xcom(run_id, "a", "extra"), r.xcom(run_id, "b")) == (
+        1,
+        "from the first try",
+        2,
+    )
+    assert r.store.clear_tis({run_id: {"a": 0}}, r.clock.now()) == 1
+    assert r.store.xcom_rows([run_id], "a") == []
+    assert r.xcom(run_id, "b") == 2
+    r.settle()
+    assert r.states(run_id) == {"a": "success", "b": "success"}
+    assert r.xcom(run_id, "a") == 1
