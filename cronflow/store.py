@@ -752,10 +752,11 @@ class Store:
         if expect_try is not None:
             where += " AND try_number = ?"
             params.append(expect_try)
+        sql, args = f"UPDATE task_instances SET {sets} WHERE {where}", [*values.values(), *params]
+        if self.conn.in_transaction:  # the daemon's tick: one statement is atomic by itself
+            return self.conn.execute(sql, args).rowcount == 1
         with self._write():
-            cursor = self.db.execute(
-                f"UPDATE task_instances SET {sets} WHERE {where}", [*values.values(), *params]
-            )
+            cursor = self.db.execute(sql, args)
         return cursor.rowcount == 1
 
     # --- the CLI: listings and repairs ---------------------------------------------------
