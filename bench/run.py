@@ -425,7 +425,7 @@ def cron_latency(root: Path, cron: str, minutes: int) -> list[dict]:
     stamps_at = root / "cron.stamps"
     command = stamp_command(stamps_at).replace("$CRONFLOW_LOGICAL_DATE", "-")
     lines = ["SHELL=/bin/bash"]
-    lines += [f"* * * * * root CRONFLOW_FLOW_ID=c{i:03d} {command}" for i in range(100)]
+    lines += [f"* * * * * root CRONFLOW_FLOW_ID=c{i:03d}; {command}" for i in range(100)]
     table = Path("/etc/cron.d/cronflow-bench")
     table.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen([cron, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
