@@ -129,7 +129,7 @@ def trigger(home: Path, flow: str) -> tuple[int, float]:
     after the flow is loaded, before the run is created)."""
     from cronflow import catalog, control
     from cronflow.config import load_settings
-    from cronflow.daemon import poke
+    from cronflow.daemonlock import poke
     from cronflow.store import Store
 
     settings = load_settings(home)
