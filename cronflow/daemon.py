@@ -10,7 +10,6 @@ One daemon per home: an flock on daemon.lock, held for the daemon's life.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import selectors
@@ -20,14 +19,18 @@ import sys
 import threading
 import time
 from contextlib import suppress
-from hashlib import sha256
 from pathlib import Path
-from typing import IO
 
 from cronflow import catalog, recovery
 from cronflow.catalog import Catalog
 from cronflow.config import Settings
-from cronflow.errors import ConfigError, DaemonError
+from cronflow.daemonlock import (  # poke and running_daemon_pid: for their importers
+    acquire_lock,
+    poke,  # noqa: F401
+    running_daemon_pid,  # noqa: F401
+    wakeup_address,
+)
+from cronflow.errors import ConfigError
 from cronflow.executor import Executor, LocalExecutor
 from cronflow.home import daemon_home
 from cronflow.housekeeping import run_housekeeping
@@ -41,55 +44,6 @@ HEARTBEAT_S = 5.0
 FILE_CHECK_S = 5.0  # flow files changed by hand are seen within this; the CLI pokes at once
 HOUSEKEEPING_S = 3600.0  # retention: compress and delete old logs, remove old history
 FIRST_HOUSEKEEPING_S = 5.0  # soon after start: retention is retroactive
-
-
-def wakeup_address(home: Path) -> bytes:
-    """An abstract unix socket name for a home: no path length limit, no file to clean up."""
-    return b"\0cronflow-" + sha256(str(home).encode()).hexdigest()[:32].encode()
-
-
-def poke(home: Path) -> bool:
-    """Tell a running daemon that the store changed (best effort; it re-reads within 5 s anyway)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(b"!", wakeup_address(home))
-        except OSError:
-            return False
-    return True
-
-
-def acquire_lock(path: Path) -> IO[str]:
-    """Hold the home's lock or raise DaemonError naming the daemon that holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise DaemonError(
-            f"another cronflow daemon (pid {pid}) is already running on {path.parent}"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def running_daemon_pid(home: Path) -> int | None:
-    """The pid of the daemon holding the home's lock, or None if no daemon runs."""
-    path = home / "daemon.lock"
-    if not path.exists():
-        return None
-    with open(path, encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        return None
 
 
 def sd_notify(message: str) -> None:

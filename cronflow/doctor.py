@@ -19,7 +19,8 @@ from pathlib import Path
 
 from cronflow import catalog
 from cronflow.config import CONFIG_NAME, Settings, load_settings, require_home
-from cronflow.daemon import HEARTBEAT_S, running_daemon_pid
+from cronflow.daemon import HEARTBEAT_S
+from cronflow.daemonlock import running_daemon_pid
 from cronflow.errors import CronflowError, StoreCorruptError
 from cronflow.housekeeping import log_files
 from cronflow.states import TaskState

@@ -301,10 +301,9 @@ def flow_detail(
             for w in flow.waits
         ],
         "waited_by": [
-            {"flow_id": other.flow_id, "offset_days": offset}
-            for other in cat.flows.values()
-            for upstream, offset in other.wait_for
-            if upstream == flow.flow_id
+            {"flow_id": other, "offset_days": offset}
+            for other, offset in store.flows_waiting_for(flow.flow_id)
+            if other in cat.flows
         ],
         "next_fire_at": [iso(t) for t in flow.next_fires(now, 5)],
         "runs": _grid(store, flow, runs),

@@ -8,6 +8,13 @@ The store is the source of truth and the CLI changes it too. To keep a tick's co
 to what changed (not to the size of the running runs), the scheduler caches the task instances
 of running runs and writes through that cache; the store's change stamp tells it when anything
 else committed a change, and then the cache is read again.
+
+A tick is one write transaction: the ends it records, the decisions it takes and the starts of
+the processes it spawned are committed together, once, after the processes exist (the start
+of a task is not delayed by the writes). What must follow the commit waits for it: an
+attempt's exit record is discarded, and its callbacks started, only once the store holds its
+outcome. A crash before the commit loses the tick's writes and nothing else: the exit records
+are still there and the processes carry their markers, which is what recovery settles from.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +100,7 @@ class Scheduler:
         self._run_ended = False  # a run ended in this tick: the planner may start another now
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
         self._decisions: dict[tuple[int, str, int], Any] = {}  # branch decisions read, by try
+        self._deferred: list[Callable[[], None]] | None = None  # until the tick commits
 
     @property
     def catalog(self) -> Catalog:
@@ -121,7 +130,29 @@ class Scheduler:
 
     # --- the tick -------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> datetime:
-        """Do everything due at `now`; return the instant of the next thing to do."""
+        """Do everything due at `now`, in one transaction; return the instant of the next thing
+        to do."""
+        self._deferred = []
+        try:
+            with self.store.atomic():
+                next_at = self._tick(now)
+        except BaseException:
+            self._version = None  # the cache holds writes that were rolled back
+            raise
+        finally:
+            deferred, self._deferred = self._deferred, None
+        for action in deferred:  # committed: now what had to wait for it
+            action()
+        return next_at
+
+    def _later(self, action: Callable[[], None]) -> None:
+        """Run `action` once the tick's writes are committed (at once outside a tick)."""
+        if self._deferred is None:
+            action()
+        else:
+            self._deferred.append(action)
+
+    def _tick(self, now: datetime | None) -> datetime:
         now = now or self.clock.now()
         self._run_ended = False
         self.reap()
@@ -525,7 +556,8 @@ class Scheduler:
             with self.attempt_step("reap", attempt.run_id, attempt.task_id, attempt.try_number):
                 self._note_leftovers(finished, at)
                 self._on_finished(finished, at)
-                supervisor.discard(attempt.log_path)  # its outcome is in the store now
+                # once its outcome is in the store (committed)
+                self._later(partial(supervisor.discard, attempt.log_path))
 
     def _note_leftovers(self, finished: Finished, now: datetime) -> None:
         """What the task log, and the daemon's log, say beside the try's end."""
@@ -686,7 +718,12 @@ class Scheduler:
         return flow.tasks.get(ti["task_id"]) if flow else None
 
     def _run_callbacks(self, ti: TI, state: TaskState, reason: str | None) -> None:
-        """Start the task's callbacks / failure mail for this state, if it has any."""
+        """Start the task's callbacks / failure mail for this state, if it has any, once the
+        state is committed (a callback may read it)."""
+        ended = dict(ti)  # the try that ended, even if a retry begins before the commit
+        self._later(lambda: self._start_callbacks(ended, state, reason))
+
+    def _start_callbacks(self, ti: TI, state: TaskState, reason: str | None) -> None:
         with self.attempt_step("callback", ti["run_id"], ti["task_id"], ti["try_number"]):
             event = EVENT_FOR_STATE.get(state)
             task = self._task_spec(ti)

@@ -183,7 +183,7 @@ def trigger(
 ) -> None:
     """Create a manual run of a flow; the daemon runs it at once."""
     from cronflow import control
-    from cronflow.daemon import poke, running_daemon_pid
+    from cronflow.daemonlock import poke, running_daemon_pid
 
     settings, store, cat = open_home()
     flow = cat.get(flow_id)
@@ -281,7 +281,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Is the daemon alive: pid, start time, last heartbeat, running and queued tasks. Exit 1 if not."""
-    from cronflow.daemon import running_daemon_pid
+    from cronflow.daemonlock import running_daemon_pid
     from cronflow.overview import farm_overview, live_counts
     from cronflow.store import Store
 

@@ -159,7 +159,7 @@ def unpause(flow_id: FlowArg) -> None:
 
 
 def _set_paused(flow_id: str, paused: bool) -> None:
-    from cronflow.daemon import poke
+    from cronflow.daemonlock import poke
 
     settings, store, cat = open_home()
     cat.get(flow_id)
@@ -179,7 +179,7 @@ def why(
     task: Annotated[str | None, typer.Option(help="Ask about this task only.")] = None,
 ) -> None:
     """Say in words why a run or a task is not running, or what it is doing."""
-    from cronflow.daemon import running_daemon_pid
+    from cronflow.daemonlock import running_daemon_pid
     from cronflow.reasons import Explainer
 
     settings, store, cat = open_home()

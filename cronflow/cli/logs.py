@@ -30,7 +30,7 @@ def logs(
 ) -> None:
     """Print the log of a task's try: its output between cronflow's start and end lines."""
     from cronflow import attempts
-    from cronflow.daemon import running_daemon_pid
+    from cronflow.daemonlock import running_daemon_pid
 
     flow_id, task_id = attempts.parse_target(target, task_required=True)
     assert task_id is not None

@@ -25,7 +25,7 @@ def db_clean(
     """Delete runs that finished longer ago than an age, with their task instances, XComs and logs."""
     from datetime import timedelta
 
-    from cronflow.daemon import poke
+    from cronflow.daemonlock import poke
     from cronflow.housekeeping import Report, clean_history
     from cronflow.limits import checked_age
     from cronflow.store import Store

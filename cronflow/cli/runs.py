@@ -101,7 +101,7 @@ def replay(
     from rich.table import Table
 
     from cronflow import repair
-    from cronflow.daemon import poke, running_daemon_pid
+    from cronflow.daemonlock import poke, running_daemon_pid
 
     settings, store, cat = open_home()
     flow = cat.get(flow_id)
@@ -149,7 +149,7 @@ def mark(
     """Set a task (or a whole run) to a final state by hand; a running task is stopped."""
     from cronflow import repair
     from cronflow.attempts import parse_target
-    from cronflow.daemon import poke
+    from cronflow.daemonlock import poke
 
     flow_id, task_id = parse_target(target)
     settings, store, cat = open_home()
@@ -189,7 +189,7 @@ def backfill(
 ) -> None:
     """Create the runs of every fire time in a range that has no run yet; the daemon runs them."""
     from cronflow import repair
-    from cronflow.daemon import poke, running_daemon_pid
+    from cronflow.daemonlock import poke, running_daemon_pid
     from cronflow.timeparse import iso
 
     settings, store, cat = open_home()

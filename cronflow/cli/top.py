@@ -39,7 +39,7 @@ def top(
     With --once, or when stdout is not a terminal, one frame is printed."""
     import json
 
-    from cronflow.daemon import running_daemon_pid
+    from cronflow.daemonlock import running_daemon_pid
     from cronflow.overview import farm_overview, live_tasks
 
     checked("--interval", interval, *REFRESH_S)

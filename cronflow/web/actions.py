@@ -17,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 
 from cronflow import control, repair, webusers
 from cronflow.audit import Actor
-from cronflow.daemon import poke
+from cronflow.daemonlock import poke
 from cronflow.web import auth
 from cronflow.web.backend import Context
 from cronflow.web.render import page

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from cronflow import catalog
 from cronflow.catalog import Catalog
 from cronflow.config import Settings
-from cronflow.daemon import running_daemon_pid
+from cronflow.daemonlock import running_daemon_pid
 from cronflow.store import Store
 
 T = TypeVar("T")
