@@ -67,6 +67,11 @@ def test_kill_9_with_20_running_tasks_loses_nothing_and_runs_nothing_twice(
     first = daemon()
     assert cli(home, "trigger", "twenty").returncode == 0
     wait_for(lambda: len(list(runs.iterdir())) == 20, what="20 running tasks")
+    # the tick that started them has recorded them (it commits once they all exist)
+    wait_for(
+        lambda: all(r["state"] == "running" for r in tis(home, "twenty").values()),
+        what="the 20 tries recorded as running",
+    )
     first.signal(signal.SIGKILL)
     first.wait()
     logs = home / "logs" / "twenty"
