@@ -76,6 +76,18 @@ def css(driver: Any, selector: str) -> Any:
     return driver.find_element("css selector", selector)
 
 
+def text_once_there(driver: Any, selector: str) -> str:
+    """An element's text, or "" while the next page is still loading (a click on a form's
+    button returns before it is there): for wait_for."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        found = driver.find_elements("css selector", selector)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
 def log_in(driver: Any, site: WebProcess, then: str = "/") -> None:
     driver.get(f"{site.base}/login?next={then}")
     css(driver, "#user-name").send_keys("alice")
@@ -93,7 +105,10 @@ def test_log_in_and_out(site, browser, shots):
     css(browser, "#user-name").send_keys("alice")
     css(browser, "#password").send_keys("wrong password")
     css(browser, "#login-submit").click()
-    assert "wrong user name or password" in css(browser, "#login-error").text
+    wait_for(
+        lambda: "wrong user name or password" in text_once_there(browser, "#login-error"),
+        what="the login error",
+    )
     screenshot(browser, shots / "login.png")
     log_in(browser, site)
     assert css(browser, "#user").text == "alice"
@@ -155,12 +170,16 @@ def test_open_a_running_tasks_log_and_see_new_lines_arrive(site, browser, shots)
 def touched(browser, column: int) -> object:
     """The task ids a confirmation page lists, once the page has loaded (a click on a form's
     button returns before the next page is there)."""
-    return wait_for(
-        lambda: [
-            r.text.split()[column] for r in browser.find_elements("css selector", "#touch tbody tr")
-        ],
-        what="the confirmation page's list",
-    )
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def listed() -> list[str]:
+        try:
+            rows = browser.find_elements("css selector", "#touch tbody tr")
+            return [r.text.split()[column] for r in rows]
+        except StaleElementReferenceException:  # the page changed under us: look again
+            return []
+
+    return wait_for(listed, what="the confirmation page's list")
 
 
 def test_mark_a_task_failed_then_replay_it_with_downstream(site, browser, shots):
@@ -175,7 +194,7 @@ def test_mark_a_task_failed_then_replay_it_with_downstream(site, browser, shots)
     assert touched(browser, 0) == ["b", "c"]  # what it will touch, before it does
     screenshot(browser, shots / "confirm-mark.png")
     css(browser, "#confirm").click()
-    wait_for(lambda: css(browser, "#ti-state").text == "failed", what="b failed")
+    wait_for(lambda: text_once_there(browser, "#ti-state") == "failed", what="b failed")
     states = {t["task_id"]: t["state"] for t in store(site.home).tis_of_runs([run_id])}
     assert states == {"a": "success", "b": "failed", "c": "failed", "d": "success"}
     css(browser, "#replay-downstream").click()
