@@ -81,3 +81,19 @@ class TriggerRule(StrEnum):
     NONE_FAILED = "none_failed"
     # the join after a branch: no upstream failed and at least one succeeded (the others skipped)
     NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+
+
+# Grid cells (`cronflow show`, the web view's grid): short enough for many runs side by side,
+# readable without colour.
+STATE_CELLS = {
+    "success": "ok",
+    "failed": "FAIL",
+    "running": "run",
+    "queued": "queue",
+    "scheduled": "sched",
+    "up_for_retry": "retry",
+    "up_for_reschedule": "poke",
+    "upstream_failed": "upfail",
+    "skipped": "skip",
+    "none": "·",
+}

@@ -85,3 +85,13 @@ def from_iso(text: str) -> datetime: ...
 def from_iso(text: None) -> None: ...
 def from_iso(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+def duration_text(seconds: float | None) -> str:
+    """'4.2s', '3m05s', '2h10m' (or '-'): a duration for people, in tables and pages."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

@@ -13,6 +13,8 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import typer
 
+from cronflow.timeparse import duration_text
+
 if TYPE_CHECKING:
     from cronflow.catalog import Catalog
     from cronflow.cli.tables import Cell
@@ -94,6 +96,13 @@ def settings_from_options(home_required: bool = True) -> "Settings":
     if home_required:
         require_home(home)
     return load_settings(home)
+
+
+def open_store() -> "Store":
+    """The home's store, for the commands that need no flow (variables, connections, audit)."""
+    from cronflow.store import Store
+
+    return Store(settings_from_options().db_path)
 
 
 def open_home() -> tuple["Settings", "Store", "Catalog"]:
@@ -178,15 +187,6 @@ def short_text(cat: "Catalog", flow_id: str, stamp: str | None) -> str:
 
     moment = datetime.fromisoformat(stamp).astimezone(cat.timezone(flow_id))
     return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second else "%Y-%m-%d %H:%M")
-
-
-def duration_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def farm_lines(farm: dict[str, Any]) -> list[str]:

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from cronflow.cli.app import app, handles_errors, print_json, settings_from_options
+from cronflow.cli.app import app, handles_errors, open_store, print_json
 from cronflow.cli.tables import print_rows
 
 
@@ -26,9 +26,8 @@ def audit(
     from datetime import datetime
 
     from cronflow.audit import entries
-    from cronflow.store import Store
 
-    rows = entries(Store(settings_from_options().db_path), flow, since, limit)
+    rows = entries(open_store(), flow, since, limit)
     if as_json:
         print_json(rows)
         return

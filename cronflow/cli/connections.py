@@ -1,7 +1,7 @@
 """`cronflow conn add|list|show|delete|test`: named connections to servers; passwords print as
 ***."""
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -9,13 +9,10 @@ from cronflow.cli.app import (
     app,
     console,
     handles_errors,
+    open_store,
     print_json,
-    settings_from_options,
     stdin_text,
 )
-
-if TYPE_CHECKING:
-    from cronflow.store import Store
 
 conn_app = typer.Typer(
     help="Connections to servers (ssh, sftp, ftp, ftps, smtp, smtps, http, https); "
@@ -25,12 +22,6 @@ conn_app = typer.Typer(
 app.add_typer(conn_app, name="conn")
 
 ConnId = Annotated[str, typer.Argument(help="The connection's id, e.g. station.")]
-
-
-def _store() -> "Store":
-    from cronflow.store import Store
-
-    return Store(settings_from_options().db_path)
 
 
 @conn_app.command("add")
@@ -58,7 +49,7 @@ def conn_add(
     from cronflow.connections import parse_uri, save_connection
     from cronflow.errors import InvalidInputError
 
-    store = _store()
+    store = open_store()
     conn = parse_uri(conn_id, uri)
     if password_stdin:
         conn = with_fields(conn, password=stdin_text(f"the password of connection '{conn_id}'"))
@@ -80,7 +71,7 @@ def conn_list(
 
     from cronflow.connections import list_connections
 
-    rows = [c.as_row() for c in list_connections(_store())]
+    rows = [c.as_row() for c in list_connections(open_store())]
     if as_json:
         print_json(rows)
         return
@@ -107,7 +98,7 @@ def conn_show(
 
     from cronflow.connections import get_connection
 
-    row = get_connection(_store(), conn_id).as_row()
+    row = get_connection(open_store(), conn_id).as_row()
     if as_json:
         typer.echo(json.dumps(row, indent=2))
         return
@@ -123,7 +114,7 @@ def conn_delete(conn_id: ConnId) -> None:
     """Delete a stored connection."""
     from cronflow.connections import delete_connection
 
-    delete_connection(_store(), conn_id)
+    delete_connection(open_store(), conn_id)
     typer.echo(f"connection '{conn_id}' deleted")
 
 
@@ -135,12 +126,12 @@ def conn_test(conn_id: ConnId) -> None:
     from cronflow.errors import CronflowError
     from cronflow.ops import check_connection
 
-    conn = get_connection(_store(), conn_id)
+    conn = get_connection(open_store(), conn_id)
     try:
         message = check_connection(conn)
     except CronflowError as exc:
         from cronflow.masking import Masker, secret_values
 
-        typer.echo(f"Error: {Masker(secret_values(_store())).mask(str(exc))}", err=True)
+        typer.echo(f"Error: {Masker(secret_values(open_store())).mask(str(exc))}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"ok: {message}")

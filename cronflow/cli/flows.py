@@ -8,29 +8,16 @@ from cronflow.cli.app import (
     STATE_STYLES,
     app,
     console,
-    duration_text,
     handles_errors,
     open_home,
     short_text,
     utc_now,
 )
 from cronflow.limits import MAX_LISTED
+from cronflow.states import STATE_CELLS
+from cronflow.timeparse import duration_text
 
 FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
-
-# Grid cells: short enough for many runs side by side, readable without colour.
-STATE_CELLS = {
-    "success": "ok",
-    "failed": "FAIL",
-    "running": "run",
-    "queued": "queue",
-    "scheduled": "sched",
-    "up_for_retry": "retry",
-    "up_for_reschedule": "poke",
-    "upstream_failed": "upfail",
-    "skipped": "skip",
-    "none": "·",
-}
 
 
 RUN_TYPE_CELLS = {

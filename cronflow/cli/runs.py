@@ -7,7 +7,6 @@ import typer
 from cronflow.cli.app import (
     app,
     console,
-    duration_text,
     handles_errors,
     open_home,
     print_json,
@@ -19,6 +18,7 @@ from cronflow.cli.app import (
 )
 from cronflow.cli.tables import print_rows
 from cronflow.limits import MAX_LISTED
+from cronflow.timeparse import duration_text
 
 FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array.")]

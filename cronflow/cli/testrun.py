@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cronflow.cli.app import app, console, duration_text, handles_errors, open_home, styled_state
+from cronflow.cli.app import app, console, handles_errors, open_home, styled_state
+from cronflow.timeparse import duration_text
 
 
 @app.command("test")

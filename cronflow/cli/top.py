@@ -9,7 +9,6 @@ import typer
 from cronflow.cli.app import (
     app,
     console,
-    duration_text,
     farm_lines,
     handles_errors,
     open_home,
@@ -18,6 +17,7 @@ from cronflow.cli.app import (
     utc_now,
 )
 from cronflow.limits import MAX_LISTED, REFRESH_S, checked
+from cronflow.timeparse import duration_text
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """`cronflow var get|set|list|delete`: the variables templates read as {{ var.NAME }}."""
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -8,13 +8,10 @@ from cronflow.cli.app import (
     app,
     console,
     handles_errors,
+    open_store,
     print_json,
-    settings_from_options,
     stdin_text,
 )
-
-if TYPE_CHECKING:
-    from cronflow.store import Store
 
 var_app = typer.Typer(
     help="Variables for templates ({{ var.NAME }}); secret values always print as ***.",
@@ -23,19 +20,13 @@ var_app = typer.Typer(
 app.add_typer(var_app, name="var")
 
 
-def _store() -> "Store":
-    from cronflow.store import Store
-
-    return Store(settings_from_options().db_path)
-
-
 @var_app.command("get")
 @handles_errors
 def var_get(name: Annotated[str, typer.Argument(help="The variable's name.")]) -> None:
     """Print a variable's value (*** for a secret; CRONFLOW_VAR_NAME wins over the store)."""
     from cronflow.variables import get_variable
 
-    typer.echo(get_variable(_store(), name).value_shown)
+    typer.echo(get_variable(open_store(), name).value_shown)
 
 
 @var_app.command("set")
@@ -66,7 +57,7 @@ def var_set(
     if stdin:
         value = stdin_text(f"the value of variable '{name}'")
     assert value is not None
-    is_secret = set_variable(_store(), name, value, secret)
+    is_secret = set_variable(open_store(), name, value, secret)
     typer.echo(f"variable '{name}' set" + (" (secret)" if is_secret else ""))
 
 
@@ -80,7 +71,7 @@ def var_list(
 
     from cronflow.variables import list_variables
 
-    rows = [v.as_row() for v in list_variables(_store())]
+    rows = [v.as_row() for v in list_variables(open_store())]
     if as_json:
         print_json(rows)
         return
@@ -101,5 +92,5 @@ def var_delete(name: Annotated[str, typer.Argument(help="The variable's name.")]
     """Delete a stored variable."""
     from cronflow.variables import delete_variable
 
-    delete_variable(_store(), name)
+    delete_variable(open_store(), name)
     typer.echo(f"variable '{name}' deleted")

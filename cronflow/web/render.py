@@ -16,19 +16,8 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import HTMLResponse
 
-# Grid cells: the same short words as `cronflow show` (a test compares them).
-STATE_CELLS = {
-    "success": "ok",
-    "failed": "FAIL",
-    "running": "run",
-    "queued": "queue",
-    "scheduled": "sched",
-    "up_for_retry": "retry",
-    "up_for_reschedule": "poke",
-    "upstream_failed": "upfail",
-    "skipped": "skip",
-    "none": "·",
-}
+from cronflow.states import STATE_CELLS
+from cronflow.timeparse import duration_text
 
 
 def short_time(stamp: str | None, tz: ZoneInfo) -> str:
@@ -43,15 +32,6 @@ def zone_name(stamp: str | None, tz: ZoneInfo) -> str:
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp).astimezone(tz).strftime("%Z")
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def offset_text(offset: int) -> str:
@@ -84,7 +64,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(duration=duration, cell=cell, offset_text=offset_text, query=query)
+    env.filters.update(duration=duration_text, cell=cell, offset_text=offset_text, query=query)
     env.globals.update(
         short_time=short_time, zone_name=zone_name, state_cells_json=json.dumps(STATE_CELLS)
     )
