@@ -2,8 +2,11 @@
 bytes as they are written while the try runs.
 
 The daemon changes a task instance's state first and writes the try's end line into the log
-just after, so a follower stops once the try is over and that line is there (or a short grace
-has passed, for a try that ended without one).
+just after, so a follower stops once the try is over and that line is there. A try marked or
+replayed while it runs changes state at once, but its end line comes only once the daemon has
+stopped its process (SIGTERM, SIGKILL after a grace; on a remote worker, later still): the
+follower waits for that line as long as a daemon runs, and only a short grace when none does
+(no one will write it).
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from cronflow.store import Store
 from cronflow.timeparse import from_iso
 
 POLL_S = 0.1
-END_LINE_GRACE_S = 2.0
+END_LINE_GRACE_S = 2.0  # no daemon: how long a late end line may still come
+# a daemon runs: how long a stopped try's end line may take (a local kill takes up to 5 s, a
+# remote one up to twice that plus the workers' heartbeat timeout, 30 s by default)
+END_LINE_WAIT_S = 120.0
 
 
 def parse_target(text: str, task_required: bool = False) -> tuple[str, str | None]:
@@ -160,7 +166,7 @@ def follow_attempt(
     # a sensor's pokes each end with a line "try N poke ended": only "try N ended" is its end
     sensor = attempt.ti["first_poke_at"] is not None or _between_pokes(attempt.ti)
     end_line = f"cronflow: try {attempt.try_number} {'ended' if sensor else ''}".encode()
-    yield from follow_file(attempt.path, active, end_line, sleep)
+    yield from follow_file(attempt.path, active, end_line, sleep, is_daemon_running)
 
 
 def _between_pokes(ti: dict[str, Any]) -> bool:
@@ -187,9 +193,10 @@ def follow_file(
     is_active: Callable[[], bool],
     end_line: bytes,
     sleep: Callable[[float], None] = time.sleep,
+    is_writer_running: Callable[[], bool] = lambda: False,
 ) -> Iterator[bytes]:
     """Yield a file's bytes as they are written while `is_active()`; after it turns false, the
-    rest up to `end_line` (or until a short grace passes)."""
+    rest up to `end_line`, waited for while `is_writer_running()` (a short grace otherwise)."""
     offset, tail, grace_end = 0, b"", None
     while True:
         active = is_active()
@@ -198,7 +205,9 @@ def follow_file(
             tail = (tail + chunk)[-4096:]
             yield chunk
         if not active:
-            grace_end = grace_end or time.monotonic() + END_LINE_GRACE_S
+            if grace_end is None:
+                wait = END_LINE_WAIT_S if is_writer_running() else END_LINE_GRACE_S
+                grace_end = time.monotonic() + wait
             if end_line in tail or time.monotonic() > grace_end:
                 return
         sleep(POLL_S)

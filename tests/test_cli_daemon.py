@@ -152,6 +152,42 @@ def test_logs_follow_a_running_task_until_it_ends(home, daemon, write_flow):
     assert cli(home, "logs", "gated.wait").stdout == text  # the same log, read at once
 
 
+def test_logs_follow_of_a_marked_task_waits_for_its_end_line(home, daemon, write_flow):
+    """A task marked while it runs changes state at once; its end line comes only once the
+    daemon has stopped its process, here after the SIGKILL grace (it ignores SIGTERM)."""
+    write_flow(
+        "stubborn",
+        """
+        from cronflow import Flow, Shell
+        with Flow("stubborn"):
+            Shell("hold", "trap '' TERM; echo holding; while :; do sleep 0.05; done")
+        """,
+    )
+    daemon()
+    assert cli(home, "trigger", "stubborn", "--date", "2024-03-01").returncode == 0
+    out_path = home / "follow.out"
+    env = {**os.environ, "CRONFLOW_HOME": str(home), "NO_COLOR": "1"}
+    with open(out_path, "wb") as out:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "cronflow", "logs", "stubborn.hold", "-f"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+    try:
+        wait_for(lambda: b"holding" in out_path.read_bytes(), what="the task's first line")
+        marked = cli(home, "mark", "stubborn.hold", "--date", "2024-03-01", "--state", "failed")
+        assert marked.returncode == 0, marked.stderr
+        assert follower.wait(60) == 0, follower.stderr.read() if follower.stderr else ""
+    finally:
+        if follower.poll() is None:
+            follower.send_signal(signal.SIGTERM)
+            follower.wait()
+    text = out_path.read_text()
+    assert "stopped: its state was changed to failed" in text.splitlines()[-1]
+    assert cli(home, "logs", "stubborn.hold").stdout == text
+
+
 def test_why_and_top_see_what_the_daemon_does(home, daemon, write_flow):
     write_flow(
         "retrying",
