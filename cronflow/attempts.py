@@ -5,8 +5,8 @@ The daemon changes a task instance's state first and writes the try's end line i
 just after, so a follower stops once the try is over and that line is there. A try marked or
 replayed while it runs changes state at once, but its end line comes only once the daemon has
 stopped its process (SIGTERM, SIGKILL after a grace; on a remote worker, later still): the
-follower waits for that line as long as a daemon runs, and only a short grace when none does
-(no one will write it).
+follower waits for that line as long as a daemon runs (also when it starts just after the
+mark), and only a short grace when none does (no one will write it).
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def follow_attempt(
     earlier or finished try is simply read."""
     run_id, task_id = attempt.run["run_id"], attempt.ti["task_id"]
     current = attempt.try_number == current_try(attempt.ti)
+    wait = lambda: END_LINE_WAIT_S if is_daemon_running() else END_LINE_GRACE_S  # noqa: E731
     if current and _between_pokes(attempt.ti):
         pass  # its try goes on: follow its log across the pokes, until the try ends
     elif current and _waiting(attempt.ti["state"]):
@@ -151,6 +152,10 @@ def follow_attempt(
         )
         attempt = AttemptLog(attempt.flow, attempt.run, ti, ti["try_number"], path)
     elif not current or attempt.ti["state"] not in ACTIVE_TASK_STATES:
+        if current and _end_line_may_come(attempt, is_daemon_running):
+            assert attempt.path is not None
+            yield from follow_file(attempt.path, lambda: False, _end_line(attempt), sleep, wait)
+            return
         yield from read_attempt(attempt)
         return
     assert attempt.path is not None
@@ -163,10 +168,26 @@ def follow_attempt(
             and (ti["state"] in ACTIVE_TASK_STATES or _between_pokes(ti))
         )
 
-    # a sensor's pokes each end with a line "try N poke ended": only "try N ended" is its end
+    yield from follow_file(attempt.path, active, _end_line(attempt), sleep, wait)
+
+
+def _end_line(attempt: AttemptLog) -> bytes:
+    """What the try's end line starts with. A sensor's pokes each end with a line "try N poke
+    ended": only "try N ended" is its end."""
     sensor = attempt.ti["first_poke_at"] is not None or _between_pokes(attempt.ti)
-    end_line = f"cronflow: try {attempt.try_number} {'ended' if sensor else ''}".encode()
-    yield from follow_file(attempt.path, active, end_line, sleep, is_daemon_running)
+    return f"cronflow: try {attempt.try_number} {'ended' if sensor else ''}".encode()
+
+
+def _end_line_may_come(attempt: AttemptLog, is_daemon_running: Callable[[], bool]) -> bool:
+    """A try that has just ended (marked while it ran: its process is being stopped) whose log
+    lacks its end line yet: the daemon is about to write it."""
+    if attempt.path is None or not attempt.ti["end_at"]:
+        return False
+    ended = from_iso(attempt.ti["end_at"])
+    if (control.utc_now() - ended).total_seconds() > END_LINE_WAIT_S:
+        return False
+    _head, tail = _head_and_tail(attempt.path)
+    return _end_line(attempt).decode() not in tail and is_daemon_running()
 
 
 def _between_pokes(ti: dict[str, Any]) -> bool:
@@ -193,10 +214,10 @@ def follow_file(
     is_active: Callable[[], bool],
     end_line: bytes,
     sleep: Callable[[float], None] = time.sleep,
-    is_writer_running: Callable[[], bool] = lambda: False,
+    end_wait_s: Callable[[], float] = lambda: END_LINE_GRACE_S,
 ) -> Iterator[bytes]:
     """Yield a file's bytes as they are written while `is_active()`; after it turns false, the
-    rest up to `end_line`, waited for while `is_writer_running()` (a short grace otherwise)."""
+    rest up to `end_line`, waited for at most `end_wait_s()` seconds."""
     offset, tail, grace_end = 0, b"", None
     while True:
         active = is_active()
@@ -206,8 +227,7 @@ def follow_file(
             yield chunk
         if not active:
             if grace_end is None:
-                wait = END_LINE_WAIT_S if is_writer_running() else END_LINE_GRACE_S
-                grace_end = time.monotonic() + wait
+                grace_end = time.monotonic() + end_wait_s()
             if end_line in tail or time.monotonic() > grace_end:
                 return
         sleep(POLL_S)

@@ -152,9 +152,15 @@ def test_logs_follow_a_running_task_until_it_ends(home, daemon, write_flow):
     assert cli(home, "logs", "gated.wait").stdout == text  # the same log, read at once
 
 
-def test_logs_follow_of_a_marked_task_waits_for_its_end_line(home, daemon, write_flow):
+@pytest.mark.parametrize(
+    "follow_first", [True, False], ids=["follow-then-mark", "mark-then-follow"]
+)
+def test_logs_follow_of_a_marked_task_waits_for_its_end_line(
+    home, daemon, write_flow, follow_first
+):
     """A task marked while it runs changes state at once; its end line comes only once the
-    daemon has stopped its process, here after the SIGKILL grace (it ignores SIGTERM)."""
+    daemon has stopped its process, here after the SIGKILL grace (it ignores SIGTERM). A
+    follower started before the mark, or just after it, prints the log up to that line."""
     write_flow(
         "stubborn",
         """
@@ -165,8 +171,20 @@ def test_logs_follow_of_a_marked_task_waits_for_its_end_line(home, daemon, write
     )
     daemon()
     assert cli(home, "trigger", "stubborn", "--date", "2024-03-01").returncode == 0
+    log_dir = home / "logs" / "stubborn" / "hold"
+    wait_for(
+        lambda: log_dir.is_dir() and "holding" in cli(home, "logs", "stubborn.hold").stdout,
+        what="the task's first line",
+    )
     out_path = home / "follow.out"
     env = {**os.environ, "CRONFLOW_HOME": str(home), "NO_COLOR": "1"}
+
+    def mark() -> None:
+        marked = cli(home, "mark", "stubborn.hold", "--date", "2024-03-01", "--state", "failed")
+        assert marked.returncode == 0, marked.stderr
+
+    if not follow_first:
+        mark()
     with open(out_path, "wb") as out:
         follower = subprocess.Popen(
             [sys.executable, "-m", "cronflow", "logs", "stubborn.hold", "-f"],
@@ -175,9 +193,9 @@ def test_logs_follow_of_a_marked_task_waits_for_its_end_line(home, daemon, write
             env=env,
         )
     try:
-        wait_for(lambda: b"holding" in out_path.read_bytes(), what="the task's first line")
-        marked = cli(home, "mark", "stubborn.hold", "--date", "2024-03-01", "--state", "failed")
-        assert marked.returncode == 0, marked.stderr
+        wait_for(lambda: b"holding" in out_path.read_bytes(), what="the follower's first line")
+        if follow_first:
+            mark()
         assert follower.wait(60) == 0, follower.stderr.read() if follower.stderr else ""
     finally:
         if follower.poll() is None:
