@@ -208,17 +208,21 @@ def _logs(settings: Settings, _store: Store) -> list[Finding]:
     return [Finding("logs", "warn" if cap and total > cap else "ok", text)]
 
 
-def _broker(settings: Settings, _store: Store) -> list[Finding]:
-    """executor = "celery": the broker answers and persists what it queues; workers beat."""
+def _broker(settings: Settings, store: Store) -> list[Finding]:
+    """executor = "celery": the broker answers and persists what it queues; workers beat; every
+    queue tasks wait on has a live worker."""
     if settings.executor != "celery":
         return []
     try:
-        from cronflow.celery.farm import farm_status
+        import cronflow.celery.farm  # noqa: F401  (only to tell a missing extra)
     except ImportError:
         return [
             Finding("broker", "fail", 'the celery extra is missing: pip install "cronflow[celery]"')
         ]
-    farm = farm_status(settings)
+    from cronflow.overview import farm_overview, unserved_queue_text
+
+    farm = farm_overview(settings, store)
+    assert farm is not None  # the executor is celery
     broker = farm["broker"]
     if not broker["reachable"]:
         return [Finding("broker", "fail", f"{broker['url'] or 'no URL'}: {broker['error']}")]
@@ -241,6 +245,7 @@ def _broker(settings: Settings, _store: Store) -> list[Finding]:
         findings.append(Finding("workers", "warn", "no live worker: tasks with a queue wait"))
     if silent:
         findings.append(Finding("workers", "warn", f"silent (no heartbeat): {', '.join(silent)}"))
+    findings += [Finding("queues", "warn", unserved_queue_text(q)) for q in farm["unserved_queues"]]
     return findings
 
 

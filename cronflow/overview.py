@@ -20,7 +20,14 @@ from cronflow.outcomes import current_try
 from cronflow.past import past_hold
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
 from cronflow.store import Store
-from cronflow.timeparse import from_iso, iso, parse_date_or_datetime, start_of_day, to_utc
+from cronflow.timeparse import (
+    duration_text,
+    from_iso,
+    iso,
+    parse_date_or_datetime,
+    start_of_day,
+    to_utc,
+)
 
 RECENT_RUNS = 10  # how many of each flow's newest runs `list` counts by state
 
@@ -468,6 +475,17 @@ def queue_waits(store: Store, cat: Catalog) -> dict[str, dict[str, Any]]:
         if held and (wait["since"] is None or held < wait["since"]):
             wait["since"] = held
     return waits
+
+
+def unserved_queue_text(queue: dict[str, Any]) -> str:
+    """One queue of farm_overview's "unserved_queues", in words (status, top and doctor)."""
+    tasks = "1 task waits" if queue["tasks"] == 1 else f"{queue['tasks']} tasks wait"
+    since = (
+        f" since {queue['waiting_since']} ({duration_text(queue['waited_s'])})"
+        if queue["waiting_since"]
+        else ""
+    )
+    return f"queue '{queue['queue']}': no live worker serves it, {tasks}{since}"
 
 
 def farm_overview(

@@ -349,6 +349,8 @@ def test_a_queue_no_live_worker_serves_waits_saying_so(farm: Farm) -> None:
     top = farm.cli("top", "--once")
     assert line in top.stdout and "worker wa on " in top.stdout, top.stdout + top.stderr
     assert "farm" in json.loads(farm.cli("top", "--json").stdout)
+    doctor = farm.cli("doctor")
+    assert line in doctor.stdout and "warn" in doctor.stdout, doctor.stdout
     rows = json.loads(farm.cli("tasks", "lonely", "--json").stdout)
     assert {r["task"]: r["queue"] for r in rows} == {"here": None, "there": "B"}
     table = farm.cli("tasks", "lonely").stdout.splitlines()

@@ -13,8 +13,6 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import typer
 
-from cronflow.timeparse import duration_text
-
 if TYPE_CHECKING:
     from cronflow.catalog import Catalog
     from cronflow.cli.tables import Cell
@@ -206,14 +204,9 @@ def farm_lines(farm: dict[str, Any]) -> list[str]:
             f"{w['busy']}/{w['slots']} busy, cronflow {w['version']}, "
             f"last seen {w['last_seen_s']:g}s ago"
         )
-    for q in farm["unserved_queues"]:
-        tasks = "1 task waits" if q["tasks"] == 1 else f"{q['tasks']} tasks wait"
-        since = (
-            f" since {q['waiting_since']} ({duration_text(q['waited_s'])})"
-            if q["waiting_since"]
-            else ""
-        )
-        lines.append(f"queue '{q['queue']}': no live worker serves it, {tasks}{since}")
+    from cronflow.overview import unserved_queue_text
+
+    lines += [unserved_queue_text(q) for q in farm["unserved_queues"]]
     return lines
 
 
