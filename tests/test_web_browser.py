@@ -4,6 +4,7 @@ went through under the test run's temp dir (screenshots/)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,11 @@ def test_status_page_and_a_phones_width(site, shots):
         for name, path in (("status", "/status"), ("flows", "/"), ("flow", "/flows/chain")):
             phone.get(site.base + path)
             if name == "status":
-                assert "running" in css(phone, "#daemon").text
+                daemon = css(phone, "#daemon").text
+                assert "running" in daemon
+                stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)? UTC"  # as people read it
+                assert re.search(f"since {stamp}", daemon), daemon
+                assert re.search(f"last heartbeat {stamp}", daemon), daemon
             width = phone.execute_script("return document.documentElement.scrollWidth")
             assert width <= 400, (path, width)  # wide tables scroll inside the page
             screenshot(phone, shots / f"phone-{name}.png")
