@@ -119,6 +119,23 @@ def test_listing_and_help_do_not_import_jinja(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
+def test_the_reading_commands_do_not_import_rich(tmp_path):
+    """rich costs about 80 ms to import and more to render: the commands people run most print
+    through cronflow.cli.tables instead (issue 18: every command within 200 ms)."""
+    home = tmp_path / "home"
+    subprocess.run([sys.executable, "-m", "cronflow", "--home", str(home), "init"], check=True)
+    for args in (["list"], ["show", "example"], ["top", "--once"], ["status"], ["why", "example"]):
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "cronflow", "--home", str(home), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.stdout, (args, result.stderr[-2000:])
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+        assert not {m for m in imported if m.split(".")[0] == "rich"}, args
+
+
 def test_the_single_server_path_does_not_import_celery(tmp_path):
     """`--help`, the CLI and the daemon's modules never pay for Celery unless executor =
     "celery" asks for it."""

@@ -403,7 +403,7 @@ def test_top_once_shows_active_tasks_and_recent_failures(daily):
     db.update_ti(2, "b", reason="exit code 9")
     text = ok(daily, "top", "--once").stdout
     assert "daemon not running  1 running, 1 waiting" in text
-    active = [line.split() for line in text.splitlines() if line.startswith(" daily")]
+    active = [line.split() for line in text.splitlines() if line.startswith("daily")]
     assert active[0][:6] == ["daily", "a", "2024-03-01", "02:30", "running", "1/3"]
     assert active[1][:6] == ["daily", "b", "2024-03-01", "02:30", "queued", "1/3"]
     assert active[2][:4] == ["daily", "b", "2024-03-02", "02:30"]

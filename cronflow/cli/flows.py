@@ -1,5 +1,6 @@
 """One flow: show it in depth, pause and unpause it, ask why it is not running."""
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -7,12 +8,12 @@ import typer
 from cronflow.cli.app import (
     STATE_STYLES,
     app,
-    console,
     handles_errors,
     open_home,
     short_text,
     utc_now,
 )
+from cronflow.cli.tables import Cell, Spans, styled_line, table_lines
 from cronflow.limits import MAX_LISTED
 from cronflow.states import STATE_CELLS
 from cronflow.timeparse import duration_text
@@ -47,25 +48,25 @@ def show(
     if as_json:
         typer.echo(json.dumps(detail, indent=2))
         return
-    out = console()
-    paused = "  [yellow]paused[/]" if detail["paused"] else ""
-    out.print(f"[bold]{flow_id}[/]  {detail['schedule_text']}{paused}")
-    out.print(f"[dim]{detail['path']}[/]")
+    paused: Spans = [("  ", ""), ("paused", "yellow")] if detail["paused"] else []
+    lines = [styled_line([(flow_id, "bold"), (f"  {detail['schedule_text']}", ""), *paused])]
+    lines.append(styled_line([(detail["path"], "dim")]))
     if detail["doc"]:
-        out.print(detail["doc"])
-    out.print(_task_tree(detail["tasks"]))
+        lines.append(detail["doc"])
+    lines += _task_tree(detail["tasks"])
     for link in detail["wait_for"]:
         limit = duration_text(link["wait_timeout_s"])
         soft = ", then skip" if link["soft_fail"] else ""
-        out.print(
+        lines.append(
             f"waits for: {link['flow_id']} ({_offset_text(link['offset_days'])}: its whole "
             f"day, at most {limit}{soft})"
         )
     for link in detail["waited_by"]:
-        out.print(f"waited for by: {link['flow_id']} ({_offset_text(link['offset_days'])})")
+        lines.append(f"waited for by: {link['flow_id']} ({_offset_text(link['offset_days'])})")
     fires = [short_text(cat, flow_id, t) for t in detail["next_fire_at"]]
-    out.print("next runs: " + (", ".join(fires) if fires else "none scheduled"), soft_wrap=True)
-    out.print(_grid(cat, flow_id, detail) if detail["runs"] else "no runs yet")
+    lines.append("next runs: " + (", ".join(fires) if fires else "none scheduled"))
+    lines += _grid(cat, flow_id, detail) if detail["runs"] else ["no runs yet"]
+    sys.stdout.write("\n".join(lines) + "\n")  # not typer.echo: it strips the styles
 
 
 def _offset_text(offset: int) -> str:
@@ -76,17 +77,17 @@ def _offset_text(offset: int) -> str:
     return f"{abs(offset)} days {'before' if offset < 0 else 'after'}"
 
 
-def _task_tree(tasks: list[dict[str, Any]]) -> Any:
-    """Tasks from their roots down; a task with several upstreams is drawn once in full."""
-    from rich.tree import Tree
-
+def _task_tree(tasks: list[dict[str, Any]]) -> list[str]:
+    """Tasks from their roots down, drawn as `tree` draws directories; a task with several
+    upstreams is drawn once in full."""
     by_id = {t["task_id"]: t for t in tasks}
-    tree, drawn = Tree("[bold]tasks[/]"), set()
+    lines, drawn = [styled_line([("tasks", "bold")])], set()
 
-    def add(parent: Any, task_id: str) -> None:
+    def add(task_id: str, prefix: str, last: bool) -> None:
         task = by_id[task_id]
+        branch = prefix + ("└── " if last else "├── ")
         if task_id in drawn:
-            parent.add(f"{task_id} [dim](see above)[/]")
+            lines.append(styled_line([(branch + task_id, ""), (" (see above)", "dim")]))
             return
         drawn.add(task_id)
         notes = [task["kind"]]
@@ -96,39 +97,46 @@ def _task_tree(tasks: list[dict[str, Any]]) -> Any:
             notes.append(f"pool {task['pool']}")
         if task["retries"]:
             notes.append(f"{task['retries']} retries")
-        node = parent.add(f"{task_id} [dim]({', '.join(notes)})[/]")
-        for child in task["downstream"]:
-            add(node, child)
+        lines.append(styled_line([(branch + task_id, ""), (f" ({', '.join(notes)})", "dim")]))
+        children = task["downstream"]
+        for k, child in enumerate(children):
+            add(child, prefix + ("    " if last else "│   "), k == len(children) - 1)
 
-    for task in tasks:
-        if not task["upstream"]:
-            add(tree, task["task_id"])
-    return tree
+    roots = [t["task_id"] for t in tasks if not t["upstream"]]
+    for k, root in enumerate(roots):
+        add(root, "", k == len(roots) - 1)
+    return lines
 
 
-def _grid(cat: Any, flow_id: str, detail: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", title="recent runs", title_justify="left")
-    table.add_column("task", no_wrap=True)
+def _grid(cat: Any, flow_id: str, detail: dict[str, Any]) -> list[str]:
+    """Runs x tasks, oldest run first: each column a run (its day over its time of day)."""
+    days, times = [], []
     for run in detail["runs"]:
         day, _, time = short_text(cat, flow_id, run["logical_date"]).partition(" ")
-        table.add_column(f"{day[5:]}\n{time}", no_wrap=True, justify="center")
-    table.add_row("[bold]run[/]", *(_cell(run["state"]) for run in detail["runs"]))
-    table.add_row(
-        "[dim]type[/]",
-        *(RUN_TYPE_CELLS.get(run["run_type"], run["run_type"]) for run in detail["runs"]),
-    )
+        days.append(day[5:])
+        times.append(time)
+    rows: list[list[Cell]] = [
+        ["", *times],
+        [[("run", "bold")], *(_cell(run["state"]) for run in detail["runs"])],
+        [
+            [("type", "dim")],
+            *(RUN_TYPE_CELLS.get(run["run_type"], run["run_type"]) for run in detail["runs"]),
+        ],
+    ]
     for task in detail["tasks"]:
-        cells = [_cell(run["task_states"].get(task["task_id"])) for run in detail["runs"]]
-        table.add_row(task["task_id"], *cells)
-    return table
+        rows.append(
+            [
+                task["task_id"],
+                *(_cell(run["task_states"].get(task["task_id"])) for run in detail["runs"]),
+            ]
+        )
+    return table_lines(["task", *days], rows, title="recent runs")
 
 
-def _cell(state: str | None) -> str:
+def _cell(state: str | None) -> Cell:
     if state is None:
         return " "
-    return f"[{STATE_STYLES.get(state, 'default')}]{STATE_CELLS.get(state, state)}[/]"
+    return [(STATE_CELLS.get(state, state), STATE_STYLES.get(state, "default"))]
 
 
 @app.command()
@@ -173,6 +181,5 @@ def why(
     flow = cat.get(flow_id)
     running = running_daemon_pid(settings.home) is not None
     explainer = Explainer(settings, store, cat, flow, utc_now(), running)
-    out = console()
     for reason in explainer.explain(date, task):
-        out.print(f"- {reason}", markup=False, soft_wrap=True)
+        typer.echo(f"- {reason}")

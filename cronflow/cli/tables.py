@@ -43,20 +43,30 @@ def print_rows(
 ) -> None:
     """A row with fewer cells than headers is a note: its last cell spans the remaining
     columns and widens none of them (a broken flow file's long error in `cronflow list`)."""
+    sys.stdout.write("\n".join(table_lines(headers, rows, wrap, title)) + "\n")
+
+
+def table_lines(
+    headers: list[str],
+    rows: list[list[Cell]],
+    wrap: Collection[str] = (),
+    title: Cell | None = None,
+    styled: bool | None = None,
+) -> list[str]:
+    """The lines of print_rows' table; `styled` defaults to whether stdout is a terminal."""
     plain_rows = [list(map(plain, row)) for row in rows]
     widths = [
         max([len(h), *(len(r[i]) for r in plain_rows if i < _sized(r, headers))])
         for i, h in enumerate(headers)
     ]
-    styled = styled_output()
-    colour = styled and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    styled = styled_output() if styled is None else styled
+    colour = _colour(styled)
     lines = [_line([_spans(title)], [0], colour)] if title else []
     if not styled:
         for plain_row in [headers, *plain_rows]:
             cells = zip(plain_row, widths, strict=False)
             lines.append(GAP.join(c.ljust(w) for c, w in cells).rstrip())
-        sys.stdout.write("\n".join(lines) + "\n")
-        return
+        return lines
     folding = [h in wrap for h in headers]
     total = shutil.get_terminal_size().columns
     widths = fit(widths, folding, total, [len(h) for h in headers])
@@ -73,7 +83,16 @@ def print_rows(
         ]
         for k in range(max(map(len, pieces))):
             lines.append(_line([p[k] if k < len(p) else [] for p in pieces], row_widths, colour))
-    sys.stdout.write("\n".join(lines) + "\n")
+    return lines
+
+
+def styled_line(cell: Cell, styled: bool | None = None) -> str:
+    """One line of text in its styles (on a terminal, without NO_COLOR), else plain."""
+    return _line([_spans(cell)], [0], _colour(styled_output() if styled is None else styled))
+
+
+def _colour(styled: bool) -> bool:
+    return styled and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def _sized(row: list[str], headers: list[str]) -> int:

@@ -1,21 +1,23 @@
 """`cronflow top`: a live view of running and waiting tasks, the latest failures and missed
 deadlines, and with executor = "celery" the broker, the workers and unserved queues."""
 
+import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from cronflow.cli.app import (
     app,
-    console,
     farm_lines,
     handles_errors,
     open_home,
     short_text,
-    styled_state,
+    state_cell,
     utc_now,
 )
+from cronflow.cli.tables import Cell, Spans, styled_line, styled_output, table_lines
 from cronflow.limits import MAX_LISTED, REFRESH_S, checked
 from cronflow.timeparse import duration_text
 
@@ -44,7 +46,6 @@ def top(
 
     checked("--interval", interval, *REFRESH_S)
     settings, store, cat = open_home()
-    out = console()
 
     def data() -> dict[str, Any]:
         frame_data = live_tasks(store, utc_now(), failures)
@@ -53,25 +54,28 @@ def top(
             frame_data["farm"] = farm
         return frame_data
 
-    def frame() -> Any:
-        return _render(cat, data(), running_daemon_pid(settings.home))
+    def frame(styled: bool) -> str:
+        return "\n".join(_render(cat, data(), running_daemon_pid(settings.home), styled))
 
+    terminal = styled_output()
     if as_json:
         typer.echo(json.dumps(data(), indent=2))
-    elif once or not out.is_terminal:
-        out.print(frame())
+    elif once or not terminal:
+        sys.stdout.write(frame(terminal) + "\n")  # not typer.echo: it strips the styles
     else:
-        _live(out, frame, interval)
+        _live(lambda: frame(True), interval)
 
 
-def _live(out: Any, frame: Any, interval: float) -> None:
+def _live(frame: Callable[[], str], interval: float) -> None:
+    """Redraw the frame in place until Ctrl-C (rich's Live; the frame is already styled)."""
     from rich.live import Live
+    from rich.text import Text
 
-    with Live(frame(), console=out, auto_refresh=False) as live:
+    with Live(Text.from_ansi(frame()), auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(frame(), refresh=True)
+                live.update(Text.from_ansi(frame()), refresh=True)
         except KeyboardInterrupt:
             pass
 
@@ -84,82 +88,76 @@ def clock_text(cat: Any, now: Any) -> str:
     return f"{local:%H:%M:%S} {local.isoformat()[-6:]}"
 
 
-def _render(cat: Any, data: dict[str, Any], daemon_pid: int | None) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-
+def _render(cat: Any, data: dict[str, Any], daemon_pid: int | None, styled: bool) -> list[str]:
     active, counts = data["active"], data["counts"]
-    daemon = f"daemon pid {daemon_pid}" if daemon_pid else "[red]daemon not running[/]"
-    stamp = clock_text(cat, utc_now())
-    header = (
-        f"[bold]cronflow top[/]  {stamp}  {daemon}  {counts['running']} running, "
-        f"{counts['waiting']} waiting"
-    )
-    now_table = Table(box=None, header_style="bold", title="active", title_justify="left")
-    for column in ("flow", "task", "logical date", "state", "try", "time", "pool", "pid"):
-        now_table.add_column(column, no_wrap=True)
-    for ti in active:
-        when = duration_text(ti["elapsed_s"]) if ti["state"] == "running" else "-"
-        if ti["next_try_at"]:
-            when = "at " + short_text(cat, ti["flow_id"], ti["next_try_at"])
-        now_table.add_row(
-            ti["flow_id"],
-            ti["task_id"],
-            short_text(cat, ti["flow_id"], ti["logical_date"]),
-            styled_state(ti["state"]),
-            f"{ti['try_number']}/{ti['max_tries']}",
-            when,
-            ti["pool"],
-            str(ti["pid"] or "-"),
-        )
-    failed = Table(box=None, header_style="bold", title="latest failures", title_justify="left")
-    for column in ("flow", "task", "logical date", "try", "ended", "reason"):
-        failed.add_column(column, no_wrap=column != "reason", overflow="ellipsis")
-    for ti in data["failures"]:
-        failed.add_row(
-            ti["flow_id"],
-            ti["task_id"],
-            short_text(cat, ti["flow_id"], ti["logical_date"]),
-            str(ti["try_number"]),
-            short_text(cat, ti["flow_id"], ti["end_at"]),
-            ti["reason"] or "",
-        )
-    parts: list[Any] = [header, now_table if active else "no task running or waiting"]
-    parts.append(failed if data["failures"] else "no failures")
+    daemon = (f"daemon pid {daemon_pid}", "") if daemon_pid else ("daemon not running", "red")
+    header: Spans = [
+        ("cronflow top", "bold"),
+        (f"  {clock_text(cat, utc_now())}  ", ""),
+        daemon,
+        (f"  {counts['running']} running, {counts['waiting']} waiting", ""),
+    ]
+    lines = [styled_line(header, styled)]
+    if active:
+        rows: list[list[Cell]] = []
+        for ti in active:
+            when = duration_text(ti["elapsed_s"]) if ti["state"] == "running" else "-"
+            if ti["next_try_at"]:
+                when = "at " + short_text(cat, ti["flow_id"], ti["next_try_at"])
+            rows.append(
+                [
+                    ti["flow_id"],
+                    ti["task_id"],
+                    short_text(cat, ti["flow_id"], ti["logical_date"]),
+                    state_cell(ti["state"]),
+                    f"{ti['try_number']}/{ti['max_tries']}",
+                    when,
+                    ti["pool"],
+                    str(ti["pid"] or "-"),
+                ]
+            )
+        headers = ["flow", "task", "logical date", "state", "try", "time", "pool", "pid"]
+        lines += table_lines(headers, rows, title="active", styled=styled)
+    else:
+        lines.append("no task running or waiting")
+    if data["failures"]:
+        rows = [
+            [
+                ti["flow_id"],
+                ti["task_id"],
+                short_text(cat, ti["flow_id"], ti["logical_date"]),
+                str(ti["try_number"]),
+                short_text(cat, ti["flow_id"], ti["end_at"]),
+                ti["reason"] or "",
+            ]
+            for ti in data["failures"]
+        ]
+        headers = ["flow", "task", "logical date", "try", "ended", "reason"]
+        lines += table_lines(headers, rows, ["reason"], "latest failures", styled)
+    else:
+        lines.append("no failures")
     if data["missed_deadlines"]:
-        parts.append(_missed(cat, data["missed_deadlines"]))
+        lines += _missed(cat, data["missed_deadlines"], styled)
     if "farm" in data:
-        parts.append(_farm(data["farm"]))
-    return Group(*parts)
+        lines.append(styled_line([("farm", "bold")], styled))
+        for line in farm_lines(data["farm"]):
+            alarm = "UNREACHABLE" in line or "SILENT" in line or "no live worker" in line
+            lines.append(styled_line([(line, "red" if alarm else "")], styled))
+    return lines
 
 
-def _farm(farm: dict[str, Any]) -> Any:
-    """The broker, the workers and the queues no live worker serves (executor = "celery")."""
-    from rich.text import Text
-
-    lines = farm_lines(farm)
-    text = Text("farm\n", style="bold")
-    for line in lines:
-        alarm = "UNREACHABLE" in line or "SILENT" in line or "no live worker" in line
-        text.append(line + "\n", style="red" if alarm else "")
-    text.rstrip()
-    return text
-
-
-def _missed(cat: Any, misses: list[dict[str, Any]]) -> Any:
+def _missed(cat: Any, misses: list[dict[str, Any]], styled: bool) -> list[str]:
     """The latest missed deadlines: which fire time, when it was seen, its run now, why."""
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", title="missed deadlines", title_justify="left")
-    for column in ("flow", "task", "fire time", "deadline", "run now", "message"):
-        table.add_column(column, no_wrap=column != "message", overflow="ellipsis")
-    for miss in misses:
-        table.add_row(
+    rows: list[list[Cell]] = [
+        [
             miss["flow_id"],
             miss["task_id"] or "-",
             short_text(cat, miss["flow_id"], miss["fire_at"]),
             short_text(cat, miss["flow_id"], miss["deadline_at"]),
-            styled_state(miss["run_state"]) if miss["run_state"] else "no run",
+            state_cell(miss["run_state"]) if miss["run_state"] else "no run",
             miss["message"],
-        )
-    return table
+        ]
+        for miss in misses
+    ]
+    headers = ["flow", "task", "fire time", "deadline", "run now", "message"]
+    return table_lines(headers, rows, ["message"], "missed deadlines", styled)
