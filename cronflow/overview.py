@@ -18,7 +18,7 @@ from cronflow.errors import InvalidInputError
 from cronflow.limits import checked_count
 from cronflow.outcomes import current_try
 from cronflow.past import past_hold
-from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
+from cronflow.states import ACTIVE_TASK_STATES, LIVE_TASK_STATES, RunState, TaskState, live_counts
 from cronflow.store import Store
 from cronflow.timeparse import (
     duration_text,
@@ -392,26 +392,17 @@ def _with_task_states(store: Store, runs: list[dict[str, Any]]) -> list[dict[str
     ]
 
 
-LIVE_STATES = (
-    TaskState.RUNNING,
-    TaskState.QUEUED,
-    TaskState.SCHEDULED,
-    TaskState.UP_FOR_RETRY,
-    TaskState.UP_FOR_RESCHEDULE,
-)
-
-
 def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
     """`cronflow top`: task instances running or about to, the latest failures and the
     latest missed deadlines (with the state of their run now: None, no run)."""
     checked_count("--failures", failures, low=0)
-    order = {s.value: i for i, s in enumerate(LIVE_STATES)}
+    order = {s.value: i for i, s in enumerate(LIVE_TASK_STATES)}
     active = sorted(
-        store.tis_in_states(LIVE_STATES),
+        store.tis_in_states(LIVE_TASK_STATES),
         key=lambda ti: (order[ti["state"]], ti["start_at"] or "", ti["logical_date"]),
     )
     return {
-        "counts": _counts(active),
+        "counts": live_counts(active),
         "active": [_ti_row(ti, now) for ti in active],
         "failures": [_ti_row(ti, now) for ti in store.recent_task_failures(failures)],
         "missed_deadlines": [
@@ -419,17 +410,6 @@ def live_tasks(store: Store, now: datetime, failures: int) -> dict[str, Any]:
             for row in store.recent_deadline_misses(failures)
         ],
     }
-
-
-def live_counts(store: Store) -> dict[str, int]:
-    """How many tasks run, and how many wait to (re)start (ready, queued, waiting for a retry
-    or a sensor's next poke): what `status` and `top` both say."""
-    return _counts(store.tis_in_states(LIVE_STATES))
-
-
-def _counts(tis: list[dict[str, Any]]) -> dict[str, int]:
-    running = sum(ti["state"] == TaskState.RUNNING for ti in tis)
-    return {"running": running, "waiting": len(tis) - running}
 
 
 def _ti_row(ti: dict[str, Any], now: datetime) -> dict[str, Any]:

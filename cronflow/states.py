@@ -25,7 +25,9 @@ finished run back to queued.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import Any
 
 
 class TaskState(StrEnum):
@@ -50,6 +52,23 @@ FINISHED_TASK_STATES = frozenset(
 )
 # States in which a process may exist for the TI.
 ACTIVE_TASK_STATES = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+# Task instances that run or wait to (re)start (ready, queued, waiting for a retry or a
+# sensor's next poke): what `status` and `top` count, in the order `top` lists them.
+LIVE_TASK_STATES = (
+    TaskState.RUNNING,
+    TaskState.QUEUED,
+    TaskState.SCHEDULED,
+    TaskState.UP_FOR_RETRY,
+    TaskState.UP_FOR_RESCHEDULE,
+)
+
+
+def live_counts(tis: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of these live task instances run, and how many wait."""
+    running = sum(ti["state"] == TaskState.RUNNING for ti in tis)
+    return {"running": running, "waiting": len(tis) - running}
+
+
 # States a user may set with `cronflow mark`.
 MARKABLE_TASK_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.SKIPPED})
 

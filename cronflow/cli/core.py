@@ -282,14 +282,14 @@ def status(
 ) -> None:
     """Is the daemon alive: pid, start time, last heartbeat, running and queued tasks. Exit 1 if not."""
     from cronflow.daemonlock import running_daemon_pid
-    from cronflow.overview import farm_overview, live_counts
+    from cronflow.states import LIVE_TASK_STATES, live_counts
     from cronflow.store import Store
 
     settings = settings_from_options()
     pid = running_daemon_pid(settings.home)
     store = Store(settings.db_path) if settings.db_path.exists() else None
     record = store.daemon_record() if store else None
-    counts = live_counts(store) if store else {"running": 0, "waiting": 0}
+    counts = live_counts(store.tis_in_states(LIVE_TASK_STATES) if store else [])
     info = {
         "running": pid is not None,
         "pid": pid,
@@ -299,8 +299,11 @@ def status(
         "running_tasks": counts["running"],
         "waiting_tasks": counts["waiting"],
     }
-    farm = farm_overview(settings, store)
-    if farm is not None:
+    farm = None
+    if settings.executor == "celery":  # the catalog and Celery only for a farm
+        from cronflow.overview import farm_overview
+
+        farm = farm_overview(settings, store)
         info["farm"] = farm
     if as_json:
         typer.echo(json.dumps(info, indent=2))
