@@ -78,8 +78,10 @@ PRELOADED = (
 )
 COLD_ENV_PREFIXES = ("PYTHON", "LANG", "LC_")  # read by the interpreter as it starts
 READY = b"R"
+REFUSED = b"-\n"  # the server's answer to an order when it is stale: it exits
 REPLY_TIMEOUT_S = 10.0  # a supervisor answers in milliseconds; this is for a wedged server
-RETRY_AFTER_S = 30.0  # a server that died before it was ready is started again after this
+RETRY_AFTER_S = 30.0  # a server that died before it was ready is started again after this,
+MAX_RETRY_AFTER_S = 3600.0  # twice as long after each such failure, up to this
 _HEADER = struct.Struct("!I")
 
 
@@ -102,6 +104,7 @@ class ForkServer:
         self._sock: socket.socket | None = None
         self._ready = False
         self._launch_at = 0.0  # monotonic time before which no new server is started
+        self._failed_starts = 0  # in a row: servers that died before they were ready
         self._daemon_fd: int | None = None  # a pidfd of this process, for supervisors to wake it
 
     @property
@@ -164,7 +167,7 @@ class ForkServer:
             if said != READY:
                 self._drop("it stopped as it started")
                 return False
-            self._ready = True
+            self._ready, self._failed_starts = True, 0
         return True
 
     def _launch(self) -> None:
@@ -192,7 +195,9 @@ class ForkServer:
         """Forget the server (killing it if it still runs); the next attempt starts another,
         at once if it had served, else after RETRY_AFTER_S."""
         if not self._ready:
-            self._launch_at = time.monotonic() + RETRY_AFTER_S
+            self._failed_starts += 1
+            delay_s = RETRY_AFTER_S * 2 ** min(self._failed_starts - 1, 10)
+            self._launch_at = time.monotonic() + min(delay_s, MAX_RETRY_AFTER_S)
         log.warning("event=forkserver_gone pid=%s why=%r", self.pid, why)
         if self._sock is not None:
             self._sock.close()
@@ -215,9 +220,11 @@ class ForkServer:
             reply = _read_reply(reply_r, 1.0)
             if not reply:
                 raise OSError("the warm Python start did not answer")
-        if not reply:  # it closed the order unanswered: no attempt was forked
-            self._drop("it refused an order")
+        if reply == REFUSED:  # stale: it exits, and the next attempt starts a new one
+            self._drop("cronflow or a library it loaded changed")
             return None
+        if not reply:  # no supervisor answered (the server died, or the supervisor could not
+            return None  # write its pid file): nothing was started
         return int(reply)
 
 
@@ -309,7 +316,10 @@ def _serve(sock: socket.socket, files: list[str], stamp: list[object]) -> Order 
         why = _unfit(files, stamp)
         if why:
             print(f"cronflow fork server: exiting: {why}", file=sys.stderr)
-            return None  # the order's pipe closes unanswered: the daemon starts it cold
+            with contextlib.suppress(OSError):
+                os.write(order.reply_fd, REFUSED)  # the daemon starts this one cold
+            order.close()
+            return None
         if _fork_attempt(order, sock):
             return order
         order.close()
