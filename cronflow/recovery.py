@@ -18,8 +18,8 @@ daemon (`recover`):
 
 Processes are told apart by their CRONFLOW_ATTEMPT marker (home, run, task, try) and the
 supervisor by its command line, which also guards against a reused pid; a warm attempt's forked
-supervisor (cronflow.forkserver), which shows neither, by the pid file it leaves beside the log. The store is written
-directly: the scheduler's cache is empty before its first tick.
+supervisor (cronflow.forkserver), which shows neither, by the pid file it leaves beside the log.
+The store is written directly: the scheduler's cache is empty before its first tick.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import cli, is_alive, wait_for
 
-from cronflow import forkserver
+from cronflow import forkserver, zygote
 from cronflow.config import load_settings
 from cronflow.errors import ConfigError
 from cronflow.store import Store
@@ -40,7 +40,7 @@ def probe():
         "supervisor": supervisor,
         "supervisor_cmdline": _cmdline(supervisor),
         "server": _parent(supervisor),
-        "warm": "cronflow.forkserver" in _cmdline(supervisor),
+        "warm": "cronflow.zygote" in _cmdline(supervisor),
         "sid": os.getsid(0),
         "pgid": os.getpgid(0),
         "marker": os.environ.get("CRONFLOW_ATTEMPT"),
@@ -120,7 +120,7 @@ with Flow("iso"):
     assert leak["warm"] and after["warm"]
     assert after["leaked"] == [False, False, False]  # the first task's changes died with it
     assert leak["server"] == after["server"]  # one server forked both
-    assert "cronflow.forkserver" in Path(f"/proc/{after['server']}/cmdline").read_text()
+    assert "cronflow.zygote" in Path(f"/proc/{after['server']}/cmdline").read_text()
     for seen, task in ((leak, "leak"), (after, "after")):
         # the supervisor leads the attempt's session and group; the task is in both
         assert seen["sid"] == seen["pgid"] == seen["supervisor"] != seen["pid"]
@@ -164,7 +164,7 @@ with Flow("slow"):
     row = tis(home, "slow")["slow"]
     assert (row["state"], row["reason"]) == ("failed", "timed out after 1s")
     task, exec_child, fork_child, supervisor = map(int, pids.read_text().split())
-    assert "cronflow.forkserver" in Path(f"/proc/{server}/cmdline").read_text()  # it was warm
+    assert "cronflow.zygote" in Path(f"/proc/{server}/cmdline").read_text()  # it was warm
     for pid in (task, exec_child, fork_child, supervisor):
         wait_for(lambda pid=pid: not is_alive(pid), what=f"process {pid} to be killed")
     assert is_alive(server)  # the server is untouched by the attempt's end
@@ -383,7 +383,7 @@ def test_warm_is_the_default_and_the_server_watches_cronflow_s_own_files(home):
     import cronflow.worker
 
     assert load_settings(home).warm == []
-    assert str(Path(cronflow.worker.__file__)) in forkserver._loaded_files()
+    assert str(Path(cronflow.worker.__file__)) in zygote._loaded_files()
 
 
 @pytest.mark.parametrize(
