@@ -33,6 +33,15 @@ def _cmdline(pid):
 def _parent(pid):
     return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
 
+def _fds():
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own
+            pass
+    return found
+
 def probe():
     supervisor = os.getppid()
     return {
@@ -46,6 +55,7 @@ def probe():
         "marker": os.environ.get("CRONFLOW_ATTEMPT"),
         "status_file": os.environ.get("CRONFLOW_STATUS_FILE"),
         "argv0": sys.argv[0],
+        "fds": _fds(),
         "leaked": ["leaky" in sys.modules, hasattr(sys.modules["cronflow"], "LEAKED"),
                    "LEAKED" in os.environ],
     }
@@ -128,6 +138,12 @@ with Flow("iso"):
         assert f"/iso/{task}/" in seen["status_file"]
         assert seen["status_file"].endswith("/try-1.status")
         assert seen["argv0"].endswith("cronflow/worker.py")
+        # its own log on 1 and 2; nothing of the server's (its socket, the daemon's pidfd)
+        log = str(next((home / "logs" / "iso" / task).rglob("try-1.log")))
+        assert seen["fds"]["1"] == seen["fds"]["2"] == log
+        assert seen["fds"]["0"] == "/dev/null"
+        server_fds = [t for t in seen["fds"].values() if "socket:" in t or "pidfd" in t]
+        assert not server_fds, seen["fds"]
     rows = tis(home, "iso")
     assert [rows[t]["state"] for t in ("leak", "after")] == ["success", "success"]
     log = next((home / "logs" / "iso" / "leak").rglob("try-1.log")).read_text()
