@@ -323,6 +323,28 @@ with Flow("version"):
     assert renewed["version"] == 2 and renewed["server"] != before["server"]
 
 
+def test_an_import_that_starts_a_thread_keeps_the_server_from_forking(
+    home, daemon, write_flow, tmp_path, monkeypatch
+):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "threadlib.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(lib))
+    configure(home, 'warm_imports = ["threadlib"]')
+    started = daemon()
+    flow(write_flow, "probe", 'with Flow("probe"):\n    Python("probe", probe)\n')
+    for _ in range(3):  # the first starts the server, which refuses to serve
+        assert not xcom(home, run(home, "probe"), "probe")["warm"]
+    wait_for(
+        lambda: "not started: an import started 1 thread(s)" in started.output(),
+        what="the server to say why it does not serve",
+    )
+    assert "event=forkserver_gone" in started.output()
+
+
 def test_secrets_stay_out_of_command_lines_and_logs_of_warm_tasks(home, daemon, write_flow):
     secret = "Sup3r-s3cret-warm"
     Store(home / "cronflow.db").set_variable("token", secret, is_secret=True)
