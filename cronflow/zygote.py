@@ -64,7 +64,8 @@ class Order:
 
 
 def main(argv: list[str]) -> int:
-    """The server: returns 0 when the daemon is gone, or, in a forked task, the task's code."""
+    """The server: 0 once the daemon is gone or the server is stale, 1 if it cannot serve (an
+    import started a thread). A forked task never returns: it ends in `_end_task`."""
     sock = socket.socket(fileno=int(argv[1]))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the supervisors
     for name in (*PRELOADED, *argv[2:]):
