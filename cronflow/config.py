@@ -40,6 +40,11 @@ import_timeout_s = 30
 # On SIGTERM: seconds to let running tasks finish before they are stopped and left for retry.
 grace_period_s = 30
 
+# Python tasks start warm: forked by a process that has imported cronflow and these modules
+# once (your tasks' heavy libraries, e.g. ["pandas"]); false starts each as a new interpreter.
+warm_python = true
+# warm_imports = []
+
 # Task logs are compressed, then deleted, and their total size is capped; run history older than
 # delete_runs_after_days is removed with its logs (0 keeps it forever), the audit trail (who
 # changed what) after delete_audit_after_days. Checked hourly.
@@ -135,6 +140,13 @@ class Settings:
     xcom_max_bytes: int = 64 * 1024
     executor: str = "local"  # or "celery": tasks with a queue run on workers ([celery])
     celery: CelerySettings = field(default_factory=lambda: CelerySettings())
+    warm_python: bool = True  # Python-side attempts forked by a warm server (cronflow.forkserver)
+    warm_imports: tuple[str, ...] = ()  # modules that server imports beside cronflow
+
+    @property
+    def warm(self) -> list[str] | None:
+        """What the local executor's fork server imports beside cronflow; None: no server."""
+        return list(self.warm_imports) if self.warm_python else None
 
     @property
     def db_path(self) -> Path:
@@ -240,6 +252,8 @@ _KNOWN_KEYS = {
     "xcom_max_bytes",
     "executor",
     "celery",
+    "warm_python",
+    "warm_imports",
 }
 EXECUTORS = ("local", "celery")
 
@@ -270,7 +284,25 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
         xcom_max_bytes=_bounded(path, data, "xcom_max_bytes", int, 64 * 1024),
         executor=_executor(path, data),
         celery=_celery(path, _typed(path, data, "celery", dict, {})),
+        warm_python=_flag(path, data, "warm_python", True),
+        warm_imports=_module_names(path, data, "warm_imports"),
     )
+
+
+def _flag(path: Path, data: dict[str, object], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _module_names(path: Path, data: dict[str, object], key: str) -> tuple[str, ...]:
+    """A list of importable module names (`pandas`, `numpy.linalg`)."""
+    names = _typed(path, data, key, list, [])
+    for name in names:
+        if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"{path}: {key} must list module names, got {name!r}")
+    return tuple(names)
 
 
 def _executor(path: Path, data: dict[str, object]) -> str:

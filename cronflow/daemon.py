@@ -238,7 +238,7 @@ class Daemon:
 def make_executor(settings: Settings, store: Store) -> Executor:
     """The executor cronflow.toml asks for; Celery is imported only when it is the one."""
     if settings.executor != "celery":
-        return LocalExecutor(settings.parallelism)
+        return LocalExecutor(settings.parallelism, settings.warm)
     try:
         from cronflow.celery.executor import CeleryExecutor
     except ImportError as exc:

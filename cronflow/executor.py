@@ -12,6 +12,11 @@ before: one still running is tracked to its end (its supervisor is no longer our
 pidfd tells when it ends, and a poll every ADOPTED_POLL_S notices); one that ended meanwhile is
 settled from its record.
 
+A Python-side attempt starts warm when it can: forked by a server that has imported cronflow
+already (cronflow.forkserver), under a forked supervisor that writes the same record; the
+executor follows it by pidfd, like an adopted one. Otherwise, and when the server is not there,
+it starts cold as above.
+
 When an attempt's main process ends, whatever it left in its process group (`sleep 300 &`) is
 stopped (SIGTERM, SIGKILL after KILL_GRACE_S), unless the attempt keeps its background processes
 (Shell's keep_background=True, for a job that starts a daemon). Finished says how many.
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from cronflow import supervisor
+from cronflow import forkserver, supervisor
 from cronflow.logs import open_attempt_log
 
 MARKER_VAR = "CRONFLOW_ATTEMPT"
@@ -126,6 +131,51 @@ class _Child:
         _kill_everything(self.pid, marker, sig)
 
 
+class _Forked:
+    """The supervisor of a warm attempt (cronflow.forkserver): the fork server's child, not
+    ours, so a pidfd tells when it ends and its record how (no record: it was killed)."""
+
+    adopted = False
+    ending: supervisor.Ending | None = None
+
+    def __init__(self, pid: int, log_path: Path) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._log_path = log_path
+        self._pidfd: int | None = None
+        with contextlib.suppress(ProcessLookupError):
+            self._pidfd = os.pidfd_open(pid)
+        if self._pidfd is not None and supervisor.read_ending(log_path) is not None:
+            self._close()  # it ended before the pidfd was open: the pid may be another's now
+
+    def ended(self) -> bool:
+        if self.returncode is not None:
+            return True
+        if self._pidfd is not None:
+            if not select.select([self._pidfd], [], [], 0)[0]:
+                # The SIGCHLD it sends comes just before its exit: once its record is written,
+                # it is ending.
+                if supervisor.read_ending(self._log_path) is None:
+                    return False
+                if not select.select([self._pidfd], [], [], 1.0)[0]:
+                    return False
+            self._close()
+        ending = supervisor.read_ending(self._log_path)
+        self.returncode = ending.exit_code if ending else -signal.SIGKILL
+        return True
+
+    def signal(self, marker: str, sig: signal.Signals) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+        _kill_everything(self.pid, marker, sig)
+
+    def _close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
 class _Adopted:
     """The supervisor of an attempt an earlier daemon started (None: it had ended already).
     Not our child: a pidfd tells when it ends, its record how."""
@@ -165,7 +215,7 @@ class _Adopted:
 @dataclass
 class _Running:
     attempt: Attempt
-    process: _Child | _Adopted
+    process: _Child | _Forked | _Adopted
     started: float
     deadline: float | None
     kill_reason: str | None = None
@@ -181,10 +231,13 @@ class _Lingering:
 
 
 class LocalExecutor:
-    """At most `parallelism` attempts at once, as child processes of the daemon."""
+    """At most `parallelism` attempts at once, as child processes of the daemon (or of its
+    fork server: Python-side attempts when `warm_imports` is not None, see cronflow.forkserver;
+    it imports those modules beside cronflow's)."""
 
-    def __init__(self, parallelism: int) -> None:
+    def __init__(self, parallelism: int, warm_imports: list[str] | None = None) -> None:
         self.parallelism = parallelism
+        self.forkserver = None if warm_imports is None else forkserver.ForkServer(warm_imports)
         self._running: dict[tuple[int, str], _Running] = {}
         self._lingering: list[_Lingering] = []
         self._base_env = dict(os.environ)  # read once: os.environ decodes on every access
@@ -218,7 +271,9 @@ class LocalExecutor:
         log_fd = open_attempt_log(attempt.log_path)
         stdin = _stdin_file(attempt.stdin)
         try:
-            child = _spawn(argv, attempt.cwd, env, stdin.fileno() if stdin else None, log_fd)
+            child = self._start_warm(attempt, env, log_fd) or _spawn(
+                argv, attempt.cwd, env, stdin.fileno() if stdin else None, log_fd
+            )
         finally:
             os.close(log_fd)
             if stdin is not None:
@@ -227,6 +282,20 @@ class LocalExecutor:
         deadline = started + attempt.timeout_s if attempt.timeout_s else None
         self._running[attempt.key] = _Running(attempt, child, started, deadline)
         return child.pid
+
+    def _start_warm(self, attempt: Attempt, env: dict[str, str], log_fd: int) -> _Forked | None:
+        """The attempt forked by the fork server, or None: start it cold."""
+        if self.forkserver is None or attempt.stdin is not None:
+            return None
+        if not forkserver.can_run(attempt.argv, attempt.env, attempt.script is not None):
+            return None
+        pid = self.forkserver.start(env, attempt.log_path, log_fd, attempt.cwd)
+        return None if pid is None else _Forked(pid, attempt.log_path)
+
+    def close(self) -> None:
+        """Stop the fork server, if any (the attempts it started run on)."""
+        if self.forkserver is not None:
+            self.forkserver.close()
 
     def adopt(self, attempt: Attempt, pid: int | None, elapsed_s: float) -> None:
         """Track an attempt an earlier daemon started `elapsed_s` ago: `pid` is its supervisor
@@ -335,7 +404,11 @@ class LocalExecutor:
         """The monotonic time at which enforce() or reap() next has something to do."""
         times = [t for r in self._running.values() for t in (r.deadline, r.kill_at) if t]
         times += [entry.kill_at for entry in self._lingering]
-        if any(r.process.adopted for r in self._running.values()):
+        # Nothing wakes the daemon when an adopted attempt ends, nor a warm one that was killed.
+        if any(
+            r.process.adopted or (r.kill_reason and isinstance(r.process, _Forked))
+            for r in self._running.values()
+        ):
             times.append(time.monotonic() + ADOPTED_POLL_S)
         return min(times) if times else None
 

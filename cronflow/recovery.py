@@ -17,8 +17,9 @@ daemon (`recover`):
   session), unless their task keeps its background processes.
 
 Processes are told apart by their CRONFLOW_ATTEMPT marker (home, run, task, try) and the
-supervisor by its command line, which also guards against a reused pid. The store is written
-directly: the scheduler's cache is empty before its first tick.
+supervisor by its command line, which also guards against a reused pid; a warm attempt's forked
+supervisor (cronflow.forkserver), which shows neither, by the pid file it leaves beside the log.
+The store is written directly: the scheduler's cache is empty before its first tick.
 """
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ def recover(scheduler: Scheduler, now: datetime) -> int:
     still_running = 0
     for ti in tis:
         attempt = _attempt(scheduler, ti)
-        pids = by_marker.pop(attempt.marker, [])
-        found = next((p for p in pids if supervisor.is_supervisor(p, attempt.log_path)), None)
+        found = _supervisor_of(by_marker.pop(attempt.marker, []), attempt.log_path)
         if (
             found is None
             and ti["pid"]
@@ -113,6 +113,13 @@ def _attempt(scheduler: Scheduler, ti: TI) -> Attempt:
     )
 
 
+def _supervisor_of(pids: Sequence[int], log_path: Path) -> int | None:
+    """The supervisor of the attempt logging to `log_path`: among its marked processes, or the
+    forked supervisor its pid file names."""
+    found = next((p for p in pids if supervisor.is_supervisor(p, log_path)), None)
+    return found if found is not None else supervisor.forked_supervisor(log_path)
+
+
 def _task_spec(scheduler: Scheduler, ti: TI) -> TaskSpec | None:
     flow = scheduler.catalog.flows.get(ti["flow_id"])
     return flow.tasks.get(ti["task_id"]) if flow else None
@@ -162,7 +169,14 @@ def _unrecorded_tries(
         next_try = ti["try_number"] + 1
         if (ti["run_id"], ti["task_id"]) in seen:
             continue
-        ending = supervisor.read_ending(_log_path(scheduler, ti, next_try))
+        log_path = _log_path(scheduler, ti, next_try)
+        forked = supervisor.forked_supervisor(log_path)
+        if forked is not None:  # a warm attempt still running: no marker shows it
+            recorded = _record_running(scheduler, ti["run_id"], ti["task_id"], next_try, now)
+            if recorded is not None:
+                found.append(recorded)
+            continue
+        ending = supervisor.read_ending(log_path)
         if ending is not None:
             recorded = _record_running(
                 scheduler, ti["run_id"], ti["task_id"], next_try, now, started_at=ending.ended_at
@@ -187,7 +201,7 @@ def _record_running(
     if ti is None or ti["try_number"] >= try_number:
         return None
     log_path = _log_path(scheduler, ti, try_number)
-    pid = next((p for p in pids if supervisor.is_supervisor(p, log_path)), None)
+    pid = _supervisor_of(pids, log_path)
     started_at = (process_start_time(pid) if pid else None) or started_at
     fields: dict[str, Any] = {
         "state": TaskState.RUNNING,

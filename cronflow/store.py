@@ -1361,3 +1361,11 @@ def flow_timing(spec: Mapping[str, Any]) -> str:
 def _utcnow() -> datetime:
     """Wall-clock stamps for bookkeeping columns only; scheduling always uses the injected clock."""
     return datetime.now(UTC)
+
+
+def preload_writer() -> None:
+    """Import what a store's first write needs, sqlite-utils and its plugins (a tenth of a
+    second): the fork server (cronflow.forkserver) pays it once for all its attempts."""
+    from sqlite_utils import Database
+
+    Database(memory=True).close()

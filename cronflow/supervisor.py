@@ -26,6 +26,11 @@ A shell task's rendered command may hold secrets, and every process's command li
 world-readable (/proc/PID/cmdline): the command goes into `try-N.cmd` instead (0600, in the
 log's directory under the owner-only logs/), and the shell reads its script from there. Both
 files are removed once the attempt is settled in the store (`discard`).
+
+A warm Python attempt (cronflow.forkserver) has a forked supervisor instead of `sh`: the same
+record, written by `record_status`. A forked process shows the fork server's command line and
+environment in /proc, so it also leaves `try-N.pid` (its pid and start time): what tells it
+from a reused pid (`is_supervisor`) and what finds it after a crash (`forked_supervisor`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ def status_path(log_path: Path) -> Path:
 
 def command_path(log_path: Path) -> Path:
     return log_path.absolute().with_suffix(".cmd")
+
+
+def pid_path(log_path: Path) -> Path:
+    return log_path.absolute().with_suffix(".pid")
 
 
 def supervised(argv: list[str], log_path: Path) -> list[str]:
@@ -128,7 +137,7 @@ def add_note(text: str, environ: Mapping[str, str] = os.environ) -> bool:
 
 def discard(log_path: Path) -> None:
     """Remove the attempt's record and command file once the store holds its outcome."""
-    for path in (status_path(log_path), command_path(log_path)):
+    for path in (status_path(log_path), command_path(log_path), pid_path(log_path)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -147,4 +156,52 @@ def is_supervisor(pid: int, log_path: Path) -> bool | None:
             return False
         return None
     tag = f"\0{SUPERVISOR_TAG}\0{status_path(log_path)}\0".encode()
-    return tag in cmdline
+    return tag in cmdline or _is_recorded_supervisor(pid, log_path)
+
+
+def record_supervisor(log_path: Path) -> None:
+    """Write this process's pid and start time to `try-N.pid`: it is the forked supervisor of
+    the attempt logging to `log_path`. OSError if it cannot be written."""
+    started = _start_ticks(os.getpid())
+    path = pid_path(log_path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{os.getpid()} {started}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def record_status(log_path: Path, exit_code: int) -> None:
+    """Append the task's exit status (0-255) to the record, as the `sh` supervisor does."""
+    fd = os.open(status_path(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{exit_code}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def forked_supervisor(log_path: Path) -> int | None:
+    """The pid of the forked supervisor of the attempt logging to `log_path`, if it still runs."""
+    try:
+        pid = int(pid_path(log_path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _is_recorded_supervisor(pid, log_path) else None
+
+
+def _is_recorded_supervisor(pid: int, log_path: Path) -> bool:
+    """Whether `try-N.pid` names process `pid`, started when it says (not a reused pid)."""
+    try:
+        recorded_pid, started = pid_path(log_path).read_text().split()
+    except (OSError, ValueError):
+        return False
+    return recorded_pid == str(pid) and started == str(_start_ticks(pid))
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

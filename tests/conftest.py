@@ -16,6 +16,7 @@ import pytest
 
 from cronflow.config import Settings, load_settings
 from cronflow.executor import kill_processes, marked_processes
+from cronflow.supervisor import forked_supervisor
 
 # Real servers on 127.0.0.1 (sshd, SMTP, FTP, HTTP) as fixtures, for the operator tests.
 pytest_plugins = ["servers"]
@@ -62,6 +63,11 @@ def home(tmp_path: Path) -> Iterator[Path]:
     # A test that ends while tasks of its home still run (a scheduler without a daemon, a failed
     # assertion, a kill -9 test) must not leave them running for the rest of the suite.
     kill_processes(list(marked_processes(f"{home}|", prefix=True)))
+    # Warm Python attempts (cronflow.forkserver) show no marker: their supervisors' pid files.
+    for pid_file in (home / "logs").rglob("*.pid") if (home / "logs").is_dir() else ():
+        pid = forked_supervisor(pid_file.with_suffix(".log"))
+        if pid is not None:
+            kill_processes([pid])
 
 
 @pytest.fixture

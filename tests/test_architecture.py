@@ -32,6 +32,8 @@ IO_AND_UP = {
     "daemon",
     "scheduler",
     "executor",
+    "forkserver",
+    "zygote",
     "catalog",
     "loader",
     "cli",

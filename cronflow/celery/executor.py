@@ -86,7 +86,7 @@ class CeleryExecutor:
         self.settings = settings
         self.conf = settings.celery
         self.store = store
-        self.local = LocalExecutor(settings.parallelism)
+        self.local = LocalExecutor(settings.parallelism, settings.warm)
         url = broker_url(self.conf)
         self.broker = describe(url)
         self.client = connect(url)
