@@ -219,7 +219,7 @@ def task_rows(
 
 def _queue(flow: FlowSpec, task_id: str) -> str | None:
     """The Celery queue the task is sent to (None: it runs on the scheduler's host)."""
-    task = flow.tasks.get(task_id)
+    task = flow.task_of(task_id)
     return task.remote_queue if task else None
 
 
@@ -227,7 +227,7 @@ def _past_reason(
     store: Store, flow: FlowSpec, run: dict[str, Any], ti: Mapping[str, Any]
 ) -> str | None:
     """What a depends_on_past task not yet started waits for in the previous run."""
-    task = flow.tasks.get(ti["task_id"])
+    task = flow.task_of(ti["task_id"])
     if task is None or not task.depends_on_past or ti["state"] != TaskState.NONE:
         return None
     if run["state"] != RunState.RUNNING:
@@ -242,7 +242,7 @@ def _past_reason(
 
 
 def _waiting_reason(flow: FlowSpec, ti: Mapping[str, Any], waiting: str) -> str | None:
-    task = flow.tasks.get(ti["task_id"])
+    task = flow.task_of(ti["task_id"])
     if not waiting or task is None or task.upstream or ti["state"] != TaskState.NONE:
         return None
     return f"the run waits for {waiting}"

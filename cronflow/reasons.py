@@ -322,7 +322,7 @@ class Explainer:
         return f"finished {state.value}{reason}"
 
     def _none(self, run: dict[str, Any], ti: dict[str, Any], tis: dict[str, dict[str, Any]]) -> str:
-        task = self.flow.tasks.get(ti["task_id"])
+        task = self.flow.task_of(ti["task_id"])
         if task is None:
             return "no longer in the flow file"
         if run["state"] == RunState.QUEUED:

@@ -34,6 +34,7 @@ from cronflow.errors import (
     StoreError,
     StoreLockedError,
 )
+from cronflow.mapping import instance_id
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.timeparse import iso
 
@@ -219,6 +220,13 @@ def _active_indexes(db: Database) -> None:
     db.execute(f"CREATE INDEX tis_active ON task_instances (state) WHERE {ACTIVE_TIS}")
     db.execute("CREATE INDEX tis_failed_by_end ON task_instances (end_at) WHERE state = 'failed'")
     db.execute(f"CREATE INDEX runs_active ON runs (state) WHERE {ACTIVE_RUNS}")
+
+
+@migration("0009_mapping_map_index")
+def _mapping_map_index(db: Database) -> None:
+    # A mapped task's instances are rows `task[i]`; map_index says which item (NULL: a task
+    # not mapped, or the placeholder of one not yet expanded). Informational: the key stays.
+    db.execute("ALTER TABLE task_instances ADD COLUMN map_index INTEGER")
 
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -746,6 +754,67 @@ class Store:
             "SELECT * FROM task_instances WHERE run_id = ? AND task_id = ?", [run_id, task_id]
         )
 
+    def expand_ti(self, run_id: int, task_id: str, count: int) -> list[dict[str, Any]]:
+        """Replace a mapped task's placeholder (still `none`) by `count` instances `task[i]`,
+        in one transaction; returns them ([] if the placeholder is not there or not `none`).
+        They keep its try number, so a re-expansion after a replay writes new logs."""
+        with self._write():
+            row = self._one(
+                "SELECT * FROM task_instances WHERE run_id = ? AND task_id = ? AND state = 'none'",
+                [run_id, task_id],
+            )
+            if row is None:
+                return []
+            self.db.execute(
+                "DELETE FROM task_instances WHERE run_id = ? AND task_id = ?", [run_id, task_id]
+            )
+            rows = [
+                {**row, "task_id": instance_id(task_id, i), "map_index": i} for i in range(count)
+            ]
+            columns = list(row)
+            self.conn.executemany(
+                f"""INSERT INTO task_instances ({", ".join(columns)})
+                    VALUES ({", ".join("?" * len(columns))})""",
+                [[r[c] for c in columns] for r in rows],
+            )
+        return rows
+
+    def _collapse(self, run_id: int, task_id: str, retries: int) -> int:
+        """A mapped task replayed as a whole: its instances (and their XComs) give way to a
+        placeholder `none` again, so the next expansion reads the list anew. Returns how many
+        instances there were."""
+        where = "run_id = ? AND map_index IS NOT NULL AND substr(task_id, 1, ?) = ?"
+        params = [run_id, len(task_id) + 1, f"{task_id}["]
+        row = self._one(
+            f"""SELECT count(*) AS n, max(try_number) AS tries, min(task_id) AS pick
+                FROM task_instances WHERE {where}""",
+            params,
+        )
+        if not row or not row["n"]:
+            return 0
+        first = self.ti(run_id, row["pick"])
+        assert first is not None
+        self.db.execute("DELETE FROM xcom WHERE run_id = ? AND substr(task_id, 1, ?) = ?", params)
+        self.db.execute(f"DELETE FROM task_instances WHERE {where}", params)
+        self._insert_tis(
+            run_id,
+            first["flow_id"],
+            first["logical_date"],
+            [
+                {
+                    "task_id": task_id,
+                    "retries": retries,
+                    "pool": first["pool"],
+                    "priority": first["priority"],
+                }
+            ],
+        )
+        self.db.execute(
+            "UPDATE task_instances SET try_number = ?, max_tries = ? WHERE run_id = ? AND task_id = ?",
+            [row["tries"], row["tries"] + retries + 1, run_id, task_id],
+        )
+        return int(row["n"])
+
     def update_ti(
         self,
         run_id: int,
@@ -932,6 +1001,8 @@ class Store:
                 self.db.execute(
                     "DELETE FROM xcom WHERE run_id = ? AND task_id = ?", [run_id, task_id]
                 )
+            elif not extra:  # no row of that name: a mapped task's instances, if it has any
+                changed += self._collapse(run_id, task_id, task_retries)
             changed += cursor.rowcount
         return changed
 

@@ -192,7 +192,7 @@ class _AttemptRun:
                 finished.exit_code,
                 finished.duration_s,
                 reason=finished.reason,
-                task_reason=ti.get("reason") if flow.tasks[p["task_id"]].kind != "shell" else None,
+                task_reason=ti.get("reason") if flow.task(p["task_id"]).kind != "shell" else None,
                 xcoms=xcoms,
                 notes=list(finished.notes),
                 stopped=finished.stopped,
@@ -227,7 +227,7 @@ class _AttemptRun:
         path = str(self.worker.settings.flows_dir / p["flow_file"])
         store.save_flow_file(path, (0, 0, 0), None, [p["spec"]])
         flow = FlowSpec.from_spec(p["spec"], path)
-        task = flow.tasks[p["task_id"]]
+        task = flow.task(p["task_id"])
         source = p["run"]
         logical_at = from_iso(source["logical_date"])
         interval = (from_iso(source["data_interval_start"]), from_iso(source["data_interval_end"]))
