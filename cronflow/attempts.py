@@ -28,6 +28,7 @@ from cronflow.logs import (
     existing_log,
     open_log,
 )
+from cronflow.mapping import base_id
 from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, TaskState
 from cronflow.store import Store
@@ -73,6 +74,12 @@ def find_attempt(
     flow.task(task_id)
     run = control.find_one_run(store, flow, date_text)
     ti = store.ti(run["run_id"], task_id)
+    if ti is None and flow.task(task_id).map_over and task_id in flow.tasks:
+        count = sum(base_id(t["task_id"]) == task_id for t in store.tis_of_runs([run["run_id"]]))
+        raise NotFoundError(
+            f"{flow.flow_id}.{task_id} of {_local(flow, run)} is mapped into {count} task "
+            f"instances: name one, {task_id}[0] to {task_id}[{count - 1}]"
+        )
     if ti is None:
         raise NotFoundError(f"the run of {_local(flow, run)} has no task '{task_id}'")
     last = current_try(ti)  # a sensor between two pokes is still in its try

@@ -90,3 +90,40 @@ def expand_graph(
             expanded[one] = (new_ups, rule)
             new_order.append(one)
     return expanded, new_order
+
+
+# The one state a grid cell shows for all of a mapped task's instances: the first of these
+# that any instance is in (what needs a look first), so a single failure is never hidden.
+_SUMMARY_ORDER = (
+    "failed",
+    "upstream_failed",
+    "running",
+    "queued",
+    "up_for_retry",
+    "up_for_reschedule",
+    "scheduled",
+    "none",
+    "success",
+    "skipped",
+)
+
+
+def summary_state(states: Sequence[str]) -> str:
+    """The state a grid shows for a mapped task's instances (see _SUMMARY_ORDER)."""
+    present = set(states)
+    return next((s for s in _SUMMARY_ORDER if s in present), "none")
+
+
+def fold_instances(states: Mapping[str, str]) -> dict[str, str]:
+    """task id -> state, each mapped task's instances folded into one entry under its own id
+    (summary_state): what a grid of a run's tasks shows."""
+    folded: dict[str, str] = {}
+    grouped: dict[str, list[str]] = {}
+    for task_id, state in states.items():
+        if task_id.endswith("]"):
+            grouped.setdefault(base_id(task_id), []).append(state)
+        else:
+            folded[task_id] = state
+    for task_id, group in grouped.items():
+        folded[task_id] = summary_state(group)
+    return folded

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from test_scheduler import Harness, utc
@@ -134,3 +135,87 @@ def test_the_downstream_waits_for_every_instance_by_its_trigger_rule(
     assert "cannot process bad" in tis["process[1]"]["reason"]
     assert tis["report"]["state"] == report
     assert h.store.run(tis["report"]["run_id"])["state"] == "failed"
+
+
+FLAKY = """
+from cronflow import Flow, Python, Shell
+
+def list_files(context):
+    return ["a", "flaky", "c"]
+
+def process(item, context):
+    if item == "flaky" and context["try_number"] == 1:
+        raise RuntimeError("flaky the first time")
+    return item.upper()
+
+with Flow("files", timezone="UTC"):
+    each = Python("process", process, retries=1, retry_delay="60s").map(
+        over=Python("list_files", list_files)
+    )
+    each >> Shell("report", "echo reported")
+"""
+
+
+def test_only_the_failed_instance_is_retried(make, write_flow):
+    write_flow("files", FLAKY)
+    h: Harness = make(utc(2026, 12, 3, 12))
+    tis = run_with(h, 1, {})
+    assert tis["process[1]"]["state"] == "up_for_retry"
+    assert [tis[f"process[{i}]"]["try_number"] for i in (0, 2)] == [1, 1]
+    assert tis["report"]["state"] == "none"  # waits for every instance
+    h.at(utc(2026, 12, 3, 12, 1, 1))
+    h.settle()
+    after = {t["task_id"]: t for t in h.store.tis_of_runs([tis["report"]["run_id"]])}
+    assert (after["process[1]"]["state"], after["process[1]"]["try_number"]) == ("success", 2)
+    assert [after[f"process[{i}]"]["try_number"] for i in (0, 2)] == [1, 1]
+    assert after["report"]["state"] == "success"
+    assert h.store.pull_xcom(after["report"]["run_id"], "process[1]") == "FLAKY"
+
+
+POOLED = """
+from cronflow import Flow, Python, Shell
+
+def list_files(context):
+    return list(range(4))
+
+with Flow("pooled", timezone="UTC"):
+    each = Shell(
+        "station", "echo $(date +%s.%N) start {{ item }} >> OUT; sleep 0.2; "
+        "echo $(date +%s.%N) end {{ item }} >> OUT", pool="station",
+    ).map(over=Python("list_files", list_files))
+"""
+
+
+def test_instances_count_against_their_pool(make, write_flow, home):
+    out = home / "pool.txt"
+    write_flow("pooled", POOLED.replace("OUT", str(out)))
+    h: Harness = make(utc(2026, 12, 3, 12))
+    control.trigger(h.store, h.scheduler.catalog.get("pooled"), utc(2026, 12, 1))
+    h.settle()
+    events = [line.split()[1:] for line in out.read_text().splitlines()]
+    assert [e[0] for e in events] == ["start", "end"] * 4  # never two at once in a 1-slot pool
+    assert sorted(e[1] for e in events if e[0] == "start") == ["0", "1", "2", "3"]
+
+
+def test_instances_count_against_parallelism(make, write_flow, home):
+    write_flow(
+        "pooled",
+        POOLED.replace('pool="station"', 'pool="default"').replace("OUT", str(home / "p.txt")),
+    )
+    h: Harness = make(utc(2026, 12, 3, 12))
+    h.scheduler.executor.parallelism = 2
+    control.trigger(h.store, h.scheduler.catalog.get("pooled"), utc(2026, 12, 1))
+    h.tick()  # list_files starts
+    h.settle()
+    assert max_running_at_once(home / "p.txt") <= 2
+
+
+def max_running_at_once(path: Path) -> int:
+    events = sorted(
+        (float(t), kind) for t, kind, _ in (line.split() for line in path.read_text().splitlines())
+    )
+    running = most = 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    return most
