@@ -526,13 +526,13 @@ class Flow:
                 problems.append(str(exc))
         if problems:
             raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
+        problems = _mapping_problems({t["task_id"]: t for t in tasks})
+        if problems:
+            raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
         try:
             deps.topological_order({t["task_id"]: t["upstream"] for t in tasks})
         except FlowDefinitionError as exc:
             raise FlowDefinitionError(f"{where}: {exc}") from None
-        problems = _mapping_problems({t["task_id"]: t for t in tasks})
-        if problems:
-            raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
         return {
             "flow_id": self.flow_id,
             "schedule": self.schedule.expression if self.schedule else None,

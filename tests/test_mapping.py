@@ -12,9 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from clikit import error, invoke, ok, rows
 from test_scheduler import Harness, utc
 
 from cronflow import control
+from cronflow.checks import check_flows
 from cronflow.config import Settings
 from cronflow.mapping import expand_graph, items_problem, split_id
 
@@ -219,3 +221,142 @@ def max_running_at_once(path: Path) -> int:
         running += 1 if kind == "start" else -1
         most = max(most, running)
     return most
+
+
+# --- addressing one instance or all: tasks, logs, mark, replay, show -------------------------
+LISTED = """
+from cronflow import Flow, Python, Shell
+
+def list_files(context):
+    return open(LIST).read().split()
+
+with Flow("files", timezone="UTC"):
+    get = Python("list_files", list_files)
+    each = Shell("process", "echo processing {{ item }} as {{ map_index }}").map(over=get)
+    each >> Shell("report", "echo reported")
+"""
+
+
+def listed_flow(write_flow, home: Path, names: str) -> Path:
+    listing = home / "list.txt"
+    listing.write_text(names)
+    write_flow("files", LISTED.replace("LIST", repr(str(listing))))
+    return listing
+
+
+def test_tasks_and_logs_show_each_instance(make, write_flow, home):
+    listed_flow(write_flow, home, "a.csv b.csv c.csv")
+    h: Harness = make(utc(2026, 12, 3, 12))
+    run_with(h, 1, {})
+    listed = [(r["task"], r["state"]) for r in rows(home, "tasks", "files")]
+    assert listed == [
+        ("list_files", "success"),
+        ("process[0]", "success"),
+        ("process[1]", "success"),
+        ("process[2]", "success"),
+        ("report", "success"),
+    ]
+    shown = ok(home, "logs", "files.process[2]").stdout
+    assert "processing c.csv as 2" in shown
+    assert "files.process[2] for" in shown  # the header names the instance
+    assert "process[0] to process[2]" in error(home, "logs", "files.process")
+    assert "is not mapped" in error(home, "logs", "files.report[1]")
+    assert "has no task 'process[7]'" in error(home, "logs", "files.process[7]")
+    grid = {
+        line.split()[0]: line.split()[1:]
+        for line in ok(home, "show", "files").stdout.splitlines()
+        if line.split() and line.split()[0] in ("process", "report")
+    }
+    assert grid["process"][-1] == "ok"  # one cell for the three instances
+
+
+def test_mark_one_instance_or_all_of_them(make, write_flow, home):
+    listed_flow(write_flow, home, "a.csv b.csv c.csv")
+    h: Harness = make(utc(2026, 12, 3, 12))
+    run_id = run_with(h, 1, {})["report"]["run_id"]
+    ok(home, "mark", "files.process[1]", "--date", "2026-12-01", "--state", "failed")
+    states = {t["task_id"]: t["state"] for t in h.store.tis_of_runs([run_id])}
+    assert [states[f"process[{i}]"] for i in range(3)] == ["success", "failed", "success"]
+    assert h.store.run(run_id)["state"] == "failed"
+    grid = [line.split() for line in ok(home, "show", "files").stdout.splitlines() if line.strip()]
+    assert [cells[-1] for cells in grid if cells[0] == "process"] == ["FAIL"]
+    ok(home, "mark", "files.process", "--date", "2026-12-01", "--state", "skipped")
+    states = {t["task_id"]: t["state"] for t in h.store.tis_of_runs([run_id])}
+    assert [states[f"process[{i}]"] for i in range(3)] == ["skipped"] * 3
+    assert h.store.run(run_id)["state"] == "success"
+
+
+def test_replay_one_instance_keeps_the_others(make, write_flow, home):
+    listed_flow(write_flow, home, "a.csv b.csv c.csv")
+    h: Harness = make(utc(2026, 12, 3, 12))
+    before = run_with(h, 1, {})
+    ok(home, "replay", "files", "--date", "2026-12-01", "--task", "process[1]", "--yes")
+    h.settle()
+    after = {t["task_id"]: t for t in h.store.tis_of_runs([before["report"]["run_id"]])}
+    assert [after[f"process[{i}]"]["try_number"] for i in range(3)] == [1, 2, 1]
+    assert after["process[1]"]["state"] == "success"
+
+
+def test_replaying_the_upstream_with_its_downstream_maps_the_new_list(make, write_flow, home):
+    listing = listed_flow(write_flow, home, "a.csv b.csv c.csv")
+    h: Harness = make(utc(2026, 12, 3, 12))
+    run_id = run_with(h, 1, {})["report"]["run_id"]
+    listing.write_text("x.csv y.csv")
+    ok(
+        home,
+        "replay",
+        "files",
+        "--date",
+        "2026-12-01",
+        "--task",
+        "list_files",
+        "--downstream",
+        "--yes",
+    )
+    placeholder = {t["task_id"]: t for t in h.store.tis_of_runs([run_id])}
+    assert sorted(placeholder) == ["list_files", "process", "report"]  # mapped again later
+    assert placeholder["process"]["try_number"] == 1  # the next try writes a new log
+    h.settle()
+    after = {t["task_id"]: t for t in h.store.tis_of_runs([run_id])}
+    assert sorted(after) == ["list_files", "process[0]", "process[1]", "report"]
+    assert after["process[1]"]["try_number"] == 2
+    assert "processing y.csv as 1" in Path(after["process[1]"]["log_path"]).read_text()
+    assert h.store.run(run_id)["state"] == "success"
+
+
+def test_replaying_the_mapped_task_as_a_whole_maps_it_again(make, write_flow, home):
+    listing = listed_flow(write_flow, home, "a.csv b.csv c.csv")
+    h: Harness = make(utc(2026, 12, 3, 12))
+    run_id = run_with(h, 1, {})["report"]["run_id"]
+    listing.write_text("ignored: list_files is not run again")
+    ok(home, "replay", "files", "--date", "2026-12-01", "--task", "process", "--yes")
+    assert "process" in {t["task_id"] for t in h.store.tis_of_runs([run_id])}
+    h.settle()
+    after = {t["task_id"]: t["state"] for t in h.store.tis_of_runs([run_id])}
+    assert [k for k in after if k.startswith("process")] == [f"process[{i}]" for i in range(3)]
+
+
+def test_cronflow_test_runs_the_mapped_task_over_the_list(home, write_flow):
+    # its own flow id: flow files imported in-process by other tests stay out of its way
+    listing = home / "list.txt"
+    listing.write_text("a.csv b.csv")
+    write_flow("tested", LISTED.replace("LIST", repr(str(listing))).replace('"files"', '"tested"'))
+    result = invoke(home, "test", "tested", "--date", "2026-12-01")
+    assert result.exit_code == 0, result.output
+    assert "processing b.csv as 1" in result.stdout
+    ended = [line.split(":")[0] for line in result.stderr.splitlines()[1:-1]]
+    assert ended == ["list_files", "process[0]", "process[1]", "report"]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "words"),
+    [
+        ('.map(over="nowhere")', "task 'process' maps over unknown task 'nowhere'"),
+        ('.map(over=get, arg="not a name")', "map arg must be a Python name"),
+    ],
+)
+def test_check_names_a_bad_map(tmp_path, mapping, words):
+    source = LISTED.replace(".map(over=get)", mapping).replace("LIST", "'/nonexistent'")
+    (tmp_path / "files.py").write_text(source)
+    report = check_flows(tmp_path, timeout_s=30)
+    assert any(words in str(p) for p in report.problems), report.problems
