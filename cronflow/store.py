@@ -232,6 +232,15 @@ def _mapping_map_index(db: Database) -> None:
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+# the instances of a mapped task in a run (`task[0]`, `task[1]`, ...)
+_INSTANCES_WHERE = "run_id = ? AND map_index IS NOT NULL AND substr(task_id, 1, ?) = ?"
+_INSTANCES_OF = "SELECT task_id FROM task_instances WHERE " + _INSTANCES_WHERE + "{limit}"
+
+
+def _instances_params(run_id: int, task_id: str) -> list[Any]:
+    return [run_id, len(task_id) + 1, f"{task_id}["]
+
+
 class RunExistsError(CronflowError):
     """A run already exists for that flow and logical date."""
 
@@ -592,6 +601,8 @@ class Store:
     def _insert_tis(
         self, run_id: int, flow_id: str, logical: str, tasks: Iterable[dict[str, Any]]
     ) -> None:
+        """The task instances a run lacks; a mapped task already expanded lacks nothing."""
+        tasks = [t for t in tasks if not (t.get("map_over") and self._expanded(run_id, t))]
         self.conn.executemany(
             """INSERT OR IGNORE INTO task_instances (run_id, task_id, flow_id, logical_date, state,
                max_tries, pool, priority) VALUES (?, ?, ?, ?, 'none', ?, ?, ?)""",
@@ -599,6 +610,14 @@ class Store:
                 (run_id, t["task_id"], flow_id, logical, t["retries"] + 1, t["pool"], t["priority"])
                 for t in tasks
             ],
+        )
+
+    def _expanded(self, run_id: int, task: dict[str, Any]) -> bool:
+        return (
+            self._one(
+                _INSTANCES_OF.format(limit=" LIMIT 1"), _instances_params(run_id, task["task_id"])
+            )
+            is not None
         )
 
     def add_missing_tis(self, run: dict[str, Any], tasks: Iterable[dict[str, Any]]) -> None:
@@ -783,8 +802,8 @@ class Store:
         """A mapped task replayed as a whole: its instances (and their XComs) give way to a
         placeholder `none` again, so the next expansion reads the list anew. Returns how many
         instances there were."""
-        where = "run_id = ? AND map_index IS NOT NULL AND substr(task_id, 1, ?) = ?"
-        params = [run_id, len(task_id) + 1, f"{task_id}["]
+        where = _INSTANCES_WHERE
+        params = _instances_params(run_id, task_id)
         row = self._one(
             f"""SELECT count(*) AS n, max(try_number) AS tries, min(task_id) AS pick
                 FROM task_instances WHERE {where}""",

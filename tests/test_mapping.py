@@ -7,12 +7,15 @@ addressing of one instance (`T[3]`) goes through the CLI; the end-to-end tests r
 
 from __future__ import annotations
 
+import json
+import signal
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from clikit import error, invoke, ok, rows
+from conftest import cli, wait_for
 from test_scheduler import Harness, utc
 
 from cronflow import control
@@ -294,6 +297,7 @@ def test_replay_one_instance_keeps_the_others(make, write_flow, home):
     h.settle()
     after = {t["task_id"]: t for t in h.store.tis_of_runs([before["report"]["run_id"]])}
     assert [after[f"process[{i}]"]["try_number"] for i in range(3)] == [1, 2, 1]
+    assert "process" not in after  # the run started again without a placeholder
     assert after["process[1]"]["state"] == "success"
 
 
@@ -360,3 +364,88 @@ def test_check_names_a_bad_map(tmp_path, mapping, words):
     (tmp_path / "files.py").write_text(source)
     report = check_flows(tmp_path, timeout_s=30)
     assert any(words in str(p) for p in report.problems), report.problems
+
+
+# --- with the real daemon ------------------------------------------------------------------------
+GATED = """
+from cronflow import Flow, Python, Shell
+
+def list_files(context):
+    return ["a.csv", "b.csv", "c.csv", "d.csv"]
+
+with Flow("gated", timezone="UTC"):
+    each = Shell(
+        "process",
+        "echo $CRONFLOW_TRY_NUMBER >> RUNS/{{ map_index }}; "
+        "while [ ! -e GATE ]; do sleep 0.1; done; echo done {{ item }}",
+    ).map(over=Python("list_files", list_files))
+    each >> Shell("report", "echo reported")
+"""
+
+
+def daemon_tis(home: Path, flow: str) -> dict[str, dict]:
+    result = cli(home, "tasks", flow, "--json")
+    assert result.returncode == 0, result.stderr
+    return {row["task"]: row for row in json.loads(result.stdout)}
+
+
+@pytest.mark.slow
+def test_the_daemon_maps_and_survives_a_kill_9_mid_mapped_run(home, daemon, write_flow):
+    runs, gate = home / "runs", home / "gate"
+    runs.mkdir()
+    write_flow("gated", GATED.replace("RUNS", str(runs)).replace("GATE", str(gate)))
+    first = daemon()
+    assert cli(home, "trigger", "gated", "--date", "2026-12-01").returncode == 0
+    wait_for(lambda: len(list(runs.iterdir())) == 4, what="4 running instances")
+    wait_for(
+        lambda: all(
+            r["state"] == "running" for t, r in daemon_tis(home, "gated").items() if "[" in t
+        ),
+        what="the 4 tries recorded as running",
+    )
+    first.signal(signal.SIGKILL)
+    first.wait()
+    gate.touch()  # they end while no daemon runs
+    second = daemon()
+    wait_for(
+        lambda: daemon_tis(home, "gated")["report"]["state"] == "success",
+        what="the run to end after the restart",
+    )
+    rows = daemon_tis(home, "gated")
+    assert sorted(rows) == ["list_files", *(f"process[{i}]" for i in range(4)), "report"]
+    for i in range(4):
+        assert (runs / str(i)).read_text().split() == ["1"]  # each ran once
+        assert rows[f"process[{i}]"]["try_number"] == 1
+    assert "done c.csv" in cli(home, "logs", "gated.process[2]", "--date", "2026-12-01").stdout
+    assert "event=task_mapped flow=gated task=process" in first.output()
+    second.stop()
+
+
+@pytest.mark.slow
+def test_the_daemon_replays_one_instance_and_maps_again_after_a_replay(home, daemon, write_flow):
+    runs, gate = home / "runs", home / "gate"
+    runs.mkdir()
+    gate.touch()
+    write_flow("gated", GATED.replace("RUNS", str(runs)).replace("GATE", str(gate)))
+    daemon()
+    result = cli(home, "trigger", "gated", "--date", "2026-12-01", "--wait")
+    assert result.returncode == 0, result.stderr
+    replay = ["replay", "gated", "--date", "2026-12-01", "--yes"]
+    assert cli(home, *replay, "--task", "process[3]").returncode == 0
+    wait_for(lambda: (runs / "3").read_text().split() == ["1", "2"], what="process[3] again")
+    wait_for(
+        lambda: daemon_tis(home, "gated")["process[3]"]["state"] == "success",
+        what="process[3] to succeed again",
+    )
+    assert (runs / "0").read_text().split() == ["1"]
+    assert cli(home, *replay, "--task", "list_files", "--downstream").returncode == 0
+    wait_for(
+        lambda: (
+            daemon_tis(home, "gated").get("report", {}).get("state") == "success"
+            and all((runs / str(i)).read_text().split()[-1] != "1" for i in range(4))
+        ),
+        what="every instance mapped and run again",
+    )
+    # mapped again from the next try on of any instance: each instance's log is new
+    assert (runs / "0").read_text().split() == ["1", "3"]
+    assert (runs / "3").read_text().split() == ["1", "2", "3"]
