@@ -1261,6 +1261,18 @@ class Store:
         )
         return None if row is None else json.loads(row["value"])
 
+    def pull_mapped_xcoms(self, run_id: int, task_id: str, key: str = "return_value") -> Any:
+        """A mapped task's values under `key`, one per instance that has one, in item order
+        (None if none has): what the task after it reads as the mapped task's value."""
+        rows = self._rows(
+            """SELECT x.value FROM task_instances AS t JOIN xcom AS x
+                ON x.run_id = t.run_id AND x.task_id = t.task_id AND x.key = ?
+                WHERE t.run_id = ? AND t.map_index IS NOT NULL AND substr(t.task_id, 1, ?) = ?
+                ORDER BY t.map_index""",
+            [key, *_instances_params(run_id, task_id)],
+        )
+        return [json.loads(r["value"]) for r in rows] or None
+
     def xcom_values(self, run_ids: Sequence[int], task_id: str, key: str) -> dict[int, Any]:
         """run id -> one task's value under `key`, for those of the runs that have it."""
         marks = ",".join("?" * len(run_ids))

@@ -36,10 +36,13 @@ def process(path, context):
         raise ValueError("cannot process " + path)
     return {"path": path, "index": context["map_index"]}
 
+def collect(context):
+    return context["xcom"].pull("process")
+
 with Flow("files", timezone="UTC"):
     get = Python("list_files", list_files)
     each = Python("process", process).map(over=get, arg="path")
-    report = Shell("report", "echo reported", trigger_rule="RULE")
+    report = Python("report", collect, trigger_rule="RULE")
     each >> report
 """
 
@@ -102,6 +105,9 @@ def test_one_instance_per_item_each_with_its_item_and_xcom(make, write_flow):
     assert h.store.pull_xcom(run_id, "process[1]") == {"path": "b.csv", "index": 1}
     logs = {tis[f"process[{i}]"]["log_path"] for i in range(3)}
     assert len(logs) == 3  # a log each
+    assert h.store.pull_xcom(run_id, "report") == [  # their values, as a list, in item order
+        {"path": f"{name}.csv", "index": i} for i, name in enumerate("abc")
+    ]
 
 
 def test_an_empty_list_skips_the_mapped_task_and_trigger_rules_follow(make, write_flow):
