@@ -219,6 +219,7 @@ def test_instances_count_against_parallelism(make, write_flow, home):
     h.tick()  # list_files starts
     h.settle()
     assert max_running_at_once(home / "p.txt") <= 2
+    assert len((home / "p.txt").read_text().splitlines()) == 8  # 4 instances started and ended
 
 
 def max_running_at_once(path: Path) -> int:
@@ -455,3 +456,24 @@ def test_the_daemon_replays_one_instance_and_maps_again_after_a_replay(home, dae
     # mapped again from the next try on of any instance: each instance's log is new
     assert (runs / "0").read_text().split() == ["1", "3"]
     assert (runs / "3").read_text().split() == ["1", "2", "3"]
+
+
+def test_the_web_view_shows_a_mapped_task_and_each_instance(make, write_flow, home):
+    from webkit import WebProcess
+
+    listed_flow(write_flow, home, "a.csv b.csv")
+    h: Harness = make(utc(2026, 12, 3, 12))
+    run_id = run_with(h, 1, {})["report"]["run_id"]
+    site = WebProcess(home)
+    try:
+        client = site.client()
+        flow_page = client.get("/flows/files")
+        assert flow_page.status == 200, flow_page.text
+        assert f'href="/flows/files/runs/{run_id}/tasks/process"' in flow_page.text  # one cell
+        one = client.get(f"/flows/files/runs/{run_id}/tasks/process%5B1%5D")
+        assert one.status == 200, one.text
+        assert "processing b.csv as 1" in one.text
+        whole = client.get(f"/flows/files/runs/{run_id}/tasks/process")
+        assert "process[0] to process[1]" in whole.text
+    finally:
+        site.stop()
