@@ -477,3 +477,26 @@ def test_the_web_view_shows_a_mapped_task_and_each_instance(make, write_flow, ho
         assert "process[0] to process[1]" in whole.text
     finally:
         site.stop()
+
+
+DEADLINED = """
+from cronflow import Flow, Python, Shell
+
+def list_files(context):
+    return ["a", "b"]
+
+with Flow("timed", schedule="0 6 * * *", start_date="2024-06-03", timezone="UTC"):
+    Shell("process", "echo {{ item }}", deadline="20m").map(over=Python("list", list_files))
+"""
+
+
+def test_a_deadline_on_a_mapped_task_counts_its_instances(make, write_flow):
+    write_flow("timed", DEADLINED)
+    h: Harness = make(utc(2024, 6, 3, 5, 59))
+    h.tick()
+    h.at(utc(2024, 6, 3, 6, 0))
+    h.settle()
+    assert h.ti("timed", "process[1]")["state"] == "success"
+    h.at(utc(2024, 6, 3, 6, 21))
+    rows = h.store.conn.execute("SELECT * FROM deadline_misses").fetchall()
+    assert rows == []  # done in time: every instance succeeded
