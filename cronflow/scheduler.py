@@ -25,6 +25,7 @@ import signal
 import socket
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -59,6 +60,7 @@ TI = dict[str, Any]
 _RunGraph = tuple[
     Mapping[str, tuple[list[str], str]], list[str], Mapping[str, int], Mapping[str, list[str]]
 ]
+_Groups = dict[str, Counter[str]]  # mapped task -> how many of its instances are in each state
 
 _WAITING = (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE)
 _FINISHED = FINISHED_TASK_STATES
@@ -105,7 +107,8 @@ class Scheduler:
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
         self._decisions: dict[tuple[int, str, int], Any] = {}  # branch decisions read, by try
         self._deferred: list[Callable[[], None]] | None = None  # until the tick commits
-        self._graphs: dict[int, tuple[FlowSpec, _RunGraph]] = {}  # runs with mapped tasks
+        # runs with mapped tasks: their graph, and their instances' states counted
+        self._graphs: dict[int, tuple[FlowSpec, _RunGraph, _Groups]] = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -254,6 +257,8 @@ class Scheduler:
         values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
         cached = self._tis.get(ti["run_id"], {}).get(ti["task_id"])
         was_finished = cached is not None and cached["state"] in _FINISHED
+        if cached is not None and "state" in values and cached.get("map_index") is not None:
+            self._count_instance(cached, values["state"])
         for row in (ti, cached):
             if row is not None:
                 row.update(values)
@@ -265,6 +270,14 @@ class Scheduler:
             if values.get("state") in _PAST_DONE:
                 self._mark_next_runs(cached)
         return True
+
+    def _count_instance(self, ti: TI, state: str) -> None:
+        """A mapped instance changes state: its task's count of states follows (if counted)."""
+        entry = self._graphs.get(ti["run_id"])
+        counter = entry[2].get(mapping.base_id(ti["task_id"])) if entry else None
+        if counter is not None:
+            counter[ti["state"]] -= 1
+            counter[state] += 1
 
     def _mark_next_runs(self, ti: TI) -> None:
         """A task instance that may let later runs' depends_on_past tasks start: have them
@@ -314,7 +327,7 @@ class Scheduler:
         self, flow: FlowSpec, run: dict[str, Any], changed: set[str] | None, now: datetime
     ) -> None:
         tis = self._tis[run["run_id"]]
-        graph, order, position, downstream = self._graph(flow, run["run_id"])
+        graph, order, position, downstream, groups = self._graph(flow, run["run_id"])
         if changed is None:
             if any(task_id not in tis for task_id in graph):  # tasks added to the file
                 self.store.add_missing_tis(run, flow.raw["tasks"])
@@ -324,12 +337,13 @@ class Scheduler:
             self._count_unfinished(run["run_id"], {t: tis[t] for t in graph if t in tis})
         else:
             near = set(changed)
-            for task_id in changed:
-                near.update(downstream.get(task_id, ()))
+            for task_id in changed:  # after an instance: what is after its mapped task
+                near.update(downstream.get(mapping.base_id(task_id), ()))
             candidates = sorted((t for t in near if t in position), key=position.__getitem__)
         states = _States(tis)
         skips = self._branch_skips(flow, run["run_id"], tis) if flow.branch_tasks else None
-        for task_id, decision in deps.resolve_run(graph, states, candidates, skips).items():
+        decided = deps.resolve_run(graph, states, candidates, skips, groups)
+        for task_id, decision in decided.items():
             new = _DECIDED.get(decision)
             if new is TaskState.SCHEDULED and task_id in flow.mapped_tasks:
                 self._expand(flow, run, task_id, now)  # the placeholder of a mapped task
@@ -364,22 +378,34 @@ class Scheduler:
                 outcome.value,
             )
 
-    def _graph(self, flow: FlowSpec, run_id: int) -> _RunGraph:
+    def _graph(
+        self, flow: FlowSpec, run_id: int
+    ) -> tuple[*_RunGraph, dict[str, list[TaskState]] | None]:
         """The run's graph: the flow's own, or with its mapped tasks expanded (cached per run
-        until an expansion or any outside change)."""
+        until an expansion or any outside change); and the distinct states of each expanded
+        mapped task's instances (deps.resolve_run's `groups`)."""
         if not flow.mapped_tasks:
-            return flow.graph, flow.order, flow.position, flow.downstream
+            return flow.graph, flow.order, flow.position, flow.downstream, None
         cached = self._graphs.get(run_id)
-        if cached is not None and cached[0] is flow:
-            return cached[1]
-        graph, order = flow.run_graph(self._tis[run_id])
-        downstream: dict[str, list[str]] = {t: [] for t in graph}
-        for task_id, (ups, _) in graph.items():
-            for up in ups:
-                downstream[up].append(task_id)
-        built = (graph, order, {t: i for i, t in enumerate(order)}, downstream)
-        self._graphs[run_id] = (flow, built)
-        return built
+        if cached is None or cached[0] is not flow:
+            tis = self._tis[run_id]
+            graph, order = flow.run_graph(tis)
+            downstream: dict[str, list[str]] = {t: [] for t in flow.tasks}
+            for task_id, (ups, _) in graph.items():
+                for up in ups:
+                    downstream[up].append(task_id)
+            counters: _Groups = {t: Counter() for t in flow.mapped_tasks if t not in tis}
+            for task_id, ti in tis.items():
+                if ti.get("map_index") is not None and task_id.endswith("]"):
+                    counters.setdefault(mapping.base_id(task_id), Counter())[ti["state"]] += 1
+            built = (graph, order, {t: i for i, t in enumerate(order)}, downstream)
+            cached = self._graphs[run_id] = (flow, built, counters)
+        groups = {
+            task_id: [TaskState(s) for s, n in counter.items() if n > 0]
+            for task_id, counter in cached[2].items()
+            if counter
+        }
+        return (*cached[1], groups)
 
     def _expand(self, flow: FlowSpec, run: dict[str, Any], task_id: str, now: datetime) -> None:
         """A mapped task's placeholder would start: one instance per item of its upstream's

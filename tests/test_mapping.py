@@ -21,7 +21,9 @@ from test_scheduler import Harness, utc
 from cronflow import control
 from cronflow.checks import check_flows
 from cronflow.config import Settings
+from cronflow.deps import Decision, resolve_run
 from cronflow.mapping import expand_graph, items_problem, split_id
+from cronflow.states import TaskState
 
 # list_files returns the run's conf "files"; process runs once per file and writes what it
 # got; report waits for every instance (its trigger rule from the conf of the test).
@@ -71,7 +73,23 @@ def test_instance_ids_and_the_expanded_graph():
     expanded, order = expand_graph(graph, ["get", "p", "r"], {"p": 2})
     assert order == ["get", "p[0]", "p[1]", "r"]
     assert expanded["p[1]"] == (["get"], "all_success")
-    assert expanded["r"] == (["p[0]", "p[1]"], "one_failed")
+    assert expanded["r"] == (["p"], "one_failed")  # p stands for its instances (groups)
+
+
+def test_a_task_after_a_mapped_task_is_decided_from_its_instances_states():
+    graph = {"p[0]": ([], "all_success"), "p[1]": ([], "all_success"), "r": (["p"], "RULE")}
+    done, one_failed = [TaskState.SUCCESS], [TaskState.SUCCESS, TaskState.FAILED]
+    running = [TaskState.SUCCESS, TaskState.RUNNING]
+    states = {"p[0]": TaskState.SUCCESS, "p[1]": TaskState.SUCCESS, "r": TaskState.NONE}
+    for rule, group, decision in [
+        ("all_success", done, Decision.RUN),
+        ("all_success", running, Decision.WAIT),
+        ("all_success", one_failed, Decision.UPSTREAM_FAILED),
+        ("one_failed", one_failed, Decision.RUN),
+        ("all_done", running, Decision.WAIT),
+    ]:
+        rules = {**graph, "r": (["p"], rule)}
+        assert resolve_run(rules, states, ["r"], groups={"p": group})["r"] is decision, rule
 
 
 @pytest.mark.parametrize(
