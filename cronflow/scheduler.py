@@ -435,6 +435,9 @@ class Scheduler:
             return
         before = self.store.change_stamp()[1]
         rows = self.store.expand_ti(run_id, task_id, len(items))
+        if not rows:  # the store had it otherwise: read everything again at the next tick
+            self._version = None
+            return
         if self._version is not None:  # our own multi-row write: the cache holds it below
             written = self.store.change_stamp()[1] - before
             self._version = (self._version[0], self._version[1] + written)

@@ -185,11 +185,13 @@ with Flow("files", timezone="UTC"):
 """
 
 
-def test_only_the_failed_instance_is_retried(make, write_flow):
+def test_only_the_failed_instance_is_retried(make, write_flow, home):
     write_flow("files", FLAKY)
     h: Harness = make(utc(2026, 12, 3, 12))
     tis = run_with(h, 1, {})
     assert tis["process[1]"]["state"] == "up_for_retry"
+    why = ok(home, "why", "files", "--date", "2026-12-01", "--task", "report").stdout
+    assert "waiting on upstream task(s) process (up_for_retry)" in why
     assert [tis[f"process[{i}]"]["try_number"] for i in (0, 2)] == [1, 1]
     assert tis["report"]["state"] == "none"  # waits for every instance
     h.at(utc(2026, 12, 3, 12, 1, 1))
