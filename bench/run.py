@@ -292,6 +292,69 @@ def throughput(root: Path) -> dict:
     }
 
 
+def mapping(root: Path, items: int = 2000) -> list[dict]:
+    """A task mapped over a list of 2,000 items (issue 19 §3): throughput from the trigger to
+    the last instance's end stamp, against the same floor as 1,000 independent tasks; the
+    expansion (the list task's end to the first instance's start stamp); and the handoff from
+    the last instance's end to the task after them (which waits for all 2,000)."""
+    home = make_home(root, "mapped", f"parallelism = {CORES}")
+    stamps_at = root / "mapped.stamps"
+    write_flow(
+        home,
+        "mapped",
+        f"""
+        from cronflow import Flow, Python, Shell
+
+        def listing(context):
+            return list(range({items}))
+
+        with Flow("mapped"):
+            each = Shell("each", {stamp_command(stamps_at)!r}).map(over=Python("listing", listing))
+            each >> Shell("after", {stamp_command(stamps_at)!r})
+    """,
+    )
+    daemon = Daemon(home)
+    try:
+        run_id, triggered_at = trigger(home, "mapped")
+        wait(lambda: run_done(home, run_id), 1800, f"{items} mapped instances")
+    finally:
+        daemon.stop()
+    stamped = read_stamps(stamps_at)  # one stamp per task: it starts and ends there
+    rows = {r["task_id"]: r for r in stamps(home, run_id)}
+    instances = [s[3] for s in stamped if s[1].startswith("each[")]
+    listed_end = ts(rows["listing"]["end_at"])
+    first_start = min(instances)
+    after = [s[3] for s in stamped if s[1] == "after"]
+    last_end = max(instances)
+    figure = len(instances) / (last_end - triggered_at)
+    argv, floor_stamps = stamp_script(root, "mapped-floor")
+    floor = floor_processes(items, CORES, argv, floor_stamps)
+    join_ms = (min(after) - last_end) * 1000 if after else None
+    return [
+        {
+            "name": f"{items:,} mapped instances, parallelism {CORES}",
+            "figure": figure,
+            "unit": "tasks/s",
+            "floor": floor,
+            "ratio": figure / floor,
+            "target": ">= 60 % of floor",
+            "ok": len(instances) == items and figure >= 0.6 * floor,
+            "detail": f"{len(instances)} instances; the list task's end to the first "
+            f"instance's start (the expansion in the daemon's tick): "
+            f"{(first_start - listed_end) * 1000:.0f} ms",
+        },
+        {
+            "name": f"{items:,} mapped instances: the last one's end to the task after them",
+            "figure": join_ms,
+            "unit": "ms",
+            "floor": None,
+            "ratio": None,
+            "target": "<= 100 ms",
+            "ok": join_ms is not None and join_ms <= 100,
+        },
+    ]
+
+
 def handoff(root: Path) -> list[dict]:
     """A chain of 50: from one task's own end stamp to the next one's start stamp (the exit,
     its supervisor, the daemon noticing it, recording it, starting the next, the shell's start)."""
@@ -1134,6 +1197,7 @@ def main() -> None:
             {"name": f"1,000 independent tasks, parallelism {CORES}", **throughput(root)}
         ],
         "handoff": lambda: handoff(root),
+        "mapping": lambda: mapping(root),
         "store": lambda: big_store(root)[1],
         "web": lambda: web_pages(root),
         "python": lambda: [{"name": "20 Python tasks: per-task overhead", **python_overhead(root)}],

@@ -31,6 +31,7 @@ from cronflow.logs import (
     existing_log,
     open_log,
 )
+from cronflow.mapping import base_id
 from cronflow.outcomes import current_try
 from cronflow.states import ACTIVE_TASK_STATES, TaskState
 from cronflow.store import Store
@@ -67,6 +68,20 @@ class AttemptLog:
         return f"{self.flow.flow_id}.{self.ti['task_id']}"
 
 
+def check_mapped(store: Store, flow: FlowSpec, run: dict[str, Any], task_id: str) -> None:
+    """A mapped task named as a whole where one instance is meant (a log, a try): NotFoundError
+    naming its instances."""
+    task = flow.tasks.get(task_id)
+    if task is None or task.map_over is None:
+        return
+    count = sum(base_id(t["task_id"]) == task_id for t in store.tis_of_runs([run["run_id"]]))
+    if count:
+        raise NotFoundError(
+            f"{flow.flow_id}.{task_id} of {_local(flow, run)} is mapped into {count} task "
+            f"instances: name one, {task_id}[0] to {task_id}[{count - 1}]"
+        )
+
+
 def find_attempt(
     settings: Settings,
     store: Store,
@@ -80,6 +95,7 @@ def find_attempt(
     run = control.find_one_run(store, flow, date_text)
     ti = store.ti(run["run_id"], task_id)
     if ti is None:
+        check_mapped(store, flow, run, task_id)
         raise NotFoundError(f"the run of {_local(flow, run)} has no task '{task_id}'")
     last = current_try(ti)  # a sensor between two pokes is still in its try
     if try_number is not None and not 1 <= try_number <= last:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -23,6 +23,7 @@ from cronflow import deps
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
 from cronflow.loader import LoadResult, files_claimed, flow_file_names, load_files
+from cronflow.mapping import DEFAULT_ARG, base_id, counts_of, expand_graph, split_id
 from cronflow.store import Store, flow_timing
 from cronflow.timeparse import from_iso
 
@@ -65,6 +66,8 @@ class TaskSpec:
     depends_on_past: bool = False  # waits for its own task instance of the previous run
     wait_for_downstream: bool = False  # ... and for that one's direct downstream there
     queue: str | None = None  # the Celery queue whose workers run it (None: this server)
+    map_over: str | None = None  # mapped: one instance per item of this task's list
+    map_arg: str = DEFAULT_ARG  # the keyword argument that carries the item
 
     @property
     def remote_queue(self) -> str | None:
@@ -173,10 +176,37 @@ class FlowSpec:
         return found  # the loader accepts a deadline only on a flow with a schedule
 
     def task(self, task_id: str) -> TaskSpec:
-        if task_id not in self.tasks:
+        """The task named `task_id`, or of a mapped instance `task[3]`; NotFoundError names
+        the known tasks."""
+        base, index = split_id(task_id)
+        if base not in self.tasks:
             known = ", ".join(self.tasks) or "none"
             raise NotFoundError(f"flow '{self.flow_id}' has no task '{task_id}' (known: {known})")
-        return self.tasks[task_id]
+        task = self.tasks[base]
+        if index is not None and task.map_over is None:
+            raise NotFoundError(
+                f"task '{base}' of flow '{self.flow_id}' is not mapped: name it without [{index}]"
+            )
+        return task
+
+    def task_of(self, task_id: str) -> TaskSpec | None:
+        """The task of a task instance id (`process` or a mapped `process[3]`), if any."""
+        return self.tasks.get(base_id(task_id))
+
+    @cached_property
+    def mapped_tasks(self) -> list[str]:
+        """Tasks mapped over another's list (empty for most flows)."""
+        return [t.task_id for t in self.tasks.values() if t.map_over]
+
+    def run_graph(
+        self, task_ids: Iterable[str]
+    ) -> tuple[Mapping[str, tuple[list[str], str]], list[str]]:
+        """The graph and order of one run whose task instances are `task_ids`: each mapped
+        task expanded into its instances (the flow's own graph when none is)."""
+        counts = counts_of(list(task_ids), self.mapped_tasks) if self.mapped_tasks else {}
+        if not counts:
+            return self.graph, self.order
+        return expand_graph(self.graph, self.order, counts)
 
     @cached_property
     def branch_tasks(self) -> list[str]:

@@ -20,8 +20,10 @@ from typing import Any
 
 from cronflow.catalog import FlowSpec, TaskSpec
 from cronflow.connections import Connections
+from cronflow.errors import CronflowError
 from cronflow.logs import TIMEZONE_ENV
 from cronflow.macros import DATE_NAMES, date_context
+from cronflow.mapping import instance_id
 from cronflow.masking import SecretValues
 from cronflow.store import Store
 from cronflow.timeparse import from_iso
@@ -30,7 +32,7 @@ from cronflow.xcom import XCom
 ENV_VAR_PREFIX = "CRONFLOW_VAR_"
 TEMPLATE_NAMES = (
     *DATE_NAMES,
-    *("flow_id", "task_id", "run_id", "run_type", "try_number"),
+    *("flow_id", "task_id", "run_id", "run_type", "try_number", "item", "map_index"),
     *("params", "conf", "var", "conn", "xcom"),
 )
 
@@ -62,8 +64,15 @@ class Variables(Mapping[str, str]):
 
 
 def task_context(
-    flow: FlowSpec, task: TaskSpec, run: Mapping[str, Any], try_number: int, store: Store
+    flow: FlowSpec,
+    task: TaskSpec,
+    run: Mapping[str, Any],
+    try_number: int,
+    store: Store,
+    map_index: int | None = None,
 ) -> dict[str, Any]:
+    """What templates and Python tasks see of one attempt. A mapped instance (`map_index`) is
+    `task[i]` (its own XComs) and gets its item: `{{ item }}`, `{{ map_index }}`."""
     logical_at = from_iso(run["logical_date"])
     assert logical_at is not None
     interval = (from_iso(run["data_interval_start"]), from_iso(run["data_interval_end"]))
@@ -73,9 +82,10 @@ def task_context(
         next_at = flow.schedule.next_after(logical_at)
     conf = json.loads(run["conf"] or "{}")
     context = date_context(logical_at, interval, flow.tz, prev_at, next_at)
+    task_id = task.task_id if map_index is None else instance_id(task.task_id, map_index)
     context.update(
         flow_id=flow.flow_id,
-        task_id=task.task_id,
+        task_id=task_id,
         run_id=run["run_id"],
         run_type=run["run_type"],
         try_number=try_number,
@@ -83,9 +93,19 @@ def task_context(
         conf=conf,
         var=Variables(store),
         conn=Connections(store),
-        xcom=XCom(store, run["run_id"], task.task_id, flow_id=flow.flow_id, logical_at=logical_at),
+        xcom=XCom(store, run["run_id"], task_id, flow_id=flow.flow_id, logical_at=logical_at),
         secrets=SecretValues(store),
+        map_index=-1 if map_index is None else map_index,  # Airflow's value when not mapped
+        item=None,
     )
+    if map_index is not None and task.map_over is not None:
+        items = store.pull_xcom(run["run_id"], task.map_over)
+        if not isinstance(items, list) or map_index >= len(items):
+            raise CronflowError(
+                f"task '{task_id}' has no item: '{task.map_over}' no longer returns a list of "
+                f"{map_index + 1} or more (replay '{task.task_id}' to map it again)"
+            )
+        context["item"] = items[map_index]
     return context
 
 

@@ -40,6 +40,7 @@ from typing import Any
 from cronflow.callbacks import CallbackRunner, DeadlineAlert
 from cronflow.catalog import Catalog, FlowSpec
 from cronflow.config import Settings
+from cronflow.mapping import base_id, summary_state
 from cronflow.reasons import Explainer
 from cronflow.states import RunState, TaskState
 from cronflow.store import Store
@@ -186,7 +187,11 @@ class DeadlineChecker:
         task_states: dict[int, str] = {}
         if task_id:
             tis = self.store.tis_of_runs([r["run_id"] for r in runs.values()])
-            task_states = {ti["run_id"]: ti["state"] for ti in tis if ti["task_id"] == task_id}
+            by_run: dict[int, list[str]] = {}  # a mapped task: the states of its instances
+            for ti in tis:
+                if base_id(ti["task_id"]) == task_id:
+                    by_run.setdefault(ti["run_id"], []).append(ti["state"])
+            task_states = {run_id: summary_state(states) for run_id, states in by_run.items()}
         explainer = Explainer(self.settings, self.store, catalog, flow, now, daemon_running=True)
         explainer.daemon_since = self._since
         misses = []

@@ -163,6 +163,7 @@ def resolve_run(
     states: Mapping[str, TaskState],
     order: Iterable[str] | None = None,
     skips: Mapping[str, str] | None = None,
+    groups: Mapping[str, Iterable[TaskState]] | None = None,
 ) -> dict[str, Decision]:
     """Decisions for every task still in state `none`, propagated through the graph at once.
 
@@ -170,6 +171,8 @@ def resolve_run(
     counts as such for its downstreams in the same pass, so a failure reaches the leaves at once.
     `order` (a topological order of `tasks`, or of just the tasks to look at) saves
     recomputing it. `skips` (see `branch_skips`) are skipped whatever their trigger rule.
+    `groups`: upstream ids that stand for several task instances (a mapped task's), with the
+    distinct states those are in; a trigger rule depends only on which states occur.
     """
     # No copy: runs can be large. typeshed types every map of a ChainMap as mutable; only the
     # first (the decisions of this pass) is ever written.
@@ -184,7 +187,13 @@ def resolve_run(
         if skips and task_id in skips:
             decision = Decision.SKIP
         else:
-            decision = decide(rule, [current.get(u, TaskState.NONE) for u in ups])
+            if groups:
+                found = [
+                    [*groups[u]] if u in groups else [current.get(u, TaskState.NONE)] for u in ups
+                ]
+                decision = decide(rule, [state for states_of in found for state in states_of])
+            else:
+                decision = decide(rule, [current.get(u, TaskState.NONE) for u in ups])
         decisions[task_id] = decision
         if decision is Decision.SKIP:
             current[task_id] = TaskState.SKIPPED

@@ -28,6 +28,7 @@ from typing import Any
 
 from cronflow import deps
 from cronflow.errors import CronflowError, FlowDefinitionError
+from cronflow.mapping import DEFAULT_ARG
 from cronflow.states import TriggerRule
 from cronflow.timeparse import iso, parse_date_or_datetime, parse_duration, start_of_day, to_utc
 from cronflow.timetable import Schedule, parse_timezone
@@ -170,6 +171,8 @@ class Task:
         }
         self.deadline = deadline
         self.upstream_ids: list[str] = []
+        self.map_over: str | None = None  # mapped: one task instance per item (cronflow.mapping)
+        self.map_arg = DEFAULT_ARG
         # Operators add theirs here rather than raise: spec() then names every bad option.
         self.bad_options: list[str] = []
         self.flow.add(self)
@@ -204,6 +207,25 @@ class Task:
             )
         if task.task_id not in self.upstream_ids:
             self.upstream_ids.append(task.task_id)
+
+    def map(self, over: Task | str, *, arg: str = DEFAULT_ARG) -> Task:
+        """Run this task once per item of the list `over` returns (Airflow's
+        `.expand(arg=over)`): instances `task[0]`, `task[1]`, ... each get their item as the
+        keyword argument `arg` (Python tasks) and as `{{ item }}` in templates, with
+        `{{ map_index }}`. `over` becomes an upstream of this task."""
+        over_id = over.task_id if isinstance(over, Task) else over
+        if isinstance(over, Task) and over.flow is not self.flow:
+            raise FlowDefinitionError(
+                f"task '{self.task_id}' cannot map over task '{over_id}' of another flow, "
+                f"flow '{over.flow.flow_id}'"
+            )
+        self.map_over = _check_id("task", over_id)
+        self.map_arg = arg if isinstance(arg, str) and arg.isidentifier() else DEFAULT_ARG
+        if arg != self.map_arg:
+            self.bad_options.append(f"map arg must be a Python name, got {arg!r}")
+        if over_id not in self.upstream_ids:
+            self.upstream_ids.append(over_id)
+        return self
 
     def op_spec(self) -> dict[str, Any]:
         """The operator's own arguments, JSON-able. Subclasses extend it."""
@@ -274,6 +296,8 @@ class Task:
             "op": self.op_spec(),
             **alerts,
             **({"deadline_s": deadline_s} if deadline_s is not None else {}),
+            # only when mapped: specs of other tasks stay as they were
+            **({"map_over": self.map_over, "map_arg": self.map_arg} if self.map_over else {}),
         }
 
     def alert(self, key: str) -> Any:
@@ -352,6 +376,29 @@ def _checked(problems: list[str], check: Callable[[], Any]) -> Any:
     except CronflowError as exc:
         problems.append(str(exc))
         return None
+
+
+_UNMAPPABLE_KINDS = ("branch", "short_circuit")  # their decision is one task's XCom
+
+
+def _mapping_problems(tasks: Mapping[str, dict[str, Any]]) -> list[str]:
+    """What is wrong with the flow's mapped tasks: a map over an unknown or mapped task,
+    a kind or setting that mapping does not support."""
+    problems = []
+    for task_id, task in tasks.items():
+        over = task.get("map_over")
+        if over is None:
+            continue
+        where = f"task '{task_id}' maps over"
+        if over not in tasks:
+            problems.append(f"{where} unknown task '{over}' (known: {', '.join(tasks)})")
+        elif tasks[over].get("map_over"):
+            problems.append(f"{where} '{over}', itself mapped: map over a task that returns a list")
+        if task["kind"] in _UNMAPPABLE_KINDS:
+            problems.append(f"task '{task_id}': a {task['kind']} task cannot be mapped")
+        if task.get("depends_on_past"):
+            problems.append(f"task '{task_id}': a mapped task cannot use depends_on_past")
+    return problems
 
 
 def _as_list(value: Task | Iterable[Task]) -> list[Task]:
@@ -477,6 +524,9 @@ class Flow:
                 tasks.append(task.spec(self.defaults))
             except CronflowError as exc:
                 problems.append(str(exc))
+        if problems:
+            raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
+        problems = _mapping_problems({t["task_id"]: t for t in tasks})
         if problems:
             raise FlowDefinitionError(f"{where}: {'; '.join(problems)}")
         try:

@@ -16,6 +16,7 @@ from cronflow.catalog import Catalog, FlowSpec, catchup_progress, recorded_fire_
 from cronflow.config import Settings
 from cronflow.errors import InvalidInputError
 from cronflow.limits import checked_count
+from cronflow.mapping import base_id, fold_instances
 from cronflow.outcomes import current_try
 from cronflow.past import past_hold
 from cronflow.states import ACTIVE_TASK_STATES, LIVE_TASK_STATES, RunState, TaskState, live_counts
@@ -193,7 +194,10 @@ def task_rows(
     task's log has (a sensor between two pokes is still in its try); while the run waits for
     other flows, its first tasks say for what (cronflow.waits)."""
     order = {t: i for i, t in enumerate(flow.tasks)}
-    tis = sorted(store.tis_of_runs([run["run_id"]]), key=lambda t: order.get(t["task_id"], 1e9))
+    tis = sorted(
+        store.tis_of_runs([run["run_id"]]),
+        key=lambda t: (order.get(base_id(t["task_id"]), 1e9), t.get("map_index") or 0),
+    )
     waiting = ""
     if run["state"] == RunState.QUEUED and flow.waits:
         from cronflow.waits import WaitChecker
@@ -226,7 +230,7 @@ def task_rows(
 
 def _queue(flow: FlowSpec, task_id: str) -> str | None:
     """The Celery queue the task is sent to (None: it runs on the scheduler's host)."""
-    task = flow.tasks.get(task_id)
+    task = flow.task_of(task_id)
     return task.remote_queue if task else None
 
 
@@ -234,7 +238,7 @@ def _past_reason(
     store: Store, flow: FlowSpec, run: dict[str, Any], ti: Mapping[str, Any]
 ) -> str | None:
     """What a depends_on_past task not yet started waits for in the previous run."""
-    task = flow.tasks.get(ti["task_id"])
+    task = flow.task_of(ti["task_id"])
     if task is None or not task.depends_on_past or ti["state"] != TaskState.NONE:
         return None
     if run["state"] != RunState.RUNNING:
@@ -249,7 +253,7 @@ def _past_reason(
 
 
 def _waiting_reason(flow: FlowSpec, ti: Mapping[str, Any], waiting: str) -> str | None:
-    task = flow.tasks.get(ti["task_id"])
+    task = flow.task_of(ti["task_id"])
     if not waiting or task is None or task.upstream or ti["state"] != TaskState.NONE:
         return None
     return f"the run waits for {waiting}"
@@ -379,6 +383,9 @@ def _with_task_states(store: Store, runs: list[dict[str, Any]]) -> list[dict[str
     states: dict[int, dict[str, str]] = {r["run_id"]: {} for r in runs}
     for ti in store.tis_of_runs(list(states)):
         states[ti["run_id"]][ti["task_id"]] = ti["state"]
+    for run_id, by_task in states.items():  # a mapped task: one cell for its instances
+        if any(task_id.endswith("]") for task_id in by_task):
+            states[run_id] = fold_instances(by_task)
     return [
         {
             "run_id": run["run_id"],

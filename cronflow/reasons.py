@@ -17,6 +17,7 @@ from cronflow import control, deps
 from cronflow.catalog import Catalog, FlowSpec, catchup_progress
 from cronflow.config import Settings
 from cronflow.errors import NotFoundError
+from cronflow.mapping import fold_instances
 from cronflow.overview import held_back
 from cronflow.past import past_hold
 from cronflow.states import ACTIVE_TASK_STATES, RunState, TaskState
@@ -322,12 +323,13 @@ class Explainer:
         return f"finished {state.value}{reason}"
 
     def _none(self, run: dict[str, Any], ti: dict[str, Any], tis: dict[str, dict[str, Any]]) -> str:
-        task = self.flow.tasks.get(ti["task_id"])
+        task = self.flow.task_of(ti["task_id"])
         if task is None:
             return "no longer in the flow file"
         if run["state"] == RunState.QUEUED:
             return "waiting for its run to start"
-        ups = {u: TaskState(tis[u]["state"]) if u in tis else TaskState.NONE for u in task.upstream}
+        folded = fold_instances({t: ti["state"] for t, ti in tis.items()})  # a mapped task: one
+        ups = {u: TaskState(folded.get(u, TaskState.NONE)) for u in task.upstream}
         waiting = [f"{u} ({s.value})" for u, s in ups.items() if not s.is_finished]
         if waiting:
             return "waiting on upstream task(s) " + ", ".join(waiting)

@@ -122,7 +122,7 @@ def _supervisor_of(pids: Sequence[int], log_path: Path) -> int | None:
 
 def _task_spec(scheduler: Scheduler, ti: TI) -> TaskSpec | None:
     flow = scheduler.catalog.flows.get(ti["flow_id"])
-    return flow.tasks.get(ti["task_id"]) if flow else None
+    return flow.task_of(ti["task_id"]) if flow else None
 
 
 def _keeps_background(scheduler: Scheduler, marker: str) -> bool:

@@ -25,6 +25,7 @@ from cronflow import control
 from cronflow.audit import Actor, listed
 from cronflow.catalog import FlowSpec
 from cronflow.errors import InvalidInputError, NotFoundError
+from cronflow.mapping import base_id
 from cronflow.states import (
     FINISHED_TASK_STATES,
     MARKABLE_TASK_STATES,
@@ -74,18 +75,36 @@ def runs_in_range(
 def related_tasks(
     flow: FlowSpec, task_ids: Iterable[str], downstream: bool, upstream: bool
 ) -> list[str]:
-    """The named tasks (all if none), plus every task downstream and/or upstream of them."""
-    chosen = {flow.task(t).task_id for t in task_ids} or set(flow.tasks)
+    """The named tasks (all if none), plus every task downstream and/or upstream of them.
+
+    A mapped task named as a whole (`process`) means all its instances; one instance
+    (`process[3]`) stays itself, and what is after or before it is its task's."""
+    named = [(flow.task(t).task_id, t) for t in task_ids]  # (task, as named)
+    instances = [t for base, t in named if t != base]
+    chosen = {base for base, t in named if t == base} or (set() if named else set(flow.tasks))
     ups = {t.task_id: set(t.upstream) for t in flow.tasks.values()}
     downs: dict[str, set[str]] = {t: set() for t in flow.tasks}
     for task_id, parents in ups.items():
         for parent in parents:
             downs[parent].add(task_id)
+    start = chosen | {base_id(t) for t in instances}
     if downstream:
-        chosen |= _reachable(downs, chosen)
+        chosen |= _reachable(downs, start)
     if upstream:
-        chosen |= _reachable(ups, chosen)
-    return [t for t in flow.tasks if t in chosen]
+        chosen |= _reachable(ups, start)
+    return [t for t in flow.tasks if t in chosen] + [
+        t for t in dict.fromkeys(instances) if base_id(t) not in chosen
+    ]
+
+
+def _selects(tasks: set[str] | dict[str, int], ti_id: str) -> bool:
+    """Whether a task instance is among `tasks` (a mapped instance through its task too)."""
+    return ti_id in tasks or base_id(ti_id) in tasks
+
+
+def _order_key(order: dict[str, int], ti: dict[str, Any]) -> tuple[int, int]:
+    """Flow order, then map index."""
+    return order.get(base_id(ti["task_id"]), len(order)), ti.get("map_index") or 0
 
 
 def _reachable(edges: dict[str, set[str]], start: set[str]) -> set[str]:
@@ -106,6 +125,7 @@ class ReplayPlan:
     flow: FlowSpec
     runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]
     only_failed: bool
+    whole: frozenset[str] = frozenset()  # mapped tasks replayed as a whole: mapped again
 
     @property
     def count(self) -> int:
@@ -127,27 +147,31 @@ def plan_replay(
     runs = runs_in_range(store, flow, date_text, to_text)
     by_run: dict[int, list[dict[str, Any]]] = {r["run_id"]: [] for r in runs}
     for ti in store.tis_of_runs(list(by_run)):
-        if ti["task_id"] in tasks and (not only_failed or ti["state"] in FAILED_STATES):
+        if _selects(tasks, ti["task_id"]) and (not only_failed or ti["state"] in FAILED_STATES):
             by_run[ti["run_id"]].append(ti)
     order = {t: i for i, t in enumerate(flow.tasks)}
     chosen = [
-        (run, sorted(by_run[run["run_id"]], key=lambda ti: order[ti["task_id"]]))
+        (run, sorted(by_run[run["run_id"]], key=lambda ti: _order_key(order, ti)))
         for run in sorted(runs, key=lambda r: r["logical_date"])
         if by_run[run["run_id"]]
     ]
-    return ReplayPlan(flow, chosen, only_failed)
+    whole = frozenset(t for t in flow.mapped_tasks if t in tasks and not only_failed)
+    return ReplayPlan(flow, chosen, only_failed, whole)
 
 
 def replay(store: Store, plan: ReplayPlan, now: datetime, actor: Actor | None = None) -> int:
     """Clear the planned task instances in one transaction, with its audit entry (`actor`:
     who; default the Unix user); returns how many were cleared."""
     selection = {
-        run["run_id"]: {ti["task_id"]: plan.flow.tasks[ti["task_id"]].retries for ti in tis}
+        run["run_id"]: {_cleared_as(plan, ti): plan.flow.task(ti["task_id"]).retries for ti in tis}
         for run, tis in plan.runs
     }
     flow = plan.flow
     dates = [run["logical_date"] for run, _ in plan.runs]
-    tasks = [t for t in flow.tasks if any(ti["task_id"] == t for _, tis in plan.runs for ti in tis)]
+    replayed = {ti["task_id"] for _, tis in plan.runs for ti in tis}
+    tasks = [t for t in flow.tasks if _selects(replayed, t)] + sorted(
+        t for t in replayed if t.endswith("]") and base_id(t) not in plan.whole
+    )
     with store.atomic():
         cleared = store.clear_tis(selection, now, FAILED_STATES if plan.only_failed else ())
         shown = ", ".join(control.local_time(flow, d) for d in dates[:3])
@@ -162,6 +186,13 @@ def replay(store: Store, plan: ReplayPlan, now: datetime, actor: Actor | None = 
         }
         store.record_audit("replay", flow.flow_id, summary, details, actor)
     return cleared
+
+
+def _cleared_as(plan: ReplayPlan, ti: dict[str, Any]) -> str:
+    """The id the store clears: a mapped task replayed as a whole by its own name, so its
+    instances give way to one placeholder that maps the list again (cronflow.mapping)."""
+    base = base_id(ti["task_id"])
+    return base if base in plan.whole else str(ti["task_id"])
 
 
 # --- mark --------------------------------------------------------------------------------------
@@ -224,7 +255,7 @@ def mark(
     failed = [
         ti["task_id"]
         for ti in store.tis_of_runs([run["run_id"]])
-        if ti["state"] in FAILED_STATES and ti["task_id"] not in tasks
+        if ti["state"] in FAILED_STATES and not _selects(set(tasks), ti["task_id"])
     ]
     return MarkResult(store.run(run["run_id"]), tasks, changed, cleared, failed)
 
@@ -242,6 +273,8 @@ def _mark(
     """Mark the task instances (or the whole run); how many changed, and the downstream tasks
     put back to `none`."""
     cleared: list[str] = []
+    present = [ti["task_id"] for ti in store.tis_of_runs([run["run_id"]])]
+    tasks = [t for t in present if _selects(set(tasks), t)]  # a mapped task: its instances
     if task_id is not None:
         clear = {}
         if state is TaskState.SUCCESS and not downstream:
@@ -249,9 +282,13 @@ def _mark(
             below = related_tasks(flow, [task_id], downstream=True, upstream=False)
             before = {ti["task_id"]: ti["state"] for ti in store.tis_of_runs([run["run_id"]])}
             cleared = [
-                t for t in below if t != task_id and before.get(t) == TaskState.UPSTREAM_FAILED
+                t
+                for t in before
+                if _selects(set(below), t)
+                and t not in tasks
+                and before[t] == TaskState.UPSTREAM_FAILED
             ]
-            clear = {t: flow.tasks[t].retries for t in cleared}
+            clear = {t: flow.task(t).retries for t in cleared}
         changed = store.mark_tis(run["run_id"], tasks, state, now, clear=clear)
     else:
         changed = store.mark_tis(
@@ -299,14 +336,15 @@ def plan_mark(
     tasks = related_tasks(flow, [task_id] if task_id else [], downstream, upstream=False)
     run = control.find_one_run(store, flow, date_text)
     kept = () if task_id is not None else _kept_by_run_mark(state)
-    order = {t: i for i, t in enumerate(tasks)}
+    order = {t: i for i, t in enumerate(flow.tasks)}
+    named = set(tasks)
     tis = sorted(
         (
             ti
             for ti in store.tis_of_runs([run["run_id"]])
-            if ti["task_id"] in order and ti["state"] not in kept
+            if _selects(named, ti["task_id"]) and ti["state"] not in kept
         ),
-        key=lambda ti: order[ti["task_id"]],
+        key=lambda ti: _order_key(order, ti),
     )
     return MarkPlan(run, tasks, state, tis)
 

@@ -25,6 +25,7 @@ import signal
 import socket
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -32,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from cronflow import deps, supervisor
+from cronflow import deps, mapping, supervisor
 from cronflow.callbacks import EVENT_FOR_STATE, CallbackRunner, wanted
 from cronflow.catalog import Catalog, FlowSpec, TaskSpec
 from cronflow.config import Settings
@@ -55,6 +56,11 @@ log = logging.getLogger("cronflow.scheduler")
 
 IDLE_WAKE_S = 5.0  # wake at least this often: flow file changes, CLI changes without a poke
 TI = dict[str, Any]
+# a run's graph, order, positions in that order, and direct downstream tasks
+_RunGraph = tuple[
+    Mapping[str, tuple[list[str], str]], list[str], Mapping[str, int], Mapping[str, list[str]]
+]
+_Groups = dict[str, Counter[str]]  # mapped task -> how many of its instances are in each state
 
 _WAITING = (TaskState.UP_FOR_RETRY, TaskState.UP_FOR_RESCHEDULE)
 _FINISHED = FINISHED_TASK_STATES
@@ -101,6 +107,8 @@ class Scheduler:
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
         self._decisions: dict[tuple[int, str, int], Any] = {}  # branch decisions read, by try
         self._deferred: list[Callable[[], None]] | None = None  # until the tick commits
+        # runs with mapped tasks: their graph, and their instances' states counted
+        self._graphs: dict[int, tuple[FlowSpec, _RunGraph, _Groups]] = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -196,11 +204,13 @@ class Scheduler:
         if version != self._version:
             self._version = version
             self._decisions.clear()
+            self._graphs.clear()
             self._tis.clear()
             self._timers.clear()
             self._ready.clear()
         for gone in set(self._tis) - set(self._runs):
             del self._tis[gone]
+            self._graphs.pop(gone, None)
             self._unfinished.pop(gone, None)
         missing = [run_id for run_id in self._runs if run_id not in self._tis]
         if not missing:
@@ -247,6 +257,8 @@ class Scheduler:
         values = {k: (v.value if isinstance(v, TaskState) else v) for k, v in fields.items()}
         cached = self._tis.get(ti["run_id"], {}).get(ti["task_id"])
         was_finished = cached is not None and cached["state"] in _FINISHED
+        if cached is not None and "state" in values and cached.get("map_index") is not None:
+            self._count_instance(cached, values["state"])
         for row in (ti, cached):
             if row is not None:
                 row.update(values)
@@ -258,6 +270,14 @@ class Scheduler:
             if values.get("state") in _PAST_DONE:
                 self._mark_next_runs(cached)
         return True
+
+    def _count_instance(self, ti: TI, state: str) -> None:
+        """A mapped instance changes state: its task's count of states follows (if counted)."""
+        entry = self._graphs.get(ti["run_id"])
+        counter = entry[2].get(mapping.base_id(ti["task_id"])) if entry else None
+        if counter is not None:
+            counter[ti["state"]] -= 1
+            counter[state] += 1
 
     def _mark_next_runs(self, ti: TI) -> None:
         """A task instance that may let later runs' depends_on_past tasks start: have them
@@ -307,26 +327,30 @@ class Scheduler:
         self, flow: FlowSpec, run: dict[str, Any], changed: set[str] | None, now: datetime
     ) -> None:
         tis = self._tis[run["run_id"]]
+        graph, order, position, downstream, groups = self._graph(flow, run["run_id"])
         if changed is None:
-            if any(task_id not in tis for task_id in flow.tasks):  # tasks added to the file
+            if any(task_id not in tis for task_id in graph):  # tasks added to the file
                 self.store.add_missing_tis(run, flow.raw["tasks"])
                 for ti in self.store.tis_of_runs([run["run_id"]]):
                     tis.setdefault(ti["task_id"], ti)
-            candidates = flow.order
-            self._count_unfinished(run["run_id"], {t: tis[t] for t in flow.tasks if t in tis})
+            candidates = order
+            self._count_unfinished(run["run_id"], {t: tis[t] for t in graph if t in tis})
         else:
             near = set(changed)
-            for task_id in changed:
-                near.update(flow.downstream.get(task_id, ()))
-            candidates = sorted(
-                (t for t in near if t in flow.position), key=flow.position.__getitem__
-            )
+            for task_id in changed:  # after an instance: what is after its mapped task
+                near.update(downstream.get(mapping.base_id(task_id), ()))
+            candidates = sorted((t for t in near if t in position), key=position.__getitem__)
         states = _States(tis)
         skips = self._branch_skips(flow, run["run_id"], tis) if flow.branch_tasks else None
-        for task_id, decision in deps.resolve_run(flow.graph, states, candidates, skips).items():
+        decided = deps.resolve_run(graph, states, candidates, skips, groups)
+        for task_id, decision in decided.items():
             new = _DECIDED.get(decision)
+            if new is TaskState.SCHEDULED and task_id in flow.mapped_tasks:
+                self._expand(flow, run, task_id, now)  # the placeholder of a mapped task
+                continue
             if (
                 new is TaskState.SCHEDULED
+                and task_id in flow.tasks  # a mapped instance cannot depend on its past
                 and flow.tasks[task_id].depends_on_past
                 and past_hold(self.store, flow, run, task_id) is not None
             ):
@@ -341,7 +365,7 @@ class Scheduler:
                 self._write(tis[task_id], TaskState.NONE, state=new, **ended)
         if self._unfinished.get(run["run_id"]):
             return  # a task has yet to finish
-        outcome = deps.run_outcome(TaskState(tis[t]["state"]) for t in flow.tasks if t in tis)
+        outcome = deps.run_outcome(TaskState(tis[t]["state"]) for t in graph if t in tis)
         if outcome is not None:
             self.store.set_run_state(run["run_id"], outcome, now)
             del self._runs[run["run_id"]]
@@ -353,6 +377,83 @@ class Scheduler:
                 run["logical_date"],
                 outcome.value,
             )
+
+    def _graph(
+        self, flow: FlowSpec, run_id: int
+    ) -> tuple[*_RunGraph, dict[str, list[TaskState]] | None]:
+        """The run's graph: the flow's own, or with its mapped tasks expanded (cached per run
+        until an expansion or any outside change); and the distinct states of each expanded
+        mapped task's instances (deps.resolve_run's `groups`)."""
+        if not flow.mapped_tasks:
+            return flow.graph, flow.order, flow.position, flow.downstream, None
+        cached = self._graphs.get(run_id)
+        if cached is None or cached[0] is not flow:
+            tis = self._tis[run_id]
+            graph, order = flow.run_graph(tis)
+            downstream: dict[str, list[str]] = {t: [] for t in flow.tasks}
+            for task_id, (ups, _) in graph.items():
+                for up in ups:
+                    downstream[up].append(task_id)
+            counters: _Groups = {t: Counter() for t in flow.mapped_tasks if t not in tis}
+            for task_id, ti in tis.items():
+                if ti.get("map_index") is not None and task_id.endswith("]"):
+                    counters.setdefault(mapping.base_id(task_id), Counter())[ti["state"]] += 1
+            built = (graph, order, {t: i for i, t in enumerate(order)}, downstream)
+            cached = self._graphs[run_id] = (flow, built, counters)
+        groups = {
+            task_id: [TaskState(s) for s, n in counter.items() if n > 0]
+            for task_id, counter in cached[2].items()
+            if counter
+        }
+        return (*cached[1], groups)
+
+    def _expand(self, flow: FlowSpec, run: dict[str, Any], task_id: str, now: datetime) -> None:
+        """A mapped task's placeholder would start: one instance per item of its upstream's
+        list, in the tick's transaction; an empty list skips it, a bad one fails it."""
+        run_id, over = run["run_id"], flow.tasks[task_id].map_over
+        assert over is not None
+        tis = self._tis[run_id]
+        placeholder = tis[task_id]
+        items = self.store.pull_xcom(run_id, over)
+        problem = mapping.items_problem(items, over)
+        if problem is not None or not items:
+            state = TaskState.FAILED if problem else TaskState.SKIPPED
+            reason = problem or f"skipped: '{over}' returned an empty list, nothing to map over"
+            if self._write(
+                placeholder, TaskState.NONE, state=state, end_at=iso(now), reason=reason
+            ):
+                log.info(
+                    "event=task_mapped flow=%s task=%s run=%s items=0 state=%s reason=%r",
+                    flow.flow_id,
+                    task_id,
+                    run_id,
+                    state.value,
+                    reason,
+                )
+                if problem:
+                    self._run_callbacks(placeholder, state, reason)
+            return
+        before = self.store.change_stamp()[1]
+        rows = self.store.expand_ti(run_id, task_id, len(items))
+        if not rows:  # the store had it otherwise: read everything again at the next tick
+            self._version = None
+            return
+        if self._version is not None:  # our own multi-row write: the cache holds it below
+            written = self.store.change_stamp()[1] - before
+            self._version = (self._version[0], self._version[1] + written)
+        del tis[task_id]
+        for row in rows:
+            tis[row["task_id"]] = row
+        self._unfinished[run_id] = self._unfinished.get(run_id, 0) + len(rows) - 1
+        self._graphs.pop(run_id, None)
+        self._mark(run_id, None)
+        log.info(
+            "event=task_mapped flow=%s task=%s run=%s items=%s",
+            flow.flow_id,
+            task_id,
+            run_id,
+            len(rows),
+        )
 
     def _branch_skips(self, flow: FlowSpec, run_id: int, tis: Mapping[str, TI]) -> dict[str, str]:
         """What the run's succeeded Branch and ShortCircuit tasks rule out (their decision is
@@ -430,9 +531,9 @@ class Scheduler:
         now = self.clock.now()
         run = self._runs[ti["run_id"]]
         flow = self.catalog.flows.get(run["flow_id"])
-        if flow is None or ti["task_id"] not in flow.tasks:
+        task = flow.task_of(ti["task_id"]) if flow else None
+        if flow is None or task is None:
             return False
-        task = flow.tasks[ti["task_id"]]
         try_number = ti["try_number"] + 1
         started = self._start_fields(ti, try_number, now)
         log_path = Path(started["log_path"])
@@ -450,7 +551,7 @@ class Scheduler:
         log.info(
             "event=task_started flow=%s task=%s run=%s try=%s pid=%s",
             flow.flow_id,
-            task.task_id,
+            ti["task_id"],
             run["run_id"],
             try_number,
             pid,
@@ -492,11 +593,12 @@ class Scheduler:
         log_path: Path,
         now: datetime,
     ) -> Attempt:
-        context = task_context(flow, task, run, try_number, self.store)
+        map_index = ti.get("map_index") if task.map_over else None
+        context = task_context(flow, task, run, try_number, self.store, map_index)
         launch = launch_for(task.kind, task.op, context)
         env = {**task_environment(context, str(self.settings.home)), **launch.env}
         header = (
-            f"{flow.flow_id}.{task.task_id} for {context['ts']}, try {try_number} of "
+            f"{flow.flow_id}.{ti['task_id']} for {context['ts']}, try {try_number} of "
             f"{ti['max_tries']}, on {self.host}"
         )
         try:
@@ -505,7 +607,7 @@ class Scheduler:
             raise OSError(f"cannot write the task log {log_path}: {exc.strerror or exc}") from None
         return Attempt(
             run["run_id"],
-            task.task_id,
+            ti["task_id"],
             try_number,
             ti["pool"],
             launch.argv,
@@ -513,7 +615,7 @@ class Scheduler:
             launch.cwd,
             log_path,
             task.timeout_s,
-            self.marker(run["run_id"], task.task_id, try_number),
+            self.marker(run["run_id"], ti["task_id"], try_number),
             stdin=launch.stdin,
             script=launch.script,
             keep_background=launch.keep_background,
@@ -715,7 +817,7 @@ class Scheduler:
 
     def _task_spec(self, ti: TI) -> TaskSpec | None:
         flow = self.catalog.flows.get(ti["flow_id"])
-        return flow.tasks.get(ti["task_id"]) if flow else None
+        return flow.task_of(ti["task_id"]) if flow else None
 
     def _run_callbacks(self, ti: TI, state: TaskState, reason: str | None) -> None:
         """Start the task's callbacks / failure mail for this state, if it has any, once the

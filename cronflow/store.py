@@ -34,6 +34,7 @@ from cronflow.errors import (
     StoreError,
     StoreLockedError,
 )
+from cronflow.mapping import instance_id
 from cronflow.states import RunState, RunType, TaskState
 from cronflow.timeparse import iso
 
@@ -221,7 +222,23 @@ def _active_indexes(db: Database) -> None:
     db.execute(f"CREATE INDEX runs_active ON runs (state) WHERE {ACTIVE_RUNS}")
 
 
+@migration("0009_mapping_map_index")
+def _mapping_map_index(db: Database) -> None:
+    # A mapped task's instances are rows `task[i]`; map_index says which item (NULL: a task
+    # not mapped, or the placeholder of one not yet expanded). Informational: the key stays.
+    db.execute("ALTER TABLE task_instances ADD COLUMN map_index INTEGER")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# the instances of a mapped task in a run (`task[0]`, `task[1]`, ...)
+_INSTANCES_WHERE = "run_id = ? AND map_index IS NOT NULL AND substr(task_id, 1, ?) = ?"
+_INSTANCES_OF = "SELECT task_id FROM task_instances WHERE " + _INSTANCES_WHERE + "{limit}"
+
+
+def _instances_params(run_id: int, task_id: str) -> list[Any]:
+    return [run_id, len(task_id) + 1, f"{task_id}["]
 
 
 class RunExistsError(CronflowError):
@@ -584,6 +601,8 @@ class Store:
     def _insert_tis(
         self, run_id: int, flow_id: str, logical: str, tasks: Iterable[dict[str, Any]]
     ) -> None:
+        """The task instances a run lacks; a mapped task already expanded lacks nothing."""
+        tasks = [t for t in tasks if not (t.get("map_over") and self._expanded(run_id, t))]
         self.conn.executemany(
             """INSERT OR IGNORE INTO task_instances (run_id, task_id, flow_id, logical_date, state,
                max_tries, pool, priority) VALUES (?, ?, ?, ?, 'none', ?, ?, ?)""",
@@ -591,6 +610,14 @@ class Store:
                 (run_id, t["task_id"], flow_id, logical, t["retries"] + 1, t["pool"], t["priority"])
                 for t in tasks
             ],
+        )
+
+    def _expanded(self, run_id: int, task: dict[str, Any]) -> bool:
+        return (
+            self._one(
+                _INSTANCES_OF.format(limit=" LIMIT 1"), _instances_params(run_id, task["task_id"])
+            )
+            is not None
         )
 
     def add_missing_tis(self, run: dict[str, Any], tasks: Iterable[dict[str, Any]]) -> None:
@@ -745,6 +772,67 @@ class Store:
         return self._one(
             "SELECT * FROM task_instances WHERE run_id = ? AND task_id = ?", [run_id, task_id]
         )
+
+    def expand_ti(self, run_id: int, task_id: str, count: int) -> list[dict[str, Any]]:
+        """Replace a mapped task's placeholder (still `none`) by `count` instances `task[i]`,
+        in one transaction; returns them ([] if the placeholder is not there or not `none`).
+        They keep its try number, so a re-expansion after a replay writes new logs."""
+        with self._write():
+            row = self._one(
+                "SELECT * FROM task_instances WHERE run_id = ? AND task_id = ? AND state = 'none'",
+                [run_id, task_id],
+            )
+            if row is None:
+                return []
+            self.db.execute(
+                "DELETE FROM task_instances WHERE run_id = ? AND task_id = ?", [run_id, task_id]
+            )
+            rows = [
+                {**row, "task_id": instance_id(task_id, i), "map_index": i} for i in range(count)
+            ]
+            columns = list(row)
+            self.conn.executemany(
+                f"""INSERT INTO task_instances ({", ".join(columns)})
+                    VALUES ({", ".join("?" * len(columns))})""",
+                [[r[c] for c in columns] for r in rows],
+            )
+        return rows
+
+    def _collapse(self, run_id: int, task_id: str, retries: int) -> int:
+        """A mapped task replayed as a whole: its instances (and their XComs) give way to a
+        placeholder `none` again, so the next expansion reads the list anew. Returns how many
+        instances there were."""
+        where = _INSTANCES_WHERE
+        params = _instances_params(run_id, task_id)
+        row = self._one(
+            f"""SELECT count(*) AS n, max(try_number) AS tries, min(task_id) AS pick
+                FROM task_instances WHERE {where}""",
+            params,
+        )
+        if not row or not row["n"]:
+            return 0
+        first = self.ti(run_id, row["pick"])
+        assert first is not None
+        self.db.execute("DELETE FROM xcom WHERE run_id = ? AND substr(task_id, 1, ?) = ?", params)
+        self.db.execute(f"DELETE FROM task_instances WHERE {where}", params)
+        self._insert_tis(
+            run_id,
+            first["flow_id"],
+            first["logical_date"],
+            [
+                {
+                    "task_id": task_id,
+                    "retries": retries,
+                    "pool": first["pool"],
+                    "priority": first["priority"],
+                }
+            ],
+        )
+        self.db.execute(
+            "UPDATE task_instances SET try_number = ?, max_tries = ? WHERE run_id = ? AND task_id = ?",
+            [row["tries"], row["tries"] + retries + 1, run_id, task_id],
+        )
+        return int(row["n"])
 
     def update_ti(
         self,
@@ -932,6 +1020,8 @@ class Store:
                 self.db.execute(
                     "DELETE FROM xcom WHERE run_id = ? AND task_id = ?", [run_id, task_id]
                 )
+            elif not extra:  # no row of that name: a mapped task's instances, if it has any
+                changed += self._collapse(run_id, task_id, task_retries)
             changed += cursor.rowcount
         return changed
 
@@ -1170,6 +1260,18 @@ class Store:
             [run_id, task_id, key],
         )
         return None if row is None else json.loads(row["value"])
+
+    def pull_mapped_xcoms(self, run_id: int, task_id: str, key: str = "return_value") -> Any:
+        """A mapped task's values under `key`, one per instance that has one, in item order
+        (None if none has): what the task after it reads as the mapped task's value."""
+        rows = self._rows(
+            """SELECT x.value FROM task_instances AS t JOIN xcom AS x
+                ON x.run_id = t.run_id AND x.task_id = t.task_id AND x.key = ?
+                WHERE t.run_id = ? AND t.map_index IS NOT NULL AND substr(t.task_id, 1, ?) = ?
+                ORDER BY t.map_index""",
+            [key, *_instances_params(run_id, task_id)],
+        )
+        return [json.loads(r["value"]) for r in rows] or None
 
     def xcom_values(self, run_ids: Sequence[int], task_id: str, key: str) -> dict[int, Any]:
         """run id -> one task's value under `key`, for those of the runs that have it."""

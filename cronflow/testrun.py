@@ -26,6 +26,7 @@ from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, LocalExecutor
 from cronflow.logs import attempt_log_path
+from cronflow.mapping import instance_id, items_problem, split_id, summary_state
 from cronflow.ops import launch_for
 from cronflow.ops.python import FOLLOWED_KEY, SHORT_CIRCUIT_KEY, ShortCircuit
 from cronflow.states import RunState, TaskState
@@ -92,6 +93,7 @@ class _Session:
             {t.task_id: t.upstream for t in self.flow.tasks.values()}
         )
         states: dict[str, TaskState] = {}
+        each: dict[str, list[TaskState]] = {}  # a mapped task: the states of its instances
         followed: dict[str, list[str]] = {}  # what Branch and ShortCircuit tasks decided
         cut: list[str] = []
         for task_id in order:
@@ -101,7 +103,17 @@ class _Session:
             if only is None and task_id in skips:
                 decision = deps.Decision.SKIP
             elif only is None:
-                decision = deps.decide(task.trigger_rule, [states[u] for u in task.upstream])
+                ups = [s for u in task.upstream for s in each.get(u, [states[u]])]
+                decision = deps.decide(task.trigger_rule, ups)
+            if decision is deps.Decision.RUN and task.map_over:
+                results = self.run_mapped(task_id, task.map_over)
+                for result in results[:-1]:
+                    on_result(result)
+                result = results[-1]
+                each[task_id] = [r.state for r in results]
+                states[task_id] = TaskState(summary_state(each[task_id]))
+                on_result(result)
+                continue
             if decision is deps.Decision.RUN:
                 result = self.run_one(task_id)
             elif decision is deps.Decision.SKIP:
@@ -126,10 +138,22 @@ class _Session:
             if chosen is not None:
                 followed[task_id] = chosen
 
+    def run_mapped(self, task_id: str, over: str) -> list[TaskResult]:
+        """One attempt per item of the list `over` returned, as the daemon maps it."""
+        items = self.store.pull_xcom(self.run["run_id"], over)
+        problem = items_problem(items, over)
+        if problem:
+            return [TaskResult(task_id, TaskState.FAILED, 0.0, problem)]
+        if not items:
+            reason = f"skipped: '{over}' returned an empty list, nothing to map over"
+            return [TaskResult(task_id, TaskState.SKIPPED, reason=reason)]
+        return [self.run_one(instance_id(task_id, i)) for i in range(len(items))]
+
     def run_one(self, task_id: str) -> TaskResult:
-        task = self.flow.tasks[task_id]
+        task = self.flow.task(task_id)
+        map_index = split_id(task_id)[1]
         try:
-            context = task_context(self.flow, task, self.run, 1, self.store)
+            context = task_context(self.flow, task, self.run, 1, self.store, map_index)
             context["xcom"].history = self.history
             launch = launch_for(task.kind, task.op, context)
         except CronflowError as exc:

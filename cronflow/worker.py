@@ -26,6 +26,7 @@ from cronflow.context import task_context
 from cronflow.errors import CronflowError, NotFoundError
 from cronflow.loader import import_flows
 from cronflow.logs import TaskLogFormatter, zone_from_env
+from cronflow.mapping import split_id
 from cronflow.masking import Masker, masked_output, secret_values
 from cronflow.outcomes import EXIT_RESCHEDULE, EXIT_SKIPPED, Reschedule, SkipTask, one_line
 from cronflow.states import TaskState
@@ -40,10 +41,11 @@ def run_attempt(home: Path, run_id: int, task_id: str, try_number: int) -> int:
     row = store.flow(run["flow_id"])
     spec = FlowSpec.from_spec(json.loads(row["spec"]), row["path"])
     live = {f.flow_id: f for f in import_flows(Path(row["path"]))}
-    if spec.flow_id not in live or task_id not in live[spec.flow_id].tasks:
-        raise NotFoundError(f"{row['path']} no longer defines {spec.flow_id}.{task_id}")
-    task = live[spec.flow_id].tasks[task_id]
-    context = task_context(spec, spec.task(task_id), run, try_number, store)
+    base, map_index = split_id(task_id)  # a mapped instance: task[3]
+    if spec.flow_id not in live or base not in live[spec.flow_id].tasks:
+        raise NotFoundError(f"{row['path']} no longer defines {spec.flow_id}.{base}")
+    task = live[spec.flow_id].tasks[base]
+    context = task_context(spec, spec.task(task_id), run, try_number, store, map_index)
     context["xcom"].max_bytes = settings.xcom_max_bytes
     if os.environ.get(XCOM_HISTORY_ENV):  # `cronflow test`: other runs are in the home's store
         context["xcom"].history = Store(Path(os.environ[XCOM_HISTORY_ENV]))

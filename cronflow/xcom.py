@@ -101,6 +101,8 @@ class XCom(Mapping[str, Any]):
         key = key or RETURN_VALUE
         if flow is None and date is None:
             row = self._store.pull_xcom(self.run_id, task_id, key)
+            if row is None:  # a mapped task: the values of its instances, as a list
+                row = self._store.pull_mapped_xcoms(self.run_id, task_id, key)
             return default if row is None else row
         run_ids, is_day = self._runs(flow or self.flow_id, date)
         values = self.history.xcom_values(run_ids, task_id, key)
@@ -131,6 +133,8 @@ class XCom(Mapping[str, Any]):
 
     def __getitem__(self, task_id: str) -> Any:
         value = self._store.pull_xcom(self.run_id, task_id, RETURN_VALUE)
+        if value is None:
+            value = self._store.pull_mapped_xcoms(self.run_id, task_id, RETURN_VALUE)
         if value is None:
             raise KeyError(task_id)
         return value

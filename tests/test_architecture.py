@@ -19,6 +19,7 @@ PURE = {
     "timetable",
     "matchcount",
     "deps",
+    "mapping",
     "flow",
     "templates",
     "macros",

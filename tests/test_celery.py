@@ -630,3 +630,29 @@ def test_a_worker_refuses_a_try_from_another_cronflow_version(
     assert client.get("cronflow:attempt:a1:claim") == b"w1|inc1|host1"
     assert not (tmp_path / "ran").exists()
     client.close()
+
+
+MAPPED = """\
+    from cronflow import Flow, Python, Shell
+
+    def listing(context):
+        return ["a.csv", "b.csv", "c.csv"]
+
+    def load(path, context):
+        return path.upper()
+
+    with Flow("mapped", schedule=None):
+        each = Python("load", load, queue="A").map(over=Python("listing", listing), arg="path")
+        each >> Shell("report", "echo {{ xcom.load | join(',') }}")
+"""
+
+
+def test_mapped_instances_run_on_a_worker_each_with_its_item(farm: Farm) -> None:
+    farm.write_flow("mapped", MAPPED)
+    farm.worker("wa", "A")
+    farm.daemon()
+    run_id = farm.trigger("mapped")
+    wait_for(lambda: farm.run_state(run_id) in ("success", "failed"), WAIT_S, "the run to end")
+    assert farm.run_state(run_id) == "success", farm.daemon_output()
+    assert farm.ti(run_id, "load[2]")["host"].startswith("wa")
+    assert "A.CSV,B.CSV,C.CSV" in farm.log(run_id, "report")

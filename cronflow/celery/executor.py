@@ -52,6 +52,7 @@ from cronflow.celery.broker import (
 from cronflow.celery.runner import file_digest
 from cronflow.config import Settings
 from cronflow.executor import KILL_GRACE_S, Attempt, Finished, LocalExecutor
+from cronflow.mapping import base_id
 from cronflow.states import TaskState
 from cronflow.store import Store
 from cronflow.timeparse import iso
@@ -394,7 +395,8 @@ class CeleryExecutor:
         flow = self.store.flow(run["flow_id"])
         spec = self._spec(flow["spec"])
         path = Path(flow["path"])
-        task = next(t for t in spec["tasks"] if t["task_id"] == attempt.task_id)
+        base = base_id(attempt.task_id)  # a mapped instance: its task's spec
+        task = next(t for t in spec["tasks"] if t["task_id"] == base)
         # only this task: a worker needs no other (XComs are sent apart), and a flow of a
         # thousand tasks would otherwise travel whole with each of them
         spec = {**spec, "tasks": [{**task, "upstream": []}]}

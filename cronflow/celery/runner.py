@@ -44,6 +44,7 @@ from cronflow.context import task_context, task_environment
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, Finished, LocalExecutor
 from cronflow.logs import write_note
+from cronflow.mapping import split_id
 from cronflow.ops import launch_for
 from cronflow.states import RunType, TaskState
 from cronflow.store import Store
@@ -192,7 +193,7 @@ class _AttemptRun:
                 finished.exit_code,
                 finished.duration_s,
                 reason=finished.reason,
-                task_reason=ti.get("reason") if flow.tasks[p["task_id"]].kind != "shell" else None,
+                task_reason=ti.get("reason") if flow.task(p["task_id"]).kind != "shell" else None,
                 xcoms=xcoms,
                 notes=list(finished.notes),
                 stopped=finished.stopped,
@@ -227,7 +228,7 @@ class _AttemptRun:
         path = str(self.worker.settings.flows_dir / p["flow_file"])
         store.save_flow_file(path, (0, 0, 0), None, [p["spec"]])
         flow = FlowSpec.from_spec(p["spec"], path)
-        task = flow.tasks[p["task_id"]]
+        task = flow.task(p["task_id"])
         source = p["run"]
         logical_at = from_iso(source["logical_date"])
         interval = (from_iso(source["data_interval_start"]), from_iso(source["data_interval_end"]))
@@ -239,9 +240,12 @@ class _AttemptRun:
             flow.raw["tasks"],
             json.loads(source["conf"] or "{}"),
         )
+        map_index = split_id(p["task_id"])[1]
+        if map_index is not None:  # a mapped instance: its row, as the scheduler has it
+            store.expand_ti(run_id, task.task_id, map_index + 1)
         store.update_ti(
             run_id,
-            task.task_id,
+            p["task_id"],
             expect_state=TaskState.NONE,
             state=TaskState.RUNNING,
             try_number=p["try_number"],
@@ -250,12 +254,12 @@ class _AttemptRun:
             store.push_xcom(run_id, task_id, key, value)
         (self.scratch / "cronflow.toml").write_text(f"xcom_max_bytes = {p['xcom_max_bytes']}\n")
         run = store.run(run_id)
-        context = task_context(flow, task, run, p["try_number"], store)
+        context = task_context(flow, task, run, p["try_number"], store, map_index)
         launch = launch_for(task.kind, task.op, context)
         env = {**task_environment(context, str(self.scratch)), **launch.env}
         attempt = Attempt(
             run_id,
-            task.task_id,
+            p["task_id"],
             p["try_number"],
             task.pool,
             launch.argv,

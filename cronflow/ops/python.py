@@ -64,6 +64,8 @@ class Python(Task):
     def execute(self, context: Mapping[str, Any]) -> Any:
         args = [_render(a, context) for a in self.args]
         kwargs = {k: _render(v, context) for k, v in self.kwargs.items()}
+        if self.map_over is not None and context.get("map_index", -1) >= 0:
+            kwargs[self.map_arg] = context["item"]  # as Airflow's expand(arg=...) passes it
         if _accepts_context(self.fn):  # the task context, without the operators' plumbing
             kwargs["context"] = {k: v for k, v in context.items() if k not in INTERNAL_NAMES}
         return self.fn(*args, **kwargs)

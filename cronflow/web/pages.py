@@ -187,6 +187,7 @@ def _find_ti(ctx: Context, flow_id: str, run_id: int, task_id: str) -> tuple[Any
         raise NotFoundError(f"flow '{flow_id}' has no run with id {run_id}")
     ti = ctx.store.ti(run_id, task_id)
     if ti is None:
+        attempts.check_mapped(ctx.store, spec, run, task_id)  # names its instances
         raise NotFoundError(f"run {run_id} of '{flow_id}' has no task '{task_id}'")
     return spec, run, ti
 
