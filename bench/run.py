@@ -1212,13 +1212,17 @@ def main() -> None:
         scenarios["history"] = lambda: history_store(root, args.big_store)
     measured_at = datetime.now(UTC)
     results, loads = [], {}
-    for key, scenario in scenarios.items():
-        if args.only and key not in args.only:
-            continue
-        print(f"running {key} ...", file=sys.stderr, flush=True)
-        before = os.getloadavg()[0]
-        results += scenario()
-        loads[key] = {"before": before, "after": os.getloadavg()[0]}
+    try:
+        for key, scenario in scenarios.items():
+            if args.only and key not in args.only:
+                continue
+            print(f"running {key} ...", file=sys.stderr, flush=True)
+            before = os.getloadavg()[0]
+            results += scenario()
+            loads[key] = {"before": before, "after": os.getloadavg()[0]}
+    finally:  # its homes, the installed copy and a big store (3.7 GB at 10 M) go with it
+        os.chdir(Path(__file__).parent)
+        shutil.rmtree(root, ignore_errors=True)
     print_table(results)
     print(
         "\nload average (1 min) before -> after each scenario: "
