@@ -42,6 +42,7 @@ log = logging.getLogger("cronflow.daemon")
 
 HEARTBEAT_S = 5.0
 FILE_CHECK_S = 5.0  # flow files changed by hand are seen within this; the CLI pokes at once
+PREPARE_LEAD_S = 1.0  # wake this long before a fire time to prepare it (Scheduler.prepare)
 HOUSEKEEPING_S = 3600.0  # retention: compress and delete old logs, remove old history
 FIRST_HOUSEKEEPING_S = 5.0  # soon after start: retention is retroactive
 
@@ -158,9 +159,7 @@ class Daemon:
             now_mono = time.monotonic()
             # A poke: the CLI changed the store (maybe added a flow): look at once.
             if poked or importer.take_recorded() or now_mono - last_check >= FILE_CHECK_S:
-                current, to_import = catalog.refresh(store, self.settings)
-                self._swap_catalog(scheduler, current)
-                importer.submit(to_import)
+                self._check_files(scheduler, store, importer)
                 last_check = now_mono
             next_at = scheduler.tick(self.clock.now())
             if now_mono - last_beat >= self._beat_s:
@@ -168,7 +167,25 @@ class Daemon:
                 sd_notify("WATCHDOG=1")
                 last_beat = now_mono
             wait_s = (next_at - self.clock.now()).total_seconds()
+            fire_at = scheduler.next_fire_at
+            if fire_at is not None and fire_at != scheduler.prepared_for:
+                lead_s = (fire_at - self.clock.now()).total_seconds()
+                if 0 < lead_s <= PREPARE_LEAD_S:
+                    # Ahead of the fire time: prepare it, and look at the files now rather
+                    # than at the fire time, which then only starts the runs.
+                    self._check_files(scheduler, store, importer)
+                    last_check = time.monotonic()
+                    scheduler.prepare(fire_at)
+                    wait_s = (next_at - self.clock.now()).total_seconds()
+                elif lead_s > 0:
+                    wait_s = min(wait_s, lead_s - PREPARE_LEAD_S)
             poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S, self._beat_s))
+
+    def _check_files(self, scheduler: Scheduler, store: Store, importer: Importer) -> None:
+        """Serve the flow files' current state; changed ones go to the importer."""
+        current, to_import = catalog.refresh(store, self.settings)
+        self._swap_catalog(scheduler, current)
+        importer.submit(to_import)
 
     @staticmethod
     def _swap_catalog(scheduler: Scheduler, current: Catalog) -> None:
