@@ -10,6 +10,7 @@ One daemon per home: an flock on daemon.lock, held for the daemon's life.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -94,6 +95,9 @@ class Daemon:
                 self.settings.parallelism,
                 recovered,
             )
+            # What start-up built (modules, the catalog) lives as long as the daemon: out of
+            # the collector's way, so that no collection at a fire time walks it all again.
+            gc.freeze()
             sd_notify("READY=1")
             importer = Importer(self.settings, wake=lambda: self._nudge(wake_w))
             self._loop(scheduler, store, selector, importer)
