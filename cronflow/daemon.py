@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 from cronflow import catalog, recovery
@@ -170,19 +171,15 @@ class Daemon:
                 store.heartbeat(self.clock.now())
                 sd_notify("WATCHDOG=1")
                 last_beat = now_mono
-            wait_s = (next_at - self.clock.now()).total_seconds()
             fire_at = scheduler.next_fire_at
-            if fire_at is not None and fire_at != scheduler.prepared_for:
-                lead_s = (fire_at - self.clock.now()).total_seconds()
-                if 0 < lead_s <= PREPARE_LEAD_S:
-                    # Ahead of the fire time: prepare it, and look at the files now rather
-                    # than at the fire time, which then only starts the runs.
-                    self._check_files(scheduler, store, importer)
-                    last_check = time.monotonic()
-                    scheduler.prepare(fire_at)
-                    wait_s = (next_at - self.clock.now()).total_seconds()
-                elif lead_s > 0:
-                    wait_s = min(wait_s, lead_s - PREPARE_LEAD_S)
+            prepare, wait_s = next_wait(self.clock.now(), next_at, fire_at, scheduler.prepared_for)
+            if prepare and fire_at is not None:
+                # Ahead of the fire time: prepare it, and look at the files now rather than
+                # at the fire time, which then only creates and starts the runs.
+                self._check_files(scheduler, store, importer)
+                last_check = time.monotonic()
+                scheduler.prepare(fire_at)
+                wait_s = (next_at - self.clock.now()).total_seconds()
             poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S, self._beat_s))
 
     def _check_files(self, scheduler: Scheduler, store: Store, importer: Importer) -> None:
@@ -254,6 +251,23 @@ class Daemon:
         stray = recovery.stop_strays(scheduler)
         if stray:
             log.warning("event=stray_processes_killed count=%s", stray)
+
+
+def next_wait(
+    now: datetime, next_at: datetime, fire_at: datetime | None, prepared_for: datetime | None
+) -> tuple[bool, float]:
+    """After a tick: whether to prepare the next fire time `fire_at` now, and how long to
+    sleep before the next tick (until `next_at`, or until PREPARE_LEAD_S before a fire time
+    not prepared yet)."""
+    wait_s = (next_at - now).total_seconds()
+    if fire_at is None or fire_at == prepared_for:
+        return False, wait_s
+    lead_s = (fire_at - now).total_seconds()
+    if lead_s <= 0:  # already due (a catch-up): nothing to do ahead of it
+        return False, wait_s
+    if lead_s <= PREPARE_LEAD_S:
+        return True, wait_s
+    return False, min(wait_s, lead_s - PREPARE_LEAD_S)
 
 
 def make_executor(settings: Settings, store: Store) -> Executor:

@@ -60,6 +60,7 @@ from cronflow.timeparse import from_iso, iso
 
 log = logging.getLogger("cronflow.scheduler")
 
+_TINY = timedelta(microseconds=1)
 IDLE_WAKE_S = 5.0  # wake at least this often: flow file changes, CLI changes without a poke
 TI = dict[str, Any]
 
@@ -220,9 +221,9 @@ class Scheduler:
             row = flows.get(flow.flow_id)
             if row is None or row["paused"] or active.get(flow.flow_id, 0) >= flow.max_active_runs:
                 continue
-            if flow.next_fires(fire_at - timedelta(microseconds=1), 1) != [fire_at]:
+            if flow.schedule is None or flow.next_fires(fire_at - _TINY, 1) != [fire_at]:
                 continue
-            flow.schedule.prev_before(fire_at)  # type: ignore[union-attr]  # the run's interval
+            flow.schedule.prev_before(fire_at)  # the run's interval, kept for the fire time
             for task_id in flow.tasks:
                 directory = attempt_log_dir(
                     self.settings.logs_dir, flow.flow_id, task_id, logical_date

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from conftest import FakeClock, utc, wait_for
 
 from cronflow import catalog, supervisor
 from cronflow.config import Settings
+from cronflow.daemon import PREPARE_LEAD_S, next_wait
 from cronflow.executor import LocalExecutor
 from cronflow.logs import attempt_log_dir
 from cronflow.scheduler import Scheduler
@@ -107,3 +110,26 @@ def test_the_command_file_left_by_a_crash_is_replaced_and_a_new_one_is_private(
     os.unlink(path)
     supervisor.write_command(log_path, "echo new\n")
     assert path.read_text() == "echo new\n"
+
+
+@pytest.mark.parametrize(
+    ("now_s", "fire_s", "prepared", "expected"),
+    [
+        (0.0, 60.0, False, (False, 59.0)),  # far from the fire time: wake a second before it
+        (59.5, 60.0, False, (True, 0.5)),  # within the lead: prepare now, then sleep to it
+        (59.5, 60.0, True, (False, 0.5)),  # prepared already: sleep to it
+        (61.0, 60.0, False, (False, -1.0)),  # due already (catch-up): nothing ahead of it
+        (0.0, None, False, (False, 60.0)),  # no fire time ahead
+    ],
+)
+def test_the_loop_wakes_a_second_before_a_fire_time_to_prepare_it(
+    now_s, fire_s, prepared, expected
+) -> None:
+    base = utc(2024, 1, 1)
+    fire_at = base + timedelta(seconds=fire_s) if fire_s is not None else None
+    next_at = base + timedelta(seconds=60)
+    got = next_wait(
+        base + timedelta(seconds=now_s), next_at, fire_at, fire_at if prepared else None
+    )
+    assert got == expected
+    assert PREPARE_LEAD_S == 1.0
