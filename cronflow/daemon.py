@@ -10,6 +10,7 @@ One daemon per home: an flock on daemon.lock, held for the daemon's life.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 from cronflow import catalog, recovery
@@ -42,6 +44,7 @@ log = logging.getLogger("cronflow.daemon")
 
 HEARTBEAT_S = 5.0
 FILE_CHECK_S = 5.0  # flow files changed by hand are seen within this; the CLI pokes at once
+PREPARE_LEAD_S = 1.0  # wake this long before a fire time to prepare it (Scheduler.prepare)
 HOUSEKEEPING_S = 3600.0  # retention: compress and delete old logs, remove old history
 FIRST_HOUSEKEEPING_S = 5.0  # soon after start: retention is retroactive
 
@@ -93,6 +96,9 @@ class Daemon:
                 self.settings.parallelism,
                 recovered,
             )
+            # What start-up built (modules, the catalog) lives as long as the daemon: out of
+            # the collector's way, so that no collection at a fire time walks it all again.
+            gc.freeze()
             sd_notify("READY=1")
             importer = Importer(self.settings, wake=lambda: self._nudge(wake_w))
             self._loop(scheduler, store, selector, importer)
@@ -158,17 +164,29 @@ class Daemon:
             now_mono = time.monotonic()
             # A poke: the CLI changed the store (maybe added a flow): look at once.
             if poked or importer.take_recorded() or now_mono - last_check >= FILE_CHECK_S:
-                current, to_import = catalog.refresh(store, self.settings)
-                self._swap_catalog(scheduler, current)
-                importer.submit(to_import)
+                self._check_files(scheduler, store, importer)
                 last_check = now_mono
             next_at = scheduler.tick(self.clock.now())
             if now_mono - last_beat >= self._beat_s:
                 store.heartbeat(self.clock.now())
                 sd_notify("WATCHDOG=1")
                 last_beat = now_mono
-            wait_s = (next_at - self.clock.now()).total_seconds()
+            fire_at = scheduler.next_fire_at
+            prepare, wait_s = next_wait(self.clock.now(), next_at, fire_at, scheduler.prepared_for)
+            if prepare and fire_at is not None:
+                # Ahead of the fire time: prepare it, and look at the files now rather than
+                # at the fire time, which then only creates and starts the runs.
+                self._check_files(scheduler, store, importer)
+                last_check = time.monotonic()
+                scheduler.prepare(fire_at)
+                wait_s = (next_at - self.clock.now()).total_seconds()
             poked = self._wait(selector, min(max(wait_s, 0.0), FILE_CHECK_S, self._beat_s))
+
+    def _check_files(self, scheduler: Scheduler, store: Store, importer: Importer) -> None:
+        """Serve the flow files' current state; changed ones go to the importer."""
+        current, to_import = catalog.refresh(store, self.settings)
+        self._swap_catalog(scheduler, current)
+        importer.submit(to_import)
 
     @staticmethod
     def _swap_catalog(scheduler: Scheduler, current: Catalog) -> None:
@@ -233,6 +251,23 @@ class Daemon:
         stray = recovery.stop_strays(scheduler)
         if stray:
             log.warning("event=stray_processes_killed count=%s", stray)
+
+
+def next_wait(
+    now: datetime, next_at: datetime, fire_at: datetime | None, prepared_for: datetime | None
+) -> tuple[bool, float]:
+    """After a tick: whether to prepare the next fire time `fire_at` now, and how long to
+    sleep before the next tick (until `next_at`, or until PREPARE_LEAD_S before a fire time
+    not prepared yet)."""
+    wait_s = (next_at - now).total_seconds()
+    if fire_at is None or fire_at == prepared_for:
+        return False, wait_s
+    lead_s = (fire_at - now).total_seconds()
+    if lead_s <= 0:  # already due (a catch-up): nothing to do ahead of it
+        return False, wait_s
+    if lead_s <= PREPARE_LEAD_S:
+        return True, wait_s
+    return False, min(wait_s, lead_s - PREPARE_LEAD_S)
 
 
 def make_executor(settings: Settings, store: Store) -> Executor:

@@ -241,6 +241,13 @@ class LocalExecutor:
         self._running: dict[tuple[int, str], _Running] = {}
         self._lingering: list[_Lingering] = []
         self._base_env = dict(os.environ)  # read once: os.environ decodes on every access
+        self._null_fd: int | None = None  # /dev/null, every attempt's stdin by default
+
+    def _devnull(self) -> int:
+        """/dev/null, opened once (close-on-exec; the spawn gives each task its own copy)."""
+        if self._null_fd is None:
+            self._null_fd = os.open(os.devnull, os.O_RDONLY)
+        return self._null_fd
 
     @property
     def free_slots(self) -> int:
@@ -271,8 +278,9 @@ class LocalExecutor:
         log_fd = open_attempt_log(attempt.log_path)
         stdin = _stdin_file(attempt.stdin)
         try:
+            stdin_fd = stdin.fileno() if stdin else self._devnull()
             child = self._start_warm(attempt, env, log_fd) or _spawn(
-                argv, attempt.cwd, env, stdin.fileno() if stdin else None, log_fd
+                argv, attempt.cwd, env, stdin_fd, log_fd
             )
         finally:
             os.close(log_fd)
@@ -414,7 +422,7 @@ class LocalExecutor:
 
 
 def _spawn(
-    argv: list[str], cwd: str | None, env: dict[str, str], stdin_fd: int | None, log_fd: int
+    argv: list[str], cwd: str | None, env: dict[str, str], stdin_fd: int, log_fd: int
 ) -> _Child:
     """Start argv in a new session with stdout and stderr on its log. posix_spawn costs
     a fraction of subprocess.Popen's fork+exec; every descriptor the daemon holds is
@@ -422,7 +430,7 @@ def _spawn(
     if cwd is not None:  # posix_spawn cannot change directory before Python 3.13
         popen = subprocess.Popen(
             argv,
-            stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+            stdin=stdin_fd,
             stdout=log_fd,
             stderr=subprocess.STDOUT,
             cwd=cwd,
@@ -431,18 +439,12 @@ def _spawn(
             close_fds=True,
         )
         return _Child(popen.pid, popen)
-    null_fd = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else None
-    try:
-        actions = [
-            (os.POSIX_SPAWN_DUP2, stdin_fd if stdin_fd is not None else null_fd, 0),
-            (os.POSIX_SPAWN_DUP2, log_fd, 1),
-            (os.POSIX_SPAWN_DUP2, log_fd, 2),
-        ]
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
-        return _Child(pid)
-    finally:
-        if null_fd is not None:
-            os.close(null_fd)
+    actions = [
+        (os.POSIX_SPAWN_DUP2, stdin_fd, 0),
+        (os.POSIX_SPAWN_DUP2, log_fd, 1),
+        (os.POSIX_SPAWN_DUP2, log_fd, 2),
+    ]
+    return _Child(os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True))
 
 
 def _stdin_file(text: str | None) -> IO[bytes] | None:

@@ -74,12 +74,21 @@ def read_log(path: Path) -> bytes:
         return handle.read()
 
 
-def _make_private_dirs(directory: Path) -> None:
-    """Create missing directories owner-only (mkdir's mode= covers only the last one)."""
+def make_private_dirs(directory: Path) -> None:
+    """Create missing directories owner-only (mkdir's mode= covers only the last one). The
+    usual case, only the last one or two missing, costs one mkdir each and no stat."""
     missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
+    while True:
+        try:
+            os.mkdir(directory, 0o700)
+            break
+        except FileExistsError:
+            break
+        except FileNotFoundError:
+            missing.append(directory)
+            directory = directory.parent
+            if directory == directory.parent:
+                raise
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
@@ -91,7 +100,7 @@ def open_attempt_log(path: Path) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     except FileNotFoundError:
-        _make_private_dirs(path.parent)
+        make_private_dirs(path.parent)
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 

@@ -28,6 +28,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import partial
 from pathlib import Path
@@ -41,7 +42,13 @@ from cronflow.context import task_context, task_environment
 from cronflow.deadlines import DeadlineChecker
 from cronflow.errors import CronflowError
 from cronflow.executor import Attempt, Executor, Finished
-from cronflow.logs import attempt_log_path, last_output_line, write_note
+from cronflow.logs import (
+    attempt_log_dir,
+    attempt_log_path,
+    last_output_line,
+    make_private_dirs,
+    write_note,
+)
 from cronflow.masking import Masker, secret_values
 from cronflow.ops import launch_for
 from cronflow.ops.python import FOLLOWED_KEY, SHORT_CIRCUIT_KEY, ShortCircuit
@@ -54,6 +61,7 @@ from cronflow.timeparse import from_iso, iso
 
 log = logging.getLogger("cronflow.scheduler")
 
+_TINY = timedelta(microseconds=1)
 IDLE_WAKE_S = 5.0  # wake at least this often: flow file changes, CLI changes without a poke
 TI = dict[str, Any]
 # a run's graph, order, positions in that order, and direct downstream tasks
@@ -109,6 +117,8 @@ class Scheduler:
         self._deferred: list[Callable[[], None]] | None = None  # until the tick commits
         # runs with mapped tasks: their graph, and their instances' states counted
         self._graphs: dict[int, tuple[FlowSpec, _RunGraph, _Groups]] = {}
+        self.next_fire_at: datetime | None = None  # the planner's next wake-up, for prepare()
+        self.prepared_for: datetime | None = None  # the fire time prepare() last prepared
 
     @property
     def catalog(self) -> Catalog:
@@ -173,6 +183,7 @@ class Scheduler:
         else:
             planned, running = self.planner.plan(now)
             wakes += planned
+            self.next_fire_at = min(planned, default=None)
             for ti in self.planner.take_gave_up():  # a wait for another flow gave up
                 self._run_callbacks(ti, TaskState.FAILED, ti["reason"])
         self._refresh(running)
@@ -194,6 +205,44 @@ class Scheduler:
         if deadline is not None:
             wakes.append(now + timedelta(seconds=max(0.0, deadline - time.monotonic())))
         return min(wakes)
+
+    # --- before a fire time ---------------------------------------------------------------
+    def prepare(self, fire_at: datetime) -> int:
+        """Shortly before a fire time, what can be done ahead of it: the log directories of
+        the task instances it will create (empty, owner-only), so that at the fire time only
+        the runs, the processes and one commit remain; the schedules' answers for it are
+        computed and kept (timetable). Nothing a command shows: no run exists before its fire
+        time. A directory may stay empty if the flow is paused meanwhile. Returns how many
+        task instances were prepared; once per fire time."""
+        if self.prepared_for == fire_at:
+            return 0
+        self.prepared_for = fire_at
+        try:
+            flows = {row["flow_id"]: row for row in self.store.flow_states()}
+            active = self.store.active_run_counts()
+        except CronflowError as exc:  # e.g. the store is locked: the fire time does it all
+            log.warning("event=prepare_failed error=%r", str(exc))
+            return 0
+        logical_date = iso(fire_at)
+        prepared = 0
+        for flow in self.catalog.flows.values():
+            row = flows.get(flow.flow_id)
+            if row is None or row["paused"] or active.get(flow.flow_id, 0) >= flow.max_active_runs:
+                continue
+            if flow.schedule is None or flow.next_fires(fire_at - _TINY, 1) != [fire_at]:
+                continue
+            flow.schedule.prev_before(fire_at)  # the run's interval, kept for the fire time
+            for task_id in flow.tasks:
+                directory = attempt_log_dir(
+                    self.settings.logs_dir, flow.flow_id, task_id, logical_date
+                )
+                try:
+                    make_private_dirs(directory)
+                except OSError as exc:  # said again, as the try's reason, if it persists
+                    log.warning("event=prepare_failed path=%s error=%r", directory, str(exc))
+                    return prepared
+                prepared += 1
+        return prepared
 
     # --- the cache of running runs' task instances ----------------------------------------
     def _refresh(self, running: list[dict[str, Any]]) -> None:
@@ -486,12 +535,15 @@ class Scheduler:
         # one once it is reaped, so the executor never holds two attempts of one TI.
         busy = {attempt.key for attempt in self.executor.running()}
         held_back = []
+        started: list[_Started] = []  # recorded once all are started: processes first
         while self._ready and self.executor.free_slots > 0:
             entry = heapq.heappop(self._ready)
             run_id, task_id = entry[2], entry[3]
             ti = self._tis.get(run_id, {}).get(task_id)
             if ti is None or ti["state"] != TaskState.SCHEDULED or run_id not in self._runs:
-                continue  # stale entry: started, changed or gone since it was pushed
+                # stale entry: started, changed or gone since it was pushed (one started in
+                # this dispatch and not yet recorded is busy: held back, then stale)
+                continue
             pool = ti["pool"]
             slots = self.settings.pool_slots(pool)
             if slots is None:
@@ -501,10 +553,18 @@ class Scheduler:
             if (run_id, task_id) in busy or usage.get(pool, 0) >= slots or self._held(ti):
                 held_back.append(entry)
                 continue
-            if self._start_attempt(ti):
+            start = self._start_attempt(ti)
+            if start is not None:
+                started.append(start)
+                busy.add((run_id, task_id))
                 usage[pool] = usage.get(pool, 0) + 1
         for entry in held_back:
             heapq.heappush(self._ready, entry)
+        for start in started:
+            with self.attempt_step(
+                "start", start.ti["run_id"], start.ti["task_id"], start.try_number
+            ):
+                self._record_start(start)
 
     def _held(self, ti: TI) -> bool:
         """Whether the executor cannot take this TI now (no live worker serves its queue); the
@@ -516,47 +576,52 @@ class Scheduler:
             self._write(ti, TaskState.SCHEDULED, reason=reason, queued_at=iso(self.clock.now()))
         return reason is not None
 
-    def _start_attempt(self, ti: TI) -> bool:
-        """Start one try, inside the attempt boundary (rendering, the log, the process, the
-        write): whatever goes wrong fails that try and the dispatch goes on."""
+    def _start_attempt(self, ti: TI) -> _Started | None:
+        """Start one try, inside the attempt boundary (rendering, the log, the process): whatever
+        goes wrong fails that try and the dispatch goes on."""
         with self.attempt_step("start", ti["run_id"], ti["task_id"], ti["try_number"] + 1):
             return self._start(ti)
-        return False
+        return None
 
-    def _start(self, ti: TI) -> bool:
-        """scheduled -> running in one write, once the process exists. The local executor starts
-        processes synchronously, so it never leaves a TI queued; after a crash between the start
-        and the write, the next daemon finds the attempt by its marker or its exit record
+    def _start(self, ti: TI) -> _Started | None:
+        """Start the process of the TI's next try; `_record_start` records it (scheduled ->
+        running in one write) once the dispatch has started all it can, so that no start waits
+        for the writes of the ones before. All are committed with the tick. The local executor
+        starts processes synchronously, so it never leaves a TI queued; after a crash before
+        the commit, the next daemon finds the attempt by its marker or its exit record
         (cronflow.recovery)."""
         now = self.clock.now()
         run = self._runs[ti["run_id"]]
         flow = self.catalog.flows.get(run["flow_id"])
         task = flow.task_of(ti["task_id"]) if flow else None
         if flow is None or task is None:
-            return False
+            return None
         try_number = ti["try_number"] + 1
-        started = self._start_fields(ti, try_number, now)
-        log_path = Path(started["log_path"])
+        fields = self._start_fields(ti, try_number, now)
+        log_path = Path(fields["log_path"])
         try:
             attempt = self._attempt(flow, task, run, ti, try_number, log_path, now)
-            pid = self.executor.start(attempt)
+            fields["pid"] = self.executor.start(attempt)
         except (CronflowError, OSError) as exc:
             self._fail_start(ti, try_number, now, f"cannot start: {exc}")
-            return False
-        if not self._write(ti, TaskState.SCHEDULED, **started, state=TaskState.RUNNING, pid=pid):
+            return None
+        return _Started(ti, try_number, fields)
+
+    def _record_start(self, start: _Started) -> None:
+        ti = start.ti
+        if not self._write(ti, TaskState.SCHEDULED, **start.fields, state=TaskState.RUNNING):
             self.executor.kill(
                 (ti["run_id"], ti["task_id"]), "stopped: its state changed as it started"
             )
-            return False
+            return
         log.info(
             "event=task_started flow=%s task=%s run=%s try=%s pid=%s",
-            flow.flow_id,
+            ti["flow_id"],
             ti["task_id"],
-            run["run_id"],
-            try_number,
-            pid,
+            ti["run_id"],
+            start.try_number,
+            start.fields["pid"],
         )
-        return True
 
     def _start_fields(self, ti: TI, try_number: int, now: datetime) -> dict[str, Any]:
         """What the write that starts a try sets (also when the try ends at once)."""
@@ -977,6 +1042,15 @@ class Scheduler:
             ti["run_id"],
             ti["try_number"],
         )
+
+
+@dataclass
+class _Started:
+    """A try whose process was started and whose start is not recorded yet."""
+
+    ti: TI
+    try_number: int
+    fields: dict[str, Any]  # what the write that records the start sets
 
 
 def _processes(count: int) -> str:

@@ -88,9 +88,16 @@ def write_command(log_path: Path, text: str) -> Path:
     """Write a shell attempt's command to its private file (owner-only); return its path.
     OSError if it cannot be written."""
     path = command_path(log_path)
-    fd = open_attempt_log(path)  # owner-only, in owner-only directories
     try:
-        os.ftruncate(fd, 0)  # a file left by a crash before this try was recorded
+        # A new file, not truncated: on ext4, a file truncated and rewritten is flushed to
+        # disk when closed (auto_da_alloc), which made each start and each discard cost a
+        # disk write; a new one written and removed within seconds never reaches the disk.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # left by a crash before this try was recorded
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except FileNotFoundError:  # its directories do not exist yet: owner-only, as the log's
+        fd = open_attempt_log(path)
+    try:
         data = memoryview(text.encode("utf-8", "surrogateescape"))
         while data:
             data = data[os.write(fd, data) :]

@@ -122,7 +122,13 @@ class Schedule:
 
     def next_after(self, at: datetime) -> datetime | None:
         """The first fire instant strictly after `at` (aware UTC), None if it never fires again."""
-        after = _utc(at, "next_after")
+        return _next_after(self, _utc(at, "next_after"))
+
+    def prev_before(self, at: datetime) -> datetime | None:
+        """The last fire instant strictly before `at` (aware UTC), None if there is none."""
+        return _prev_before(self, _utc(at, "prev_before"))
+
+    def _next_after(self, after: datetime) -> datetime | None:
         try:
             seg, walker = _segment_at(self._zone, after), _Walker(self._cron)
             while (found := self._first_in(seg, after, walker)) is None:
@@ -131,9 +137,7 @@ class Schedule:
             return None  # beyond year 9999, or nothing within croniter's search horizon
         return found
 
-    def prev_before(self, at: datetime) -> datetime | None:
-        """The last fire instant strictly before `at` (aware UTC), None if there is none."""
-        before = _utc(at, "prev_before")
+    def _prev_before(self, before: datetime) -> datetime | None:
         try:
             seg, walker = _segment_at(self._zone, before), _Walker(self._cron)
             while (found := self._last_in(seg, before, walker)) is None:
@@ -494,6 +498,18 @@ def _weekday_names(weekdays: tuple[int, ...]) -> str:
         days = [_DAYS[day].title() for _, day in run]
         names.append(f"{days[0]}-{days[-1]}" if len(days) >= 3 else ",".join(days))
     return ",".join(names)
+
+
+# A fire time is asked for again and again (each run's interval, each attempt's context, by
+# every flow sharing the schedule): the answers of a pure function of immutable values, kept.
+@functools.lru_cache(maxsize=4096)
+def _next_after(schedule: Schedule, after: datetime) -> datetime | None:
+    return schedule._next_after(after)
+
+
+@functools.lru_cache(maxsize=4096)
+def _prev_before(schedule: Schedule, before: datetime) -> datetime | None:
+    return schedule._prev_before(before)
 
 
 @functools.lru_cache(maxsize=4096)
