@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,29 +126,37 @@ def test_replay_of_a_running_task_kills_it_and_starts_a_new_try(home, daemon, wr
     assert "through" in (log_dir / "try-2.log").read_text()
 
 
-def test_logs_follow_a_running_task_until_it_ends(home, daemon, write_flow):
-    pids, gate = home / "pids", home / "gate"
-    write_flow("gated", GATED.format(pids=pids, gate=gate))
-    daemon()
-    assert cli(home, "trigger", "gated", "--date", "2024-03-01").returncode == 0
+@contextmanager
+def following(home: Path, target: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`cronflow logs TARGET -f` in the background, its output in a file; stopped if still
+    running at the end."""
     out_path = home / "follow.out"
     env = {**os.environ, "CRONFLOW_HOME": str(home), "NO_COLOR": "1"}
     with open(out_path, "wb") as out:
         follower = subprocess.Popen(
-            [sys.executable, "-m", "cronflow", "logs", "gated.wait", "-f"],
+            [sys.executable, "-m", "cronflow", "logs", target, "-f"],
             stdout=out,
             stderr=subprocess.PIPE,
             env=env,
         )
     try:
-        wait_for(lambda: b"waiting" in out_path.read_bytes(), what="the task's first line")
-        assert follower.poll() is None  # still following: the task runs
-        gate.touch()
-        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
+        yield follower, out_path
     finally:
         if follower.poll() is None:
             follower.send_signal(signal.SIGTERM)
             follower.wait()
+
+
+def test_logs_follow_a_running_task_until_it_ends(home, daemon, write_flow):
+    pids, gate = home / "pids", home / "gate"
+    write_flow("gated", GATED.format(pids=pids, gate=gate))
+    daemon()
+    assert cli(home, "trigger", "gated", "--date", "2024-03-01").returncode == 0
+    with following(home, "gated.wait") as (follower, out_path):
+        wait_for(lambda: b"waiting" in out_path.read_bytes(), what="the task's first line")
+        assert follower.poll() is None  # still following: the task runs
+        gate.touch()
+        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
     text = out_path.read_text()
     assert text.index("waiting") < text.index("through") < text.index("cronflow: try 1 ended")
     assert cli(home, "logs", "gated.wait").stdout == text  # the same log, read at once
@@ -176,8 +186,6 @@ def test_logs_follow_of_a_marked_task_waits_for_its_end_line(
         lambda: log_dir.is_dir() and "holding" in cli(home, "logs", "stubborn.hold").stdout,
         what="the task's first line",
     )
-    out_path = home / "follow.out"
-    env = {**os.environ, "CRONFLOW_HOME": str(home), "NO_COLOR": "1"}
 
     def mark() -> None:
         marked = cli(home, "mark", "stubborn.hold", "--date", "2024-03-01", "--state", "failed")
@@ -185,22 +193,11 @@ def test_logs_follow_of_a_marked_task_waits_for_its_end_line(
 
     if not follow_first:
         mark()
-    with open(out_path, "wb") as out:
-        follower = subprocess.Popen(
-            [sys.executable, "-m", "cronflow", "logs", "stubborn.hold", "-f"],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-    try:
+    with following(home, "stubborn.hold") as (follower, out_path):
         wait_for(lambda: b"holding" in out_path.read_bytes(), what="the follower's first line")
         if follow_first:
             mark()
         assert follower.wait(60) == 0, follower.stderr.read() if follower.stderr else ""
-    finally:
-        if follower.poll() is None:
-            follower.send_signal(signal.SIGTERM)
-            follower.wait()
     text = out_path.read_text()
     assert "stopped: its state was changed to failed" in text.splitlines()[-1]
     assert cli(home, "logs", "stubborn.hold").stdout == text
