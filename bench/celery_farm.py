@@ -58,7 +58,7 @@ def _measure(home: Path, flows: list[str]) -> dict[str, float]:
     try:
         figures: dict[str, float] = {}
         for flow in flows:
-            run_id = trigger(home, flow)
+            run_id, _ = trigger(home, flow)
             wait(lambda run_id=run_id: run_done(home, run_id), 900, flow)
             rows = stamps(home, run_id)
             if flow == "wide":

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1140,6 +1141,19 @@ def installed_python(root: Path) -> str:
     return str(env_dir / "bin" / "python")
 
 
+def _failed_scenario(key: str, exc: BaseException) -> dict:
+    """A scenario that broke, as a row of the table: it says so rather than hiding the rest."""
+    return {
+        "name": f"{key}: FAILED ({type(exc).__name__}: {exc})"[:120],
+        "figure": None,
+        "unit": "",
+        "floor": None,
+        "ratio": None,
+        "target": "-",
+        "ok": False,
+    }
+
+
 def finite(value: object) -> object:
     """JSON has no infinity: a missed fire's latency is written as the string "inf"."""
     if isinstance(value, float) and value in (float("inf"), float("-inf")):
@@ -1230,7 +1244,11 @@ def main() -> None:
                 continue
             print(f"running {key} ...", file=sys.stderr, flush=True)
             before = os.getloadavg()[0]
-            results += scenario()
+            try:
+                results += scenario()
+            except Exception as exc:  # one broken scenario must not lose the others
+                traceback.print_exc()
+                results.append(_failed_scenario(key, exc))
             loads[key] = {"before": before, "after": os.getloadavg()[0]}
     finally:  # its homes, the installed copy and a big store (3.7 GB at 10 M) go with it
         os.chdir(Path(__file__).parent)
