@@ -2,7 +2,8 @@
 
 A task with depends_on_past=True starts in run D only once its own task instance in the run just
 before D (by logical date, whatever its run type) succeeded or was skipped; wait_for_downstream=
-True also waits for that instance's direct downstream tasks there. There is no past, so nothing
+True also waits for that instance's direct downstream tasks there (every instance of a mapped
+one). There is no past, so nothing
 to wait for, for the flow's first run, when the previous run is from before the flow's
 start_date, and when the previous run has no instance of the task (it was added to the flow
 since): Airflow users asked for that last rule for years (apache/airflow#8989, which became
@@ -62,10 +63,8 @@ def past_hold(store: Store, flow: FlowSpec, run: dict[str, Any], task_id: str) -
         return None
     wanted = [own]
     if task.wait_for_downstream:
-        for down in flow.downstream.get(task_id, ()):
-            ti = store.ti(previous["run_id"], down)
-            if ti is not None:
-                wanted.append(ti)
+        for down in flow.downstream.get(task_id, ()):  # a mapped one: each of its instances
+            wanted += store.task_rows(previous["run_id"], down)
     for ti in wanted:
         if ti["state"] not in _DONE:
             return PastHold(previous["logical_date"], ti["task_id"], ti["state"], ti is own)

@@ -773,6 +773,14 @@ class Store:
             "SELECT * FROM task_instances WHERE run_id = ? AND task_id = ?", [run_id, task_id]
         )
 
+    def task_rows(self, run_id: int, task_id: str) -> list[dict[str, Any]]:
+        """A task's task instance in a run, or every instance of a mapped task once expanded."""
+        return self._rows(
+            f"""SELECT * FROM task_instances WHERE (run_id = ? AND task_id = ?)
+                OR ({_INSTANCES_WHERE}) ORDER BY map_index""",
+            [run_id, task_id, *_instances_params(run_id, task_id)],
+        )
+
     def expand_ti(self, run_id: int, task_id: str, count: int) -> list[dict[str, Any]]:
         """Replace a mapped task's placeholder (still `none`) by `count` instances `task[i]`,
         in one transaction; returns them ([] if the placeholder is not there or not `none`).
@@ -1283,12 +1291,16 @@ class Store:
         return {r["run_id"]: json.loads(r["value"]) for r in rows}
 
     def xcom_rows(self, run_ids: Sequence[int], task_id: str | None = None) -> list[dict[str, Any]]:
-        """Every XCom of the runs (of one task if given), its value as JSON text."""
+        """Every XCom of the runs (of one task if given, every instance of a mapped one), its
+        value as JSON text."""
         marks = ",".join("?" * len(run_ids))
-        where = " AND task_id = ?" if task_id is not None else ""
+        where, params = "", []
+        if task_id is not None:
+            where = " AND (task_id = ? OR substr(task_id, 1, ?) = ?)"
+            params = [task_id, len(task_id) + 1, f"{task_id}["]
         return self._rows(
             f"SELECT run_id, task_id, key, value FROM xcom WHERE run_id IN ({marks}){where}",
-            [*run_ids, *([task_id] if task_id is not None else [])],
+            [*run_ids, *params],
         )
 
     # --- the daemon's own record ----------------------------------------------------------

@@ -520,3 +520,36 @@ def test_a_deadline_on_a_mapped_task_counts_its_instances(make, write_flow):
     h.at(utc(2024, 6, 3, 6, 21))
     rows = h.store.conn.execute("SELECT * FROM deadline_misses").fetchall()
     assert rows == []  # done in time: every instance succeeded
+
+
+def test_wait_for_downstream_waits_for_every_instance_of_a_mapped_task(make, write_flow, home):
+    """The task a mapped task maps over, with wait_for_downstream: its next run waits for each
+    instance of the previous run, not for the placeholder those instances replaced."""
+    source = FILES.replace("RULE", "all_done").replace(
+        'Python("list_files", list_files)',
+        'Python("list_files", list_files, wait_for_downstream=True)',
+    )
+    write_flow("files", source)
+    h: Harness = make(utc(2026, 12, 2, 12))
+    first = run_with(h, 1, {"files": ["a", "bad"]})
+    assert states_of(first)["process[1]"] == "failed" and "process" not in first
+    second = run_with(h, 2, {"files": ["c"]})
+    assert second["list_files"]["state"] == "none"  # held by process[1] of 1 Dec
+    why = invoke(home, "why", "files", "--date", "2026-12-02", "--task", "list_files").stdout
+    assert "waiting for process[1] of its run of 2026-12-01" in why, why
+    ok(home, "mark", "files.process[1]", "--date", "2026-12-01", "--state", "success")
+    h.settle()
+    assert h.store.ti(second["list_files"]["run_id"], "list_files")["state"] == "success"
+
+
+def test_xcom_of_a_mapped_task_lists_every_instance(make, write_flow, home):
+    write_flow("files", FILES.replace("RULE", "all_success"))
+    h: Harness = make(utc(2026, 12, 2, 12))
+    run_with(h, 1, {"files": ["a", "b"]})
+    listed = rows(home, "xcom", "files", "--date", "2026-12-01", "--task", "process")
+    assert [(r["task_id"], r["value"]["path"]) for r in listed] == [
+        ("process[0]", "a"),
+        ("process[1]", "b"),
+    ]
+    one = rows(home, "xcom", "files", "--date", "2026-12-01", "--task", "process[1]")
+    assert [r["task_id"] for r in one] == ["process[1]"]
