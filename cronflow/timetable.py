@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from itertools import groupby
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import CroniterBadDateError, croniter
 
 from cronflow.errors import ScheduleError
 from cronflow.matchcount import MatchCounter
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 _TICK = timedelta(microseconds=1)
 _SAMPLE = timedelta(hours=12)  # no zone changes its offset twice within 12 hours
@@ -129,6 +130,8 @@ class Schedule:
         return _prev_before(self, _utc(at, "prev_before"))
 
     def _next_after(self, after: datetime) -> datetime | None:
+        from croniter import CroniterBadDateError  # imported by the first Schedule already
+
         try:
             seg, walker = _segment_at(self._zone, after), _Walker(self._cron)
             while (found := self._first_in(seg, after, walker)) is None:
@@ -138,6 +141,8 @@ class Schedule:
         return found
 
     def _prev_before(self, before: datetime) -> datetime | None:
+        from croniter import CroniterBadDateError
+
         try:
             seg, walker = _segment_at(self._zone, before), _Walker(self._cron)
             while (found := self._last_in(seg, before, walker)) is None:
@@ -454,6 +459,8 @@ def _croniter_for(spec: _Spec) -> croniter:
     elif day_or and not _has_date(days, months):
         # the day-of-month side never matches: croniter would search 100 years for it each call
         days, day_or = tuple(range(1, 32)), False
+    from croniter import croniter  # here, not at the top: commands that only read pay nothing
+
     fields = zip((minute, hour, days, months, weekdays), (60, 24, 31, 12, 7), strict=True)
     text = " ".join("*" if len(vs) == full else ",".join(map(str, vs)) for vs, full in fields)
     return croniter(text, datetime(2000, 1, 1), day_or=day_or, max_years_between_matches=100)
