@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import overload
 from zoneinfo import ZoneInfo
 
@@ -85,6 +85,24 @@ def from_iso(text: str) -> datetime: ...
 def from_iso(text: None) -> None: ...
 def from_iso(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+def short_moment(stamp: str | None, tz: tzinfo) -> str:
+    """'YYYY-MM-DD HH:MM' (':SS' when not zero) in `tz`, or '-': a moment in a table cell or
+    on a page (the CLI's tables and the web view)."""
+    if not stamp:
+        return "-"
+    moment = datetime.fromisoformat(stamp).astimezone(tz)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second else "%Y-%m-%d %H:%M")
+
+
+def offset_text(offset: int) -> str:
+    """A day offset between flows in words: 'the same day', 'the day before', '2 days after'."""
+    if offset == 0:
+        return "the same day"
+    if offset == -1:
+        return "the day before"
+    return f"{abs(offset)} days {'before' if offset < 0 else 'after'}"
 
 
 def duration_text(seconds: float | None) -> str:

@@ -177,14 +177,11 @@ def local_text(cat: "Catalog", flow_id: str, stamp: str | None) -> str:
 
 
 def short_text(cat: "Catalog", flow_id: str, stamp: str | None) -> str:
-    """A compact moment for table cells: 'YYYY-MM-DD HH:MM' (':SS' when not zero) in the flow's
-    timezone (UTC for a flow no longer loaded); the zone is in the flow's schedule text."""
-    if not stamp:
-        return "-"
-    from datetime import datetime
+    """A compact moment for table cells in the flow's timezone (UTC for a flow no longer
+    loaded); the zone is in the flow's schedule text."""
+    from cronflow.timeparse import short_moment
 
-    moment = datetime.fromisoformat(stamp).astimezone(cat.timezone(flow_id))
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second else "%Y-%m-%d %H:%M")
+    return short_moment(stamp, cat.timezone(flow_id)) if stamp else "-"
 
 
 def farm_lines(farm: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ from cronflow.cli.app import (
 from cronflow.cli.tables import Cell, Spans, styled_line, table_lines
 from cronflow.limits import MAX_LISTED
 from cronflow.states import STATE_CELLS
-from cronflow.timeparse import duration_text
+from cronflow.timeparse import duration_text, offset_text
 
 FlowArg = Annotated[str, typer.Argument(metavar="FLOW", help="The flow.")]
 
@@ -58,23 +58,15 @@ def show(
         limit = duration_text(link["wait_timeout_s"])
         soft = ", then skip" if link["soft_fail"] else ""
         lines.append(
-            f"waits for: {link['flow_id']} ({_offset_text(link['offset_days'])}: its whole "
+            f"waits for: {link['flow_id']} ({offset_text(link['offset_days'])}: its whole "
             f"day, at most {limit}{soft})"
         )
     for link in detail["waited_by"]:
-        lines.append(f"waited for by: {link['flow_id']} ({_offset_text(link['offset_days'])})")
+        lines.append(f"waited for by: {link['flow_id']} ({offset_text(link['offset_days'])})")
     fires = [short_text(cat, flow_id, t) for t in detail["next_fire_at"]]
     lines.append("next runs: " + (", ".join(fires) if fires else "none scheduled"))
     lines += _grid(cat, flow_id, detail) if detail["runs"] else ["no runs yet"]
     sys.stdout.write("\n".join(lines) + "\n")  # not typer.echo: it strips the styles
-
-
-def _offset_text(offset: int) -> str:
-    if offset == 0:
-        return "the same day"
-    if offset == -1:
-        return "the day before"
-    return f"{abs(offset)} days {'before' if offset < 0 else 'after'}"
 
 
 def _task_tree(tasks: list[dict[str, Any]]) -> list[str]:

@@ -17,29 +17,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import HTMLResponse
 
 from cronflow.states import STATE_CELLS
-from cronflow.timeparse import duration_text
-
-
-def short_time(stamp: str | None, tz: ZoneInfo) -> str:
-    """'YYYY-MM-DD HH:MM' (':SS' when not zero) in the flow's zone, like the CLI's tables."""
-    if not stamp:
-        return "-"
-    moment = datetime.fromisoformat(stamp).astimezone(tz)
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second else "%Y-%m-%d %H:%M")
+from cronflow.timeparse import duration_text, offset_text, short_moment
 
 
 def zone_name(stamp: str | None, tz: ZoneInfo) -> str:
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp).astimezone(tz).strftime("%Z")
-
-
-def offset_text(offset: int) -> str:
-    if offset == 0:
-        return "the same day"
-    if offset == -1:
-        return "the day before"
-    return f"{abs(offset)} days {'before' if offset < 0 else 'after'}"
 
 
 def query(params: dict[str, Any]) -> str:
@@ -66,7 +50,7 @@ def _environment() -> Environment:
     )
     env.filters.update(duration=duration_text, cell=cell, offset_text=offset_text, query=query)
     env.globals.update(
-        short_time=short_time, zone_name=zone_name, state_cells_json=json.dumps(STATE_CELLS)
+        short_time=short_moment, zone_name=zone_name, state_cells_json=json.dumps(STATE_CELLS)
     )
     return env
 
