@@ -337,13 +337,13 @@ def plan_mark(
     run = control.find_one_run(store, flow, date_text)
     kept = () if task_id is not None else _kept_by_run_mark(state)
     order = {t: i for i, t in enumerate(flow.tasks)}
-    named = set(tasks)
+    named, present = set(tasks), store.tis_of_runs([run["run_id"]])
+    mapped_instance = task_id is not None and task_id != base_id(task_id)
+    if mapped_instance and not any(ti["task_id"] == task_id for ti in present):
+        local = control.local_time(flow, run["logical_date"])  # an instance it did not map
+        raise NotFoundError(f"the run of {local} has no task '{task_id}'")
     tis = sorted(
-        (
-            ti
-            for ti in store.tis_of_runs([run["run_id"]])
-            if _selects(named, ti["task_id"]) and ti["state"] not in kept
-        ),
+        (ti for ti in present if _selects(named, ti["task_id"]) and ti["state"] not in kept),
         key=lambda ti: _order_key(order, ti),
     )
     return MarkPlan(run, tasks, state, tis)

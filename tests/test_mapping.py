@@ -553,3 +553,15 @@ def test_xcom_of_a_mapped_task_lists_every_instance(make, write_flow, home):
     ]
     one = rows(home, "xcom", "files", "--date", "2026-12-01", "--task", "process[1]")
     assert [r["task_id"] for r in one] == ["process[1]"]
+
+
+def test_marking_an_instance_the_run_did_not_map_is_an_error(make, write_flow, home):
+    write_flow("files", FILES.replace("RULE", "all_success"))
+    h: Harness = make(utc(2026, 12, 2, 12))
+    before = run_with(h, 1, {"files": ["a", "b"]})
+    assert (
+        error(home, "mark", "files.process[7]", "--date", "2026-12-01", "--state", "failed")
+        == "the run of 2026-12-01 00:00 UTC has no task 'process[7]'"
+    )
+    after = {t["task_id"]: t for t in h.store.tis_of_runs([before["process[0]"]["run_id"]])}
+    assert states_of(after) == states_of(before)  # nothing written
