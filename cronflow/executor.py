@@ -42,6 +42,11 @@ MARKER_VAR = "CRONFLOW_ATTEMPT"
 KILL_GRACE_S = 5.0
 ADOPTED_POLL_S = 0.5  # how soon the end of an attempt started by an earlier daemon is noticed
 LOST = "lost: the daemon stopped and the task left no exit status"
+# Every signal a task starts with at its default action, as under cron or systemd. Python
+# ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: without this a
+# task's `zcat big | head` went on writing into the closed pipe ("Broken pipe", a failure under
+# `set -o pipefail`) instead of ending as it does in a terminal.
+DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 @dataclass
@@ -444,7 +449,11 @@ def _spawn(
         (os.POSIX_SPAWN_DUP2, log_fd, 1),
         (os.POSIX_SPAWN_DUP2, log_fd, 2),
     ]
-    return _Child(os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True))
+    return _Child(
+        os.posix_spawn(
+            argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=DEFAULT_SIGNALS
+        )
+    )
 
 
 def _stdin_file(text: str | None) -> IO[bytes] | None:

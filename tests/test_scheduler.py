@@ -368,6 +368,31 @@ def test_timeout_kills_the_whole_process_group(make, write_flow, home):
     wait_for(lambda: not is_alive(grandchild), timeout=10, what="the grandchild to be killed")
 
 
+def test_a_shell_task_starts_with_default_signal_actions_as_under_cron(make, write_flow, home):
+    """Python ignores SIGPIPE; a task must not inherit that: `yes | head -1` ends `yes` by
+    SIGPIPE (status 141) as in a terminal, instead of an endless 'Broken pipe' error."""
+    out = home / "pipe.out"
+    write_flow(
+        "pipe",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("pipe"):
+            Shell("t", "set -o pipefail; yes | head -1 >/dev/null; echo ${{PIPESTATUS[0]}} > {out}"
+                  " ; grep SigIgn /proc/self/status >> {out}")
+    """,
+    )
+    h = make(utc(2024, 1, 1))
+    from cronflow import control
+
+    control.trigger(h.store, h.scheduler.catalog.get("pipe"), utc(2024, 1, 1))
+    h.tick()
+    h.settle()
+    status, ignored = out.read_text().splitlines()
+    assert status == "141"
+    sigpipe, sigxfsz = 1 << (13 - 1), 1 << (25 - 1)  # SigIgn: bit N-1 is signal N
+    assert int(ignored.split()[1], 16) & (sigpipe | sigxfsz) == 0
+
+
 def test_template_error_fails_the_attempt_with_a_clear_reason(make, write_flow):
     write_flow(
         "tpl",
