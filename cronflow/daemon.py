@@ -296,4 +296,16 @@ def configure_logging() -> None:
 def run_daemon(home: Path) -> None:
     """The daemon on an existing home, or on an empty directory it sets up (see home.py)."""
     configure_logging()
+    keep_inherited_descriptors()
     Daemon(daemon_home(home)).run()
+
+
+def keep_inherited_descriptors() -> None:
+    """Make what the daemon was started with beyond stdio close-on-exec. Tasks start by
+    posix_spawn, which passes every inheritable descriptor on: a daemon started from a shell,
+    a CI runner or cron handed each task that parent's descriptors, and a pipe among them kept
+    whoever reads it from seeing its end while any task ran."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(int(name), False)

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,35 @@ def test_flow_with_retry_failure_timeout_and_python_task(home, daemon, write_flo
 
     store = Store(home / "cronflow.db")
     assert store.pull_xcom(1, "py") == {"ds": "2024-03-01", "size": 20}
+
+
+def test_tasks_get_none_of_the_descriptors_the_daemon_was_started_with(home, write_flow):
+    """A daemon started with an open pipe (a shell's, a CI runner's) must not hand it on: a
+    reader of that pipe would wait for every task that held it."""
+    fds = home / "fds"
+    write_flow(
+        "fds",
+        f'from cronflow import Flow, Shell\nwith Flow("fds"):\n    Shell("t", "ls /proc/$$/fd > {fds}")\n',
+    )
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    with open(home / "daemon.out", "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cronflow", "daemon"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=[write_end],
+        )
+    os.close(write_end)
+    try:
+        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
+        assert cli(home, "trigger", "fds", "--wait").returncode == 0
+        assert sorted(int(fd) for fd in fds.read_text().split()) == [0, 1, 2, 255]
+    finally:
+        process.terminate()
+        process.wait(30)
+        os.close(read_end)
 
 
 def test_parallelism_is_honoured(home, daemon, write_flow):
