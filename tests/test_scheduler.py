@@ -658,10 +658,10 @@ def two_in_a_pool(make, write_flow, a: str = "true") -> Harness:
     return h
 
 
-def wait_ended(h: Harness, task_id: str) -> None:
-    """Until the task's process has exited, without reaping it (the next tick does)."""
-    pid = h.ti("two", task_id)["pid"]
-    wait_for(lambda: not is_alive(pid), what=f"{task_id} to exit")
+def wait_exited(pid: int | None) -> None:
+    """Until a task's process has exited, without reaping it (the next tick does)."""
+    assert pid is not None
+    wait_for(lambda: not is_alive(pid), what=f"process {pid} to exit")
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -675,7 +675,7 @@ def events(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_ready_task_starts_in_the_freed_slot_before_the_end_is_recorded(make, write_flow, caplog):
     # The next start waits for neither the end's bookkeeping nor the planning and resolving.
     h = two_in_a_pool(make, write_flow)
-    wait_ended(h, "a")
+    wait_exited(h.ti("two", "a")["pid"])
     with caplog.at_level("INFO", logger="cronflow.scheduler"):
         h.tick()
     assert events(caplog) == ["event=task_started task=b", "event=task_ended task=a"]
@@ -694,7 +694,7 @@ def test_a_task_marked_by_another_connection_is_never_started_early(
     flow = h.scheduler.catalog.get("two")
     repair.mark(cli_store, flow, "b", "2024-01-01", "success", False, utc(2024, 1, 1))
     cli_store.close()
-    wait_ended(h, "a")
+    wait_exited(h.ti("two", "a")["pid"])
     with caplog.at_level("INFO", logger="cronflow.scheduler"):
         h.tick()
     assert events(caplog) == ["event=task_ended task=a"]
@@ -712,6 +712,7 @@ def test_a_replayed_task_starts_again_only_after_its_old_try_is_recorded(
     from cronflow import repair
 
     h = two_in_a_pool(make, write_flow, a="sleep 60")
+    pid = h.ti("two", "a")["pid"]  # the replay clears it
     cli_store = Store(settings.db_path)
     flow = h.scheduler.catalog.get("two")
     repair.replay(
@@ -722,7 +723,7 @@ def test_a_replayed_task_starts_again_only_after_its_old_try_is_recorded(
     cli_store.close()
     h.tick()  # sees the replay: stops try 1, a is scheduled again but held while it is stopped
     assert h.ti("two", "a")["state"] == "scheduled"
-    wait_ended(h, "a")
+    wait_exited(pid)
     h.tick()
     a = h.ti("two", "a")
     assert (a["state"], a["try_number"]) == ("running", 2)
@@ -749,7 +750,6 @@ def test_a_slot_freed_by_a_task_with_downstream_goes_by_priority_as_before(make,
     control.trigger(h.store, h.scheduler.catalog.get("after"), utc(2024, 1, 1))
     h.tick()
     assert (h.ti("after", "a")["state"], h.ti("after", "c")["state"]) == ("running", "scheduled")
-    pid = h.ti("after", "a")["pid"]
-    wait_for(lambda: not is_alive(pid), what="a to exit")
+    wait_exited(h.ti("after", "a")["pid"])
     h.tick()
     assert (h.ti("after", "b")["state"], h.ti("after", "c")["state"]) == ("running", "scheduled")
