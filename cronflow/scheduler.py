@@ -173,7 +173,9 @@ class Scheduler:
     def _tick(self, now: datetime | None) -> datetime:
         now = now or self.clock.now()
         self._run_ended = False
-        self.reap()
+        ended = self.executor.reap()
+        self._dispatch_early(ended)
+        self._record_ends(ended)
         self._record_given_back(now)
         self.callbacks.reap()
         self.executor.enforce()
@@ -528,6 +530,36 @@ class Scheduler:
         return deps.branch_skips(flow.downstream, followed, cut)
 
     # --- dispatch ---------------------------------------------------------------------------
+    def _dispatch_early(self, ended: list[Finished]) -> None:
+        """Give the slots of the ended tries to the TIs that were ready already, before the
+        tick records those ends, plans and resolves, none of which such a start waits for
+        (issue 18 §3: the handoff between independent tasks). Only from a cache nobody else
+        changed since it was read (a TI marked or replayed meanwhile is read again first), and
+        only when no ended try can make a TI ready or give it back: a downstream task may come
+        first by priority, and a TI replayed while it ran starts once its old try is recorded.
+        The starts are recorded in this tick's transaction, as any."""
+        if not ended or not self._ready or self.stopping:
+            return
+        if self._version != self.store.change_stamp() or not all(map(self._ends_alone, ended)):
+            return
+        self._dispatch()
+
+    def _ends_alone(self, finished: Finished) -> bool:
+        """Whether recording this end can change nothing but its own TI: the running try
+        the cache knows, of a task nothing waits for (downstream, or in later runs)."""
+        attempt = finished.attempt
+        ti = self._tis.get(attempt.run_id, {}).get(attempt.task_id)
+        flow = self.catalog.flows.get(ti["flow_id"]) if ti else None
+        task_id = mapping.base_id(attempt.task_id)
+        return (
+            ti is not None
+            and flow is not None
+            and ti["state"] in (TaskState.RUNNING, TaskState.QUEUED)
+            and ti["try_number"] == attempt.try_number
+            and not flow.downstream.get(task_id)
+            and not flow.past_dependents.get(task_id)
+        )
+
     def _dispatch(self) -> None:
         """Start the best scheduled TIs while slots and pools allow."""
         usage = self.executor.pool_usage()
@@ -715,7 +747,10 @@ class Scheduler:
 
     # --- ended attempts -------------------------------------------------------------------
     def reap(self, now: datetime | None = None) -> None:
-        for finished in self.executor.reap():
+        self._record_ends(self.executor.reap(), now)
+
+    def _record_ends(self, ended: list[Finished], now: datetime | None = None) -> None:
+        for finished in ended:
             at = now or self.clock.now()
             if finished.ended_at is not None:  # it ended while no daemon watched: when it did
                 at = min(at, datetime.fromtimestamp(finished.ended_at, UTC))

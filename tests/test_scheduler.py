@@ -635,3 +635,121 @@ def test_a_run_ending_makes_the_scheduler_look_again_at_once(make, write_flow):
 
     wait_for(second_run_created, what="the first run to end and the second to be created")
     assert seen == [h.clock.now()]
+
+
+# --- starting ready tasks early (issue 18 §3) -----------------------------------------------
+TWO_IN_A_POOL = """
+from cronflow import Flow, Shell
+with Flow("two"):
+    Shell("a", {a!r}, pool="station", priority=2)
+    Shell("b", "true", pool="station", priority=1)
+"""
+
+
+def two_in_a_pool(make, write_flow, a: str = "true") -> Harness:
+    """`a` running, `b` ready but held by the 1-slot pool."""
+    from cronflow import control
+
+    write_flow("two", TWO_IN_A_POOL.format(a=a))
+    h = make(utc(2024, 1, 1))
+    control.trigger(h.store, h.scheduler.catalog.get("two"), utc(2024, 1, 1))
+    h.tick()
+    assert (h.ti("two", "a")["state"], h.ti("two", "b")["state"]) == ("running", "scheduled")
+    return h
+
+
+def wait_exited(pid: int | None) -> None:
+    """Until a task's process has exited, without reaping it (the next tick does)."""
+    assert pid is not None
+    wait_for(lambda: not is_alive(pid), what=f"process {pid} to exit")
+
+
+def events(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        " ".join(r.getMessage().split()[:3:2])  # "event=... task=..."
+        for r in caplog.records
+        if r.getMessage().startswith(("event=task_started", "event=task_ended"))
+    ]
+
+
+def test_a_ready_task_starts_in_the_freed_slot_before_the_end_is_recorded(make, write_flow, caplog):
+    # The next start waits for neither the end's bookkeeping nor the planning and resolving.
+    h = two_in_a_pool(make, write_flow)
+    wait_exited(h.ti("two", "a")["pid"])
+    with caplog.at_level("INFO", logger="cronflow.scheduler"):
+        h.tick()
+    assert events(caplog) == ["event=task_started task=b", "event=task_ended task=a"]
+    assert (h.ti("two", "a")["state"], h.ti("two", "b")["state"]) == ("success", "running")
+
+
+def test_a_task_marked_by_another_connection_is_never_started_early(
+    make, write_flow, settings, caplog
+):
+    # The cache still says b is scheduled; the store (the CLI's mark) says success. The slot
+    # a frees must not go to b from that stale cache: the tick reads the store first.
+    from cronflow import repair
+
+    h = two_in_a_pool(make, write_flow)
+    cli_store = Store(settings.db_path)
+    flow = h.scheduler.catalog.get("two")
+    repair.mark(cli_store, flow, "b", "2024-01-01", "success", False, utc(2024, 1, 1))
+    cli_store.close()
+    wait_exited(h.ti("two", "a")["pid"])
+    with caplog.at_level("INFO", logger="cronflow.scheduler"):
+        h.tick()
+    assert events(caplog) == ["event=task_ended task=a"]
+    b = h.ti("two", "b")
+    assert (b["state"], b["try_number"]) == ("success", 0)
+    assert not h.scheduler.executor.running()
+    assert not list((settings.logs_dir / "two" / "b").rglob("try-*.log"))  # never begun
+
+
+def test_a_replayed_task_starts_again_only_after_its_old_try_is_recorded(
+    make, write_flow, settings
+):
+    # Replayed while running: its old try is stopped, and its end goes to that try's log
+    # before the next try starts (not started early in the slot the old try frees).
+    from cronflow import repair
+
+    h = two_in_a_pool(make, write_flow, a="sleep 60")
+    pid = h.ti("two", "a")["pid"]  # the replay clears it
+    cli_store = Store(settings.db_path)
+    flow = h.scheduler.catalog.get("two")
+    repair.replay(
+        cli_store,
+        repair.plan_replay(cli_store, flow, "2024-01-01", task_ids=["a"]),
+        utc(2024, 1, 1),
+    )
+    cli_store.close()
+    h.tick()  # sees the replay: stops try 1, a is scheduled again but held while it is stopped
+    assert h.ti("two", "a")["state"] == "scheduled"
+    wait_exited(pid)
+    h.tick()
+    a = h.ti("two", "a")
+    assert (a["state"], a["try_number"]) == ("running", 2)
+    first = Path(a["log_path"]).with_name("try-1.log").read_text()
+    assert "try 1 ended" in first
+    assert "ended" not in Path(a["log_path"]).read_text()
+
+
+def test_a_slot_freed_by_a_task_with_downstream_goes_by_priority_as_before(make, write_flow):
+    # b becomes ready as a ends and outranks c, which was ready already: b gets the slot.
+    from cronflow import control
+
+    write_flow(
+        "after",
+        """
+        from cronflow import Flow, Shell
+        with Flow("after"):
+            a = Shell("a", "true", pool="station", priority=3)
+            a >> Shell("b", "true", pool="station", priority=5)
+            Shell("c", "true", pool="station", priority=1)
+        """,
+    )
+    h = make(utc(2024, 1, 1))
+    control.trigger(h.store, h.scheduler.catalog.get("after"), utc(2024, 1, 1))
+    h.tick()
+    assert (h.ti("after", "a")["state"], h.ti("after", "c")["state"]) == ("running", "scheduled")
+    wait_exited(h.ti("after", "a")["pid"])
+    h.tick()
+    assert (h.ti("after", "b")["state"], h.ti("after", "c")["state"]) == ("running", "scheduled")
