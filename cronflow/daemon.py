@@ -33,7 +33,7 @@ from cronflow.daemonlock import (  # poke and running_daemon_pid: for their impo
     wakeup_address,
 )
 from cronflow.errors import ConfigError
-from cronflow.executor import Executor, LocalExecutor
+from cronflow.executor import Executor, LocalExecutor, keep_inherited_descriptors
 from cronflow.home import daemon_home
 from cronflow.housekeeping import run_housekeeping
 from cronflow.importer import Importer
@@ -298,14 +298,3 @@ def run_daemon(home: Path) -> None:
     configure_logging()
     keep_inherited_descriptors()
     Daemon(daemon_home(home)).run()
-
-
-def keep_inherited_descriptors() -> None:
-    """Make what the daemon was started with beyond stdio close-on-exec. Tasks start by
-    posix_spawn, which passes every inheritable descriptor on: a daemon started from a shell,
-    a CI runner or cron handed each task that parent's descriptors, and a pipe among them kept
-    whoever reads it from seeing its end while any task ran."""
-    for name in os.listdir("/proc/self/fd"):
-        if int(name) > 2:
-            with suppress(OSError):  # the listing's own descriptor, closed by now
-                os.set_inheritable(int(name), False)

@@ -456,6 +456,18 @@ def _spawn(
     )
 
 
+def keep_inherited_descriptors() -> None:
+    """Make what this process (the daemon, a worker) was started with beyond stdio
+    close-on-exec. Tasks start by posix_spawn, which passes every inheritable descriptor on:
+    a daemon started from a shell, a CI runner or cron handed each task that parent's
+    descriptors, and a pipe among them kept whoever reads it from seeing its end while any
+    task ran."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(int(name), False)
+
+
 def _stdin_file(text: str | None) -> IO[bytes] | None:
     """An unlinked temporary file holding `text`: the task reads it at its own pace, and the
     daemon never writes to a pipe that could fill up."""

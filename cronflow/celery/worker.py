@@ -37,7 +37,7 @@ from cronflow.celery.broker import (
 from cronflow.celery.runner import WorkerIdentity, run_message
 from cronflow.config import Settings
 from cronflow.errors import ConfigError
-from cronflow.executor import kill_processes, marked_processes
+from cronflow.executor import keep_inherited_descriptors, kill_processes, marked_processes
 
 log = logging.getLogger("cronflow.celery.worker")
 
@@ -53,6 +53,7 @@ def run_worker(
     """Serve `queues` until stopped (SIGTERM/SIGINT: Celery's warm shutdown)."""
     if not queues:
         raise ConfigError("cronflow worker needs --queues (e.g. --queues gpu,station)")
+    keep_inherited_descriptors()
     url = broker_url(settings.celery)
     host = socket.gethostname()
     identity = WorkerIdentity(
