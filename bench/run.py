@@ -266,7 +266,7 @@ def floor_with_files(count: int, parallelism: int, root: Path, supervised: bool)
             os.write(fd, b"[2026-12-03T00:00:00] cronflow: wide.t for ..., try 1 of 1\n")
             argv = [BASH, str(supervisor.write_command(log_path, script))]
             if supervised:
-                argv = supervisor.supervised(argv, log_path)
+                argv = supervisor.supervised(argv, log_path, 0o022)
             actions = [(os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)]
             pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setsid=True)
             running[pid] = log_path
@@ -329,7 +329,7 @@ def throughput(root: Path) -> dict:
     argv, supervised_stamps = stamp_script(root, "wide-supervised")
     log_path = root / "wide-supervised" / "try-1.log"
     log_path.parent.mkdir()
-    argv = supervisor.supervised(argv, log_path)
+    argv = supervisor.supervised(argv, log_path, 0o022)
     supervised = floor_processes(1000, CORES, argv, supervised_stamps)
     with_files = floor_with_files(1000, CORES, root, supervised=True)
     spawner_cap = floor_with_files(1000, CORES, root, supervised=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -39,6 +40,10 @@ import_timeout_s = 30
 
 # On SIGTERM: seconds to let running tasks finish before they are stopped and left for retry.
 grace_period_s = 30
+
+# The umask tasks start with (files they create: 644, directories: 755), as under cron; the
+# daemon keeps its own files private whatever this says.
+task_umask = "022"
 
 # Python tasks start warm: forked by a process that has imported cronflow and these modules
 # once (your tasks' heavy libraries, e.g. ["pandas"]); false starts each as a new interpreter.
@@ -142,6 +147,9 @@ class Settings:
     celery: CelerySettings = field(default_factory=lambda: CelerySettings())
     warm_python: bool = True  # Python-side attempts forked by a warm server (cronflow.forkserver)
     warm_imports: tuple[str, ...] = ()  # modules that server imports beside cronflow
+    task_umask: int = (
+        0o022  # what every attempt starts with (the daemon's own is 077 under systemd)
+    )
 
     @property
     def warm(self) -> list[str] | None:
@@ -254,6 +262,7 @@ _KNOWN_KEYS = {
     "celery",
     "warm_python",
     "warm_imports",
+    "task_umask",
 }
 EXECUTORS = ("local", "celery")
 
@@ -286,7 +295,18 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
         celery=_celery(path, _typed(path, data, "celery", dict, {})),
         warm_python=_flag(path, data, "warm_python", True),
         warm_imports=_module_names(path, data, "warm_imports"),
+        task_umask=_umask(path, data, "task_umask"),
     )
+
+
+def _umask(path: Path, data: dict[str, object], key: str) -> int:
+    """An umask written as in a shell: three or four octal digits in a string ("022")."""
+    value = data.get(key, "022")
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ConfigError(
+            f'{path}: {key} must be an octal umask in quotes like "022", got {value!r}'
+        )
+    return int(value, 8)
 
 
 def _flag(path: Path, data: dict[str, object], key: str, default: bool) -> bool:

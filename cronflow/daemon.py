@@ -273,7 +273,7 @@ def next_wait(
 def make_executor(settings: Settings, store: Store) -> Executor:
     """The executor cronflow.toml asks for; Celery is imported only when it is the one."""
     if settings.executor != "celery":
-        return LocalExecutor(settings.parallelism, settings.warm)
+        return LocalExecutor(settings.parallelism, settings.warm, settings.task_umask)
     try:
         from cronflow.celery.executor import CeleryExecutor
     except ImportError as exc:

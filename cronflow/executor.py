@@ -240,8 +240,11 @@ class LocalExecutor:
     fork server: Python-side attempts when `warm_imports` is not None, see cronflow.forkserver;
     it imports those modules beside cronflow's)."""
 
-    def __init__(self, parallelism: int, warm_imports: list[str] | None = None) -> None:
+    def __init__(
+        self, parallelism: int, warm_imports: list[str] | None = None, umask: int = 0o022
+    ) -> None:
         self.parallelism = parallelism
+        self.umask = umask  # every attempt's (cronflow.toml's task_umask)
         self.forkserver = None if warm_imports is None else forkserver.ForkServer(warm_imports)
         self._running: dict[tuple[int, str], _Running] = {}
         self._lingering: list[_Lingering] = []
@@ -279,7 +282,7 @@ class LocalExecutor:
         argv = attempt.argv
         if attempt.script is not None:
             argv = [*argv, str(supervisor.write_command(attempt.log_path, attempt.script))]
-        argv = supervisor.supervised(argv, attempt.log_path)
+        argv = supervisor.supervised(argv, attempt.log_path, self.umask)
         log_fd = open_attempt_log(attempt.log_path)
         stdin = _stdin_file(attempt.stdin)
         try:
@@ -302,7 +305,7 @@ class LocalExecutor:
             return None
         if not forkserver.can_run(attempt.argv, attempt.env, attempt.script is not None):
             return None
-        pid = self.forkserver.start(env, attempt.log_path, log_fd, attempt.cwd)
+        pid = self.forkserver.start(env, attempt.log_path, log_fd, attempt.cwd, self.umask)
         return None if pid is None else _Forked(pid, attempt.log_path)
 
     def close(self) -> None:

@@ -92,14 +92,14 @@ class ForkServer:
         return self._process.pid if self._process is not None else None
 
     def start(
-        self, env: dict[str, str], log_path: Path, log_fd: int, cwd: str | None
+        self, env: dict[str, str], log_path: Path, log_fd: int, cwd: str | None, umask: int
     ) -> int | None:
         """Start an attempt warm and return its supervisor's pid; None if the server is not
         there (yet): start it cold. OSError if the server took the order and then did not
         answer: nothing tells whether the attempt started, so it is not started again."""
         if not self._is_ready():
             return None
-        order = {"env": env, "cwd": cwd, "log_path": str(log_path)}
+        order = {"env": env, "cwd": cwd, "log_path": str(log_path), "umask": umask}
         if self._daemon_fd is None:
             self._daemon_fd = os.pidfd_open(os.getpid())
         reply_r, reply_w = os.pipe()

@@ -49,7 +49,8 @@ RECORD_VAR = "CRONFLOW_STATUS_FILE"  # the record's path, in the environment of 
 _SCRIPT = f"""trap : TERM INT HUP
 {RECORD_VAR}=$1
 export {RECORD_VAR}
-shift
+umask $2
+shift 2
 "$@"
 code=$?
 echo $code >> "${RECORD_VAR}"
@@ -78,10 +79,18 @@ def pid_path(log_path: Path) -> Path:
     return log_path.absolute().with_suffix(".pid")
 
 
-def supervised(argv: list[str], log_path: Path) -> list[str]:
-    """The command line that runs `argv` under the supervisor of the attempt logging to
-    `log_path`."""
-    return [SUPERVISOR_SHELL, "-c", _SCRIPT, SUPERVISOR_TAG, str(status_path(log_path)), *argv]
+def supervised(argv: list[str], log_path: Path, umask: int) -> list[str]:
+    """The command line that runs `argv` with `umask` under the supervisor of the attempt
+    logging to `log_path` (its record, in the owner-only logs/, gets that umask too)."""
+    return [
+        SUPERVISOR_SHELL,
+        "-c",
+        _SCRIPT,
+        SUPERVISOR_TAG,
+        str(status_path(log_path)),
+        f"{umask:03o}",
+        *argv,
+    ]
 
 
 def write_command(log_path: Path, text: str) -> Path:

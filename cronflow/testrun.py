@@ -55,8 +55,10 @@ def run_test(
     task_id: str | None,
     on_output: OutputSink,
     on_result: ResultSink,
+    umask: int = 0o022,
 ) -> RunState:
-    """Run the flow (or only `task_id`, whatever its upstreams) and return the outcome."""
+    """Run the flow (or only `task_id`, whatever its upstreams) and return the outcome; its
+    tasks start with `umask`, as the daemon's do (cronflow.toml's task_umask)."""
     if task_id is not None:
         flow.task(task_id)
     with tempfile.TemporaryDirectory(prefix="cronflow-test-") as tmp:
@@ -67,6 +69,7 @@ def run_test(
             scratch.save_flow_file(flow.path, (0, 0, 0), None, [flow.raw])
             run_id = control.trigger(scratch, flow, logical_at)
             session = _Session(scratch, flow, scratch.run(run_id), home, on_output)
+            session.umask = umask
             session.history = store
             states = session.run_all([task_id] if task_id else None, on_result)
         finally:
@@ -87,6 +90,7 @@ class _Session:
         self.store, self.flow, self.run, self.home = store, flow, run, home
         self.on_output = on_output
         self.history = store  # where XComs of other runs are read: the home's store
+        self.umask = 0o022  # what its tasks start with
 
     def run_all(self, only: list[str] | None, on_result: ResultSink) -> dict[str, TaskState]:
         order = only or deps.topological_order(
@@ -180,7 +184,7 @@ class _Session:
             script=launch.script,
             keep_background=launch.keep_background,
         )
-        executor = LocalExecutor(1)
+        executor = LocalExecutor(1, umask=self.umask)
         try:
             try:
                 executor.start(attempt)

@@ -52,6 +52,7 @@ class Order:
 
     env: dict[str, str]
     cwd: str | None
+    umask: int
     log_path: Path
     log_fd: int
     reply_fd: int
@@ -156,7 +157,7 @@ def _receive(sock: socket.socket) -> Order | None:
             return None
         payload += chunk
     fields = json.loads(payload)
-    return Order(fields["env"], fields["cwd"], Path(fields["log_path"]), *fds)
+    return Order(fields["env"], fields["cwd"], int(fields["umask"]), Path(fields["log_path"]), *fds)
 
 
 def _fork_attempt(order: Order, sock: socket.socket) -> bool:
@@ -209,6 +210,7 @@ def _run_task(order: Order) -> int:
     os.environ.clear()
     os.environ.update(order.env)
     os.environ[supervisor.RECORD_VAR] = str(supervisor.status_path(order.log_path))
+    os.umask(order.umask)
     time.tzset()
     if order.cwd is not None:
         os.chdir(order.cwd)

@@ -179,12 +179,33 @@ def test_unknown_key_names_it_and_the_known_keys(tmp_path: Path) -> None:
         ("flows_dir = true", r"flows_dir must be str, got True"),
         ("pools = 4", r"pools must be dict, got 4"),
         ("pools = [1, 2]", r"pools must be dict, got \[1, 2\]"),
+        ("task_umask = 22", r'task_umask must be an octal umask in quotes like "022", got 22'),
+        (
+            'task_umask = "0o22"',
+            r"task_umask must be an octal umask in quotes like \"022\", got '0o22'",
+        ),
+        (
+            'task_umask = "089"',
+            r"task_umask must be an octal umask in quotes like \"022\", got '089'",
+        ),
+        (
+            'task_umask = "u=rwx"',
+            r"task_umask must be an octal umask in quotes like \"022\", got 'u=rwx'",
+        ),
     ],
 )
 def test_wrong_types_name_file_key_and_value(tmp_path: Path, text: str, pattern: str) -> None:
     path = write_config(tmp_path, text + "\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {pattern}$"):
         load_settings(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "umask"), [("", 0o022), ('task_umask = "027"', 0o027), ('task_umask = "0007"', 0o007)]
+)
+def test_task_umask(tmp_path: Path, text: str, umask: int) -> None:
+    write_config(tmp_path, text + "\n")
+    assert load_settings(tmp_path).task_umask == umask
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,52 @@ def test_tasks_get_none_of_the_descriptors_the_daemon_was_started_with(home, wri
         os.close(read_end)
 
 
+UMASK_FLOW = """
+from cronflow import Flow, Python, Shell
+
+def write(context):
+    open("{out}/python.file", "w").close()
+
+with Flow("modes"):
+    Shell("shell", "touch {out}/shell.file; mkdir {out}/shell.dir") >> Python("python", write)
+"""
+
+
+def test_tasks_start_with_the_task_umask_not_the_daemons(home, write_flow):
+    """Under systemd the daemon runs with UMask=0077; its tasks create files as under cron
+    (umask 022, or cronflow.toml's task_umask), shell and warm Python tasks alike."""
+    out = home / "out"
+    out.mkdir()
+    write_flow("modes", UMASK_FLOW.format(out=out))
+    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    with open(home / "daemon.out", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cronflow", "daemon"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            umask=0o077,
+        )
+    try:
+        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
+        assert cli(home, "trigger", "modes", "--wait").returncode == 0
+    finally:
+        process.terminate()
+        process.wait(30)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
+    assert modes == {"shell.file": 0o644, "shell.dir": 0o755, "python.file": 0o644}
+    assert (home / "cronflow.db").stat().st_mode & 0o077 == 0  # the daemon's own stay private
+
+    # `cronflow test` runs them as the daemon does, with the home's task_umask
+    for path in out.iterdir():
+        path.rmdir() if path.is_dir() else path.unlink()
+    config = home / "cronflow.toml"
+    config.write_text('task_umask = "027"\n' + config.read_text())
+    assert cli(home, "test", "modes").returncode == 0
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
+    assert modes == {"shell.file": 0o640, "shell.dir": 0o750, "python.file": 0o640}
+
+
 def test_parallelism_is_honoured(home, daemon, write_flow):
     (home / "cronflow.toml").write_text("parallelism = 2\n")
     out = home / "events.txt"

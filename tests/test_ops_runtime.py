@@ -528,7 +528,7 @@ def test_output_the_masking_filter_cannot_write_is_noted_in_the_exit_record(home
     argv = [sys.executable, "-m", "cronflow.masking", "--", "/bin/sh", "-c", "echo hello; exit 4"]
     with open("/dev/full", "wb") as full:
         code = subprocess.run(
-            supervisor.supervised(argv, log_path),
+            supervisor.supervised(argv, log_path, 0o022),
             stdout=full,
             stderr=full,
             env={**os.environ, "CRONFLOW_HOME": str(home)},

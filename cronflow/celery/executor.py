@@ -87,7 +87,7 @@ class CeleryExecutor:
         self.settings = settings
         self.conf = settings.celery
         self.store = store
-        self.local = LocalExecutor(settings.parallelism, settings.warm)
+        self.local = LocalExecutor(settings.parallelism, settings.warm, settings.task_umask)
         url = broker_url(self.conf)
         self.broker = describe(url)
         self.client = connect(url)

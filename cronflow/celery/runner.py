@@ -175,7 +175,7 @@ class _AttemptRun:
         store = Store(self.scratch / "cronflow.db")
         try:
             flow, run, attempt = self._prepare(store)
-            executor = LocalExecutor(1)
+            executor = LocalExecutor(1, umask=self.worker.settings.task_umask)
             self._note(f"running on worker {self.worker.name} (host {self.worker.host})")
             executor.start(attempt)
             self.worker.running[self.attempt_id] = attempt.marker

@@ -30,7 +30,7 @@ def test_flow(
     from cronflow.states import RunState
     from cronflow.testrun import run_test
 
-    _s, store, cat = open_home()
+    settings, store, cat = open_home()
     flow = cat.get(flow_id)
     if task is not None:
         flow.task(task)
@@ -46,6 +46,8 @@ def test_flow(
         reason = f": {result.reason}" if result.reason else ""
         err.print(f"{result.task_id}: {styled_state(result.state.value)}{took}{reason}")
 
-    outcome = run_test(store, flow, logical_at, task, on_output, on_result)
+    outcome = run_test(
+        store, flow, logical_at, task, on_output, on_result, umask=settings.task_umask
+    )
     err.print(f"{flow_id}: {styled_state(outcome.value)}")
     raise typer.Exit(0 if outcome is RunState.SUCCESS else 1)
