@@ -5,6 +5,7 @@ Tasks are real processes (the local executor); only time is injected.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -454,7 +455,17 @@ def start_unrecorded_try(harness: Harness, command: str) -> tuple[int, Path, int
         script=command,
     )
     pid = LocalExecutor(1).start(attempt)  # this executor is never asked again: a dead daemon
+    # As a try started a while before a crash: its supervisor has set its trap (a SIGTERM in
+    # its first milliseconds, before that, would end it with no record to adopt).
+    wait_for(lambda: _catches(pid, signal.SIGTERM), what="the supervisor to set its trap")
     return run_id, log_path, pid
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler for `sig` (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (sig - 1)))
 
 
 def test_recovery_adopts_a_try_started_but_not_yet_recorded(make, write_flow, tmp_path):
