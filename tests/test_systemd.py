@@ -203,6 +203,9 @@ def test_flows_run_under_the_hardened_unit(box):
     assert (
         box.run("cat", f"{HOME}/shell.out").stdout.strip() == "shell ran for 2024-03-01 as cronflow"
     )
+    # the unit's UMask=0077 is the daemon's; its tasks create files as under cron (task_umask)
+    assert box.run("stat", "-c", "%a", f"{HOME}/shell.out").stdout.strip() == "644"
+    assert box.run("stat", "-c", "%a", f"{HOME}/cronflow.db").stdout.strip() == "600"
     assert rows["python"]["state"] == "success"
     assert rows["outside"]["state"] == "failed"
     log = cronflow(box, "logs", "work.outside", "--date", "2024-03-01").stdout
