@@ -147,9 +147,7 @@ class Settings:
     celery: CelerySettings = field(default_factory=lambda: CelerySettings())
     warm_python: bool = True  # Python-side attempts forked by a warm server (cronflow.forkserver)
     warm_imports: tuple[str, ...] = ()  # modules that server imports beside cronflow
-    task_umask: int = (
-        0o022  # what every attempt starts with (the daemon's own is 077 under systemd)
-    )
+    task_umask: int = 0o022  # every attempt's (the daemon's own is 077 under systemd)
 
     @property
     def warm(self) -> list[str] | None:
