@@ -297,4 +297,8 @@ def run_daemon(home: Path) -> None:
     """The daemon on an existing home, or on an empty directory it sets up (see home.py)."""
     configure_logging()
     keep_inherited_descriptors()
-    Daemon(daemon_home(home)).run()
+    settings = daemon_home(home)
+    # Tasks without cwd= run in the home wherever the daemon was started, as under its units
+    # (WorkingDirectory=): a relative path in a flow means the same by hand and as a service.
+    os.chdir(settings.home)
+    Daemon(settings).run()

@@ -144,6 +144,56 @@ def test_tasks_start_with_the_task_umask_not_the_daemons(home, write_flow):
     assert modes == {"shell.file": 0o640, "shell.dir": 0o750, "python.file": 0o640}
 
 
+CWD_FLOW = """
+import os
+from cronflow import Flow, Python, Shell
+
+def where(context):
+    open("{out}/python.cwd", "w").write(os.getcwd())
+
+with Flow("where"):
+    Shell("shell", "pwd > {out}/shell.cwd") >> Python("python", where)
+"""
+
+
+def test_tasks_without_cwd_run_in_the_home_wherever_the_daemon_started(home, write_flow, tmp_path):
+    """As under the systemd unit (WorkingDirectory= the home): a relative path in a flow means
+    the same whether the daemon was started by hand, from anywhere, or as a service."""
+    out, elsewhere = home / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    write_flow("where", CWD_FLOW.format(out=out))
+    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    with open(home / "daemon.out", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cronflow", "daemon"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=elsewhere,
+        )
+    try:
+        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
+        assert cli(home, "trigger", "where", "--wait").returncode == 0
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert (out / "shell.cwd").read_text().strip() == str(home)
+    assert (out / "python.cwd").read_text() == str(home)
+    for path in out.iterdir():
+        path.unlink()
+    test = subprocess.run(
+        [sys.executable, "-m", "cronflow", "test", "where"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert (out / "shell.cwd").read_text().strip() == str(home)
+    assert (out / "python.cwd").read_text() == str(home)
+
+
 def test_parallelism_is_honoured(home, daemon, write_flow):
     (home / "cronflow.toml").write_text("parallelism = 2\n")
     out = home / "events.txt"

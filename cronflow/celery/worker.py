@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import socket
 import threading
@@ -54,6 +55,7 @@ def run_worker(
     if not queues:
         raise ConfigError("cronflow worker needs --queues (e.g. --queues gpu,station)")
     keep_inherited_descriptors()
+    os.chdir(settings.home)  # where tasks without cwd= run, as under the scheduler's daemon
     url = broker_url(settings.celery)
     host = socket.gethostname()
     identity = WorkerIdentity(

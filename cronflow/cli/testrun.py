@@ -47,7 +47,14 @@ def test_flow(
         err.print(f"{result.task_id}: {styled_state(result.state.value)}{took}{reason}")
 
     outcome = run_test(
-        store, flow, logical_at, task, on_output, on_result, umask=settings.task_umask
+        store,
+        flow,
+        logical_at,
+        task,
+        on_output,
+        on_result,
+        umask=settings.task_umask,
+        workdir=settings.home,
     )
     err.print(f"{flow_id}: {styled_state(outcome.value)}")
     raise typer.Exit(0 if outcome is RunState.SUCCESS else 1)
