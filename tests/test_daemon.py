@@ -8,7 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import cli, is_alive, wait_for
@@ -69,6 +72,27 @@ def test_flow_with_retry_failure_timeout_and_python_task(home, daemon, write_flo
     assert store.pull_xcom(1, "py") == {"ds": "2024-03-01", "size": 20}
 
 
+@contextmanager
+def daemon_started(home: Path, **popen: Any) -> Iterator[None]:
+    """The real daemon on `home`, started as a parent process would start it (`popen`: the
+    umask, working directory or descriptors that parent gives it); stopped on leaving."""
+    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    with open(home / "daemon.out", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cronflow", "daemon"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            **popen,
+        )
+    try:
+        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def test_tasks_get_none_of_the_descriptors_the_daemon_was_started_with(home, write_flow):
     """A daemon started with an open pipe (a shell's, a CI runner's) must not hand it on: a
     reader of that pipe would wait for every task that held it."""
@@ -78,23 +102,12 @@ def test_tasks_get_none_of_the_descriptors_the_daemon_was_started_with(home, wri
         f'from cronflow import Flow, Shell\nwith Flow("fds"):\n    Shell("t", "ls /proc/$$/fd > {fds}")\n',
     )
     read_end, write_end = os.pipe()
-    env = {**os.environ, "CRONFLOW_HOME": str(home)}
-    with open(home / "daemon.out", "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cronflow", "daemon"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            pass_fds=[write_end],
-        )
-    os.close(write_end)
     try:
-        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
-        assert cli(home, "trigger", "fds", "--wait").returncode == 0
+        with daemon_started(home, pass_fds=[write_end]):
+            os.close(write_end)
+            assert cli(home, "trigger", "fds", "--wait").returncode == 0
         assert sorted(int(fd) for fd in fds.read_text().split()) == [0, 1, 2, 255]
     finally:
-        process.terminate()
-        process.wait(30)
         os.close(read_end)
 
 
@@ -115,21 +128,8 @@ def test_tasks_start_with_the_task_umask_not_the_daemons(home, write_flow):
     out = home / "out"
     out.mkdir()
     write_flow("modes", UMASK_FLOW.format(out=out))
-    env = {**os.environ, "CRONFLOW_HOME": str(home)}
-    with open(home / "daemon.out", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cronflow", "daemon"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            umask=0o077,
-        )
-    try:
-        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
+    with daemon_started(home, umask=0o077):
         assert cli(home, "trigger", "modes", "--wait").returncode == 0
-    finally:
-        process.terminate()
-        process.wait(30)
     modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
     assert modes == {"shell.file": 0o644, "shell.dir": 0o755, "python.file": 0o644}
     assert (home / "cronflow.db").stat().st_mode & 0o077 == 0  # the daemon's own stay private
@@ -163,21 +163,8 @@ def test_tasks_without_cwd_run_in_the_home_wherever_the_daemon_started(home, wri
     out.mkdir()
     elsewhere.mkdir()
     write_flow("where", CWD_FLOW.format(out=out))
-    env = {**os.environ, "CRONFLOW_HOME": str(home)}
-    with open(home / "daemon.out", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cronflow", "daemon"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=elsewhere,
-        )
-    try:
-        wait_for(lambda: "event=daemon_started" in (home / "daemon.out").read_text(), what="start")
+    with daemon_started(home, cwd=elsewhere):
         assert cli(home, "trigger", "where", "--wait").returncode == 0
-    finally:
-        process.terminate()
-        process.wait(30)
     assert (out / "shell.cwd").read_text().strip() == str(home)
     assert (out / "python.cwd").read_text() == str(home)
     for path in out.iterdir():
@@ -185,7 +172,7 @@ def test_tasks_without_cwd_run_in_the_home_wherever_the_daemon_started(home, wri
     test = subprocess.run(
         [sys.executable, "-m", "cronflow", "test", "where"],
         cwd=elsewhere,
-        env=env,
+        env={**os.environ, "CRONFLOW_HOME": str(home)},
         capture_output=True,
         text=True,
     )
