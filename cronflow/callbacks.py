@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 from cronflow.catalog import FlowSpec, TaskSpec
 from cronflow.deadline_alerts import EVENT as DEADLINE_EVENT
 from cronflow.errors import CronflowError, NotFoundError
+from cronflow.executor import base_environment
 from cronflow.logs import TaskLogFormatter, open_attempt_log
 from cronflow.states import TaskState
 from cronflow.timeparse import from_iso
@@ -140,7 +141,7 @@ class CallbackRunner:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "CRONFLOW_HOME": str(self.home), **env},
+                    env={**base_environment(), "CRONFLOW_HOME": str(self.home), **env},
                     start_new_session=True,
                     close_fds=True,
                 )

@@ -248,7 +248,7 @@ class LocalExecutor:
         self.forkserver = None if warm_imports is None else forkserver.ForkServer(warm_imports)
         self._running: dict[tuple[int, str], _Running] = {}
         self._lingering: list[_Lingering] = []
-        self._base_env = dict(os.environ)  # read once: os.environ decodes on every access
+        self._base_env = base_environment()  # read once: os.environ decodes on every access
         self._null_fd: int | None = None  # /dev/null, every attempt's stdin by default
 
     def _devnull(self) -> int:
@@ -457,6 +457,20 @@ def _spawn(
             argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=DEFAULT_SIGNALS
         )
     )
+
+
+# What systemd gives the daemon itself (its notification socket, watchdog, passed sockets):
+# not for its tasks. A task that speaks sd_notify would otherwise write to the daemon's socket
+# (systemd refuses it and logs a warning under NotifyAccess=main) or think it has a watchdog.
+SERVICE_MANAGER_VARS = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
+
+
+def base_environment() -> dict[str, str]:
+    """The environment every task and callback starts from: this process's, without what the
+    service manager meant for this process alone."""
+    return {key: value for key, value in os.environ.items() if key not in SERVICE_MANAGER_VARS}
 
 
 def keep_inherited_descriptors() -> None:

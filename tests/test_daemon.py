@@ -73,10 +73,13 @@ def test_flow_with_retry_failure_timeout_and_python_task(home, daemon, write_flo
 
 
 @contextmanager
-def daemon_started(home: Path, **popen: Any) -> Iterator[None]:
+def daemon_started(
+    home: Path, extra_env: dict[str, str] | None = None, **popen: Any
+) -> Iterator[None]:
     """The real daemon on `home`, started as a parent process would start it (`popen`: the
-    umask, working directory or descriptors that parent gives it); stopped on leaving."""
-    env = {**os.environ, "CRONFLOW_HOME": str(home)}
+    umask, working directory or descriptors that parent gives it, `extra_env` what it adds to
+    the environment); stopped on leaving."""
+    env = {**os.environ, "CRONFLOW_HOME": str(home), **(extra_env or {})}
     with open(home / "daemon.out", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "cronflow", "daemon"],
@@ -109,6 +112,33 @@ def test_tasks_get_none_of_the_descriptors_the_daemon_was_started_with(home, wri
         assert sorted(int(fd) for fd in fds.read_text().split()) == [0, 1, 2, 255]
     finally:
         os.close(read_end)
+
+
+ENV_FLOW = """
+import os
+from cronflow import Flow, Python, Shell
+
+def seen(context):
+    open("{out}/python.env", "w").write("\\n".join(sorted(os.environ)))
+
+with Flow("env"):
+    Shell("shell", "env | cut -d= -f1 | sort > {out}/shell.env") >> Python("python", seen)
+"""
+
+
+def test_tasks_get_none_of_what_systemd_gives_the_daemon_alone(home, write_flow):
+    """systemd's notification socket and watchdog are the daemon's: a task that speaks
+    sd_notify must not write to the daemon's socket or think it has a watchdog."""
+    out = home / "out"
+    out.mkdir()
+    write_flow("env", ENV_FLOW.format(out=out))
+    service = {"NOTIFY_SOCKET": str(home / "no-such-socket"), "WATCHDOG_USEC": "60000000"}
+    with daemon_started(home, extra_env=service):
+        assert cli(home, "trigger", "env", "--wait").returncode == 0
+    for name in ("shell.env", "python.env"):
+        names = set((out / name).read_text().split())
+        assert "CRONFLOW_HOME" in names and "PATH" in names
+        assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC"}, name
 
 
 UMASK_FLOW = """
