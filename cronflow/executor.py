@@ -47,6 +47,12 @@ LOST = "lost: the daemon stopped and the task left no exit status"
 # task's `zcat big | head` went on writing into the closed pipe ("Broken pipe", a failure under
 # `set -o pipefail`) instead of ending as it does in a terminal.
 DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+# What systemd gives the daemon itself (its notification socket, watchdog, passed sockets):
+# not for its tasks. A task that speaks sd_notify would otherwise write to the daemon's socket
+# (systemd refuses it and logs a warning under NotifyAccess=main) or think it has a watchdog.
+SERVICE_MANAGER_VARS = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
 
 
 @dataclass
@@ -457,14 +463,6 @@ def _spawn(
             argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=DEFAULT_SIGNALS
         )
     )
-
-
-# What systemd gives the daemon itself (its notification socket, watchdog, passed sockets):
-# not for its tasks. A task that speaks sd_notify would otherwise write to the daemon's socket
-# (systemd refuses it and logs a warning under NotifyAccess=main) or think it has a watchdog.
-SERVICE_MANAGER_VARS = frozenset(
-    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
-)
 
 
 def base_environment() -> dict[str, str]:

@@ -540,7 +540,7 @@ class Scheduler:
         The starts are recorded in this tick's transaction, as any."""
         if not ended or not self._ready or self.stopping:
             return
-        if self._version != self.store.change_stamp() or not all(map(self._ends_alone, ended)):
+        if not all(map(self._ends_alone, ended)) or self._version != self.store.change_stamp():
             return
         self._dispatch()
 

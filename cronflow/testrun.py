@@ -56,11 +56,9 @@ def run_test(
     on_output: OutputSink,
     on_result: ResultSink,
     umask: int = 0o022,
-    workdir: Path | None = None,
 ) -> RunState:
     """Run the flow (or only `task_id`, whatever its upstreams) and return the outcome; its
-    tasks start as the daemon's do: with `umask` (cronflow.toml's task_umask), and in
-    `workdir` (the home) when they set no cwd."""
+    tasks start with `umask` (cronflow.toml's task_umask), as the daemon's do."""
     if task_id is not None:
         flow.task(task_id)
     with tempfile.TemporaryDirectory(prefix="cronflow-test-") as tmp:
@@ -70,8 +68,7 @@ def run_test(
             store.copy_variables_and_connections(scratch)
             scratch.save_flow_file(flow.path, (0, 0, 0), None, [flow.raw])
             run_id = control.trigger(scratch, flow, logical_at)
-            session = _Session(scratch, flow, scratch.run(run_id), home, on_output)
-            session.umask, session.workdir = umask, workdir
+            session = _Session(scratch, flow, scratch.run(run_id), home, on_output, umask)
             session.history = store
             states = session.run_all([task_id] if task_id else None, on_result)
         finally:
@@ -88,12 +85,12 @@ class _Session:
         run: dict[str, Any],
         home: Path,
         on_output: OutputSink,
+        umask: int,
     ) -> None:
         self.store, self.flow, self.run, self.home = store, flow, run, home
         self.on_output = on_output
+        self.umask = umask  # what its tasks start with
         self.history = store  # where XComs of other runs are read: the home's store
-        self.umask = 0o022  # what its tasks start with
-        self.workdir: Path | None = None  # where those without cwd= run (the home)
 
     def run_all(self, only: list[str] | None, on_result: ResultSink) -> dict[str, TaskState]:
         order = only or deps.topological_order(
@@ -179,7 +176,7 @@ class _Session:
                 XCOM_HISTORY_ENV: str(self.history.path),
                 **launch.env,
             },
-            launch.cwd or (str(self.workdir) if self.workdir else None),
+            launch.cwd,
             log_path,
             task.timeout_s,
             f"{self.home}|{self.run['run_id']}|{task_id}|1",

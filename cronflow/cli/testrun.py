@@ -1,5 +1,6 @@
 """`cronflow test`: run a flow or one task now, in the foreground, without the daemon."""
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -46,15 +47,10 @@ def test_flow(
         reason = f": {result.reason}" if result.reason else ""
         err.print(f"{result.task_id}: {styled_state(result.state.value)}{took}{reason}")
 
+    # Its tasks run where the daemon's do: in the home (tasks without cwd=), see run_daemon.
+    os.chdir(settings.home)
     outcome = run_test(
-        store,
-        flow,
-        logical_at,
-        task,
-        on_output,
-        on_result,
-        umask=settings.task_umask,
-        workdir=settings.home,
+        store, flow, logical_at, task, on_output, on_result, umask=settings.task_umask
     )
     err.print(f"{flow_id}: {styled_state(outcome.value)}")
     raise typer.Exit(0 if outcome is RunState.SUCCESS else 1)
