@@ -298,11 +298,17 @@ def _settings_from(home: Path, path: Path, data: dict[str, object]) -> Settings:
 
 
 def _umask(path: Path, data: dict[str, object], key: str) -> int:
-    """An umask written as in a shell: three or four octal digits in a string ("022")."""
+    """An umask written as in a shell: three or four octal digits in a string ("022"). It
+    must leave the owner read and write: the try's exit record is written under it."""
     value = data.get(key, "022")
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
         raise ConfigError(
             f'{path}: {key} must be an octal umask in quotes like "022", got {value!r}'
+        )
+    if int(value, 8) & 0o600:
+        raise ConfigError(
+            f"{path}: {key} must leave the owner read and write permission "
+            f'(like "022" or "077"), got {value!r}'
         )
     return int(value, 8)
 

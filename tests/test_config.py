@@ -192,6 +192,16 @@ def test_unknown_key_names_it_and_the_known_keys(tmp_path: Path) -> None:
             'task_umask = "u=rwx"',
             r"task_umask must be an octal umask in quotes like \"022\", got 'u=rwx'",
         ),
+        (
+            'task_umask = "277"',
+            r"task_umask must leave the owner read and write permission "
+            r"\(like \"022\" or \"077\"\), got '277'",
+        ),
+        (
+            'task_umask = "0777"',
+            r"task_umask must leave the owner read and write permission "
+            r"\(like \"022\" or \"077\"\), got '0777'",
+        ),
     ],
 )
 def test_wrong_types_name_file_key_and_value(tmp_path: Path, text: str, pattern: str) -> None:
