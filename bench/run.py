@@ -232,6 +232,20 @@ def floor_processes(count: int, parallelism: int, argv: list[str], stamps_at: Pa
     return count / (max(s[3] for s in read_stamps(stamps_at)) - begin)
 
 
+def children_cpu_ms(loop: Callable[[], float], count: int) -> tuple[float, float]:
+    """Run a floor loop; return its figure and the CPU (ms) its processes used per task (the
+    tasks and whatever they start, once reaped: RUSAGE_CHILDREN)."""
+    import resource
+
+    def used() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before = used()
+    figure = loop()
+    return figure, (used() - before) / count * 1000
+
+
 def floor_handoff(count: int, argv: list[str], stamps_at: Path) -> list[float]:
     """Gaps (ms) between one process's stamp and the next one's, in a bare loop that starts
     each as soon as the one before has ended: the machine's handoff."""
@@ -321,7 +335,9 @@ def throughput(root: Path) -> dict:
     rows = stamps(home, run_id)
     inside = len(rows) / (max(ts(r["end_at"]) for r in rows) - min(ts(r["start_at"]) for r in rows))
     argv, floor_stamps = stamp_script(root, "wide-floor")
-    floor = floor_processes(1000, CORES, argv, floor_stamps)
+    floor, task_cpu = children_cpu_ms(
+        lambda: floor_processes(1000, CORES, argv, floor_stamps), 1000
+    )
     # The same loop with each process under the supervisor every try runs under (issue 13's
     # crash rule: one more sh and one more fork per task): what no daemon can beat.
     from cronflow import supervisor
@@ -330,7 +346,12 @@ def throughput(root: Path) -> dict:
     log_path = root / "wide-supervised" / "try-1.log"
     log_path.parent.mkdir()
     argv = supervisor.supervised(argv, log_path, 0o022)
-    supervised = floor_processes(1000, CORES, argv, supervised_stamps)
+    supervised, supervised_cpu = children_cpu_ms(
+        lambda: floor_processes(1000, CORES, argv, supervised_stamps), 1000
+    )
+    # The CPU left for the daemon at the target: the cores' time per task at 0.6 of the floor,
+    # less what each supervised task itself uses on them.
+    budget = CORES / (0.6 * floor) * 1000
     with_files = floor_with_files(1000, CORES, root, supervised=True)
     spawner_cap = floor_with_files(1000, CORES, root, supervised=False)
     return {
@@ -347,8 +368,14 @@ def throughput(root: Path) -> dict:
         f"of the floor; {figure / supervised:.2f} of it reached); that loop doing the disk work "
         f"every try needs (log directory, log, command file, exit record): {with_files:.0f} "
         f"tasks/s ({with_files / floor:.2f}); the same without the supervisor, the loop writing "
-        f"the exit record: {spawner_cap:.0f} tasks/s ({spawner_cap / floor:.2f})",
+        f"the exit record: {spawner_cap:.0f} tasks/s ({spawner_cap / floor:.2f}). CPU per "
+        f"task: the task {task_cpu:.2f} ms, with its supervisor {supervised_cpu:.2f} ms; at "
+        f"0.6 of the floor the {CORES} cores give {budget:.2f} ms per task, which leaves "
+        f"{budget - supervised_cpu:.2f} ms for the daemon (it used {cpu_ms:.2f})",
         "daemon_cpu_ms_per_task": cpu_ms,
+        "task_cpu_ms": task_cpu,
+        "supervised_task_cpu_ms": supervised_cpu,
+        "cpu_ms_per_task_at_target": budget,
         "supervised_floor": supervised,
         "supervised_files_floor": with_files,
         "unsupervised_files_floor": spawner_cap,
