@@ -8,7 +8,8 @@ runs under a tiny supervisor, a few lines of POSIX sh (one exec of /bin/sh, no P
 that runs the task as its child, waits for it and writes its exit status to `try-N.status` next
 to the attempt's log. The file's mtime is the end time. A restarted daemon settles each
 unsettled attempt from that record (`read_ending`), adopts one whose supervisor still runs
-(`is_supervisor` tells it from a reused pid), and fails as lost only one with neither.
+(`is_supervisor` tells it from a reused pid, and from its own fork before that execs the task),
+and fails as lost only one with neither.
 
 The record's last line is the exit status as a POSIX shell reports it (0-255; 128+N when the
 task was killed by signal N). Lines before it are notes that the attempt's own cronflow parts
@@ -172,7 +173,9 @@ def is_supervisor(pid: int, log_path: Path) -> bool | None:
             return False
         return None
     tag = f"\0{SUPERVISOR_TAG}\0{status_path(log_path)}\0".encode()
-    return tag in cmdline or _is_recorded_supervisor(pid, log_path)
+    # The task's process, between the supervisor's fork and its exec, has the same command
+    # line: the supervisor is the one that leads the try's session (it was started setsid).
+    return (tag in cmdline and _leads_session(pid)) or _is_recorded_supervisor(pid, log_path)
 
 
 def record_supervisor(log_path: Path) -> None:
@@ -212,6 +215,15 @@ def _is_recorded_supervisor(pid: int, log_path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return recorded_pid == str(pid) and started == str(_start_ticks(pid))
+
+
+def _leads_session(pid: int) -> bool:
+    """Whether process `pid` is the leader of its session (/proc/PID/stat: its session id)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[3]) == pid
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -5,6 +5,8 @@ Tasks are real processes (the local executor); only time is injected.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -430,9 +432,12 @@ with Flow("lost", defaults={"retry_delay": 0}):
 """
 
 
-def start_unrecorded_try(harness: Harness, command: str) -> tuple[int, Path, int]:
+def start_unrecorded_try(
+    harness: Harness, command: str, before: Callable[[Path, str], None] | None = None
+) -> tuple[int, Path, int]:
     """What a daemon that crashed between starting a try and recording it leaves behind: the
-    try's supervised process (started by the executor as the daemon would), a scheduled TI."""
+    try's supervised process (started by the executor as the daemon would), a scheduled TI.
+    `before(log_path, marker)` runs just before the process starts."""
     from cronflow import control
     from cronflow.executor import Attempt
     from cronflow.logs import attempt_log_path
@@ -454,6 +459,8 @@ def start_unrecorded_try(harness: Harness, command: str) -> tuple[int, Path, int
         harness.scheduler.marker(run_id, "t", 1),
         script=command,
     )
+    if before is not None:
+        before(log_path, attempt.marker)
     pid = LocalExecutor(1).start(attempt)  # this executor is never asked again: a dead daemon
     # As a try started a while before a crash: its supervisor has set its trap (a SIGTERM in
     # its first milliseconds, before that, would end it with no record to adopt).
@@ -490,6 +497,34 @@ def test_recovery_adopts_a_try_started_but_not_yet_recorded(make, write_flow, tm
     assert log_path.read_text().count("ran once") == 1
     assert not log_path.with_suffix(".status").exists()  # settled: its record is removed
     assert not log_path.with_suffix(".cmd").exists()
+
+
+def test_recovery_adopts_the_supervisor_not_a_copy_of_it_forked_before_exec(make, write_flow):
+    """The `sh` supervisor forks its task, and until that fork execs it shows the supervisor's
+    very command line and marker. A daemon that crashed then must not adopt the copy: it would
+    take the task's end for the try's and find no exit record yet (lost). The supervisor is
+    the one that leads the try's session."""
+    from cronflow import supervisor
+    from cronflow.executor import MARKER_VAR
+
+    write_flow("lost", RECOVERED_FLOW)
+    copies: list[int] = []
+
+    def start_a_copy(log_path: Path, marker: str) -> None:  # first: a lower pid, seen first
+        argv = supervisor.supervised(["/bin/sleep", "60"], log_path, 0o022)
+        copies.append(os.posix_spawn(argv[0], argv, {**os.environ, MARKER_VAR: marker}))
+
+    try:
+        run_id, _, pid = start_unrecorded_try(make(utc(2024, 1, 1)), "sleep 60", start_a_copy)
+        restarted = make(utc(2024, 1, 1))
+        assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
+        assert restarted.store.ti(run_id, "t")["pid"] == pid != copies[0]
+    finally:
+        for copy in copies:
+            os.kill(copy, signal.SIGKILL)
+            os.waitpid(copy, 0)
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def test_an_adopted_try_times_out_counted_from_its_real_start(make, write_flow, tmp_path):
