@@ -9,12 +9,15 @@ to what changed (not to the size of the running runs), the scheduler caches the 
 of running runs and writes through that cache; the store's change stamp tells it when anything
 else committed a change, and then the cache is read again.
 
-A tick is one write transaction: the ends it records, the decisions it takes and the starts of
-the processes it spawned are committed together, once, after the processes exist (the start
-of a task is not delayed by the writes). What must follow the commit waits for it: an
-attempt's exit record is discarded, and its callbacks started, only once the store holds its
-outcome. A crash before the commit loses the tick's writes and nothing else: the exit records
-are still there and the processes carry their markers, which is what recovery settles from.
+A tick is one write transaction, or two when it starts processes after deciding something:
+the ends it records and the decisions it takes (runs created, task instances made ready) are
+committed before the processes they call for are started, and the starts are recorded after the
+processes exist, all at once (the start of a task is not delayed by one write per start). So a
+process never runs for a state the store does not hold. What must follow a commit waits for
+it: an attempt's exit record is discarded, and its callbacks started, only once the store holds
+its outcome. A crash before the last commit loses the starts' writes and nothing else: the exit
+records are still there and the processes carry their markers, and their task instances are
+scheduled in the store, which is what recovery settles and adopts from.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class Scheduler:
         self._given_back: dict[tuple[int, str], tuple[int, str]] = {}  # key -> (try, reason)
         self._decisions: dict[tuple[int, str, int], Any] = {}  # branch decisions read, by try
         self._deferred: list[Callable[[], None]] | None = None  # until the tick commits
+        self._committed: list[Callable[[], None]] = []  # deferred, and committed at mid-tick
         # runs with mapped tasks: their graph, and their instances' states counted
         self._graphs: dict[int, tuple[FlowSpec, _RunGraph, _Groups]] = {}
         self.next_fire_at: datetime | None = None  # the planner's next wake-up, for prepare()
@@ -148,17 +152,20 @@ class Scheduler:
 
     # --- the tick -------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> datetime:
-        """Do everything due at `now`, in one transaction; return the instant of the next thing
-        to do."""
-        self._deferred = []
+        """Do everything due at `now`, in one transaction (two when it starts processes after
+        deciding something, see `_commit_decisions`); return the instant of the next thing to
+        do."""
+        self._deferred, self._committed = [], []
         try:
             with self.store.atomic():
                 next_at = self._tick(now)
         except BaseException:
             self._version = None  # the cache holds writes that were rolled back
+            self._deferred = None
+            for action in self._committed:  # the tick's first part stays committed
+                action()
             raise
-        finally:
-            deferred, self._deferred = self._deferred, None
+        deferred, self._deferred = [*self._committed, *self._deferred], None
         for action in deferred:  # committed: now what had to wait for it
             action()
         return next_at
@@ -169,6 +176,17 @@ class Scheduler:
             action()
         else:
             self._deferred.append(action)
+
+    def _commit_decisions(self) -> None:
+        """Commit what the tick decided so far (ends, runs, TIs made ready) before it starts
+        processes for it: a task's process runs only once the state that started it is in the
+        store. A crash before the starts are recorded then leaves scheduled TIs whose processes
+        the next daemon finds and adopts (cronflow.recovery); committed together with the
+        starts, they were lost (a run not even created, a TI not yet scheduled), and the tasks
+        killed as strays and run again."""
+        if self.store.commit_so_far():
+            self._committed += self._deferred
+            self._deferred = []
 
     def _tick(self, now: datetime | None) -> datetime:
         now = now or self.clock.now()
@@ -192,6 +210,8 @@ class Scheduler:
         self._stop_changed_attempts()
         self._resolve(now)
         if not self.stopping:
+            if self._ready and self.executor.free_slots > 0:
+                self._commit_decisions()
             self._dispatch()
             # "it should have run by now": after _resolve, so a run that just ended counts
             next_deadline = self.deadlines.check(now, self.catalog)

@@ -325,6 +325,8 @@ class Store:
     def __init__(self, path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
+        self._nested = 0  # savepoints open inside the write transaction
+        self._changes_at_begin = 0  # total_changes when it began
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             # Owner-only from the first byte: the database holds connection secrets.
@@ -382,10 +384,15 @@ class Store:
         is later upgraded can never fail with 'database is locked'; nested calls use savepoints."""
         conn = self.conn
         if conn.in_transaction:
-            with self.db.atomic():
-                yield self.db
+            self._nested += 1
+            try:
+                with self.db.atomic():
+                    yield self.db
+            finally:
+                self._nested -= 1
             return
         conn.execute("BEGIN IMMEDIATE")
+        self._changes_at_begin = conn.total_changes
         try:
             yield self.db
         except BaseException:
@@ -393,6 +400,18 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def commit_so_far(self) -> bool:
+        """Inside the outermost write transaction (`atomic`): commit what it wrote so far and go
+        on in a new one. False, and nothing done, when it wrote nothing yet, or when a savepoint
+        is open (what it covers must stay whole)."""
+        conn = self.conn
+        if not conn.in_transaction or self._nested or conn.total_changes == self._changes_at_begin:
+            return False
+        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        self._changes_at_begin = conn.total_changes
+        return True
 
     @contextmanager
     def atomic(self) -> Iterator[None]:

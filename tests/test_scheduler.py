@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import FakeClock, is_alive, utc, wait_for
 
-from cronflow import catalog
+from cronflow import catalog, control, supervisor
 from cronflow.config import Settings
 from cronflow.executor import LocalExecutor
 from cronflow.recovery import recover
@@ -504,7 +504,6 @@ def test_recovery_adopts_the_supervisor_not_a_copy_of_it_forked_before_exec(make
     very command line and marker. A daemon that crashed then must not adopt the copy: it would
     take the task's end for the try's and find no exit record yet (lost). The supervisor is
     the one that leads the try's session."""
-    from cronflow import supervisor
     from cronflow.executor import MARKER_VAR
 
     write_flow("lost", RECOVERED_FLOW)
@@ -525,6 +524,110 @@ def test_recovery_adopts_the_supervisor_not_a_copy_of_it_forked_before_exec(make
             os.waitpid(copy, 0)
         with contextlib.suppress(NameError, ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+
+
+class Crash(BaseException):
+    """The daemon dying where it is raised: its open transaction is never committed."""
+
+
+def crash_at_first_start_record(harness: Harness) -> None:
+    """Make the harness's daemon die just after it started a process, before the tick that
+    started it records the start (the window a kill -9 can hit in any tick that starts one)."""
+
+    def crash(start: object) -> None:
+        raise Crash
+
+    harness.scheduler._record_start = crash  # type: ignore[method-assign]
+
+
+def test_a_crash_before_a_start_is_recorded_leaves_the_end_and_the_decision_that_started_it(
+    make, write_flow, tmp_path
+):
+    """A tick records an end and starts what it made ready. What it decided (the upstream's
+    end, the downstream TI scheduled) is committed before the process starts, so a crash
+    before the start is recorded leaves a scheduled TI whose process the restarted daemon
+    adopts: the running task is neither killed as a stray nor run again."""
+    gate = tmp_path / "gate"
+    write_flow(
+        "lost",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("lost"):
+            Shell("t", "true") >> Shell(
+                "next", "while [ ! -e {gate} ]; do sleep 0.05; done; echo ran"
+            )
+        """,
+    )
+    crashed = make(utc(2024, 1, 1))
+    run_id = control.trigger(crashed.store, crashed.scheduler.catalog.get("lost"), utc(2024, 1, 1))
+    crashed.tick()  # t starts
+    wait_for(lambda: _ended(crashed), what="t to end")
+    crash_at_first_start_record(crashed)
+    with pytest.raises(Crash):
+        crashed.tick()  # t's end recorded, next made ready and started: the crash
+    assert (crashed.store.ti(run_id, "t")["state"], crashed.store.ti(run_id, "next")["state"]) == (
+        "success",
+        "scheduled",
+    )
+    [attempt] = crashed.scheduler.executor.running()
+    pid = crashed.scheduler.executor._running[attempt.key].process.pid
+
+    restarted = make(utc(2024, 1, 1))
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
+    restarted.tick()
+    assert is_alive(pid)  # adopted, not killed as a stray
+    assert restarted.store.ti(run_id, "next")[("state")] == "running"
+    gate.touch()
+    restarted.settle()
+    tis = {ti["task_id"]: ti for ti in restarted.store.tis_of_runs([run_id])}
+    assert [(tis[t]["state"], tis[t]["try_number"]) for t in ("t", "next")] == [
+        ("success", 1),
+        ("success", 1),
+    ]
+    assert Path(tis["next"]["log_path"]).read_text().count("ran") == 1
+
+
+def test_a_crash_in_a_fire_tick_leaves_the_run_whose_task_it_started(make, write_flow, tmp_path):
+    """At a fire time one tick creates the run and starts its first task. The run is committed
+    before the process starts: after a crash before the start is recorded, the restarted daemon
+    adopts the task in that run rather than killing it and starting it again in a new one."""
+    gate = tmp_path / "gate"
+    write_flow(
+        "hourly",
+        f"""
+        from cronflow import Flow, Shell
+        with Flow("hourly", schedule="0 * * * *", start_date="2024-01-01", timezone="UTC"):
+            Shell("t", "while [ ! -e {gate} ]; do sleep 0.05; done; echo ran")
+        """,
+    )
+    crashed = make(utc(2023, 12, 31, 23, 59))
+    crashed.tick()
+    assert not crashed.runs("hourly")
+    crash_at_first_start_record(crashed)
+    with pytest.raises(Crash):
+        crashed.at(utc(2024, 1, 1))  # the run of 00:00 created, its task started: the crash
+    [run] = crashed.runs("hourly")
+    assert crashed.store.ti(run["run_id"], "t")["state"] == "scheduled"
+    [attempt] = crashed.scheduler.executor.running()
+    pid = crashed.scheduler.executor._running[attempt.key].process.pid
+
+    restarted = make(utc(2024, 1, 1))
+    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
+    restarted.tick()
+    assert is_alive(pid)  # adopted, not killed as a stray
+    gate.touch()
+    restarted.settle()
+    [run] = restarted.runs("hourly")  # the same one run: none created again
+    ti = restarted.store.ti(run["run_id"], "t")
+    assert (ti["state"], ti["try_number"]) == ("success", 1)
+    assert Path(ti["log_path"]).read_text().count("ran") == 1
+
+
+def _ended(harness: Harness) -> bool:
+    """Whether the one attempt the harness's executor runs has ended (its supervisor is gone,
+    not yet reaped)."""
+    [attempt] = harness.scheduler.executor.running()
+    return not is_alive(harness.scheduler.executor._running[attempt.key].process.pid)
 
 
 def test_an_adopted_try_times_out_counted_from_its_real_start(make, write_flow, tmp_path):
