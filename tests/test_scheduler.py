@@ -569,14 +569,8 @@ def test_a_crash_before_a_start_is_recorded_leaves_the_end_and_the_decision_that
         "success",
         "scheduled",
     )
-    [attempt] = crashed.scheduler.executor.running()
-    pid = crashed.scheduler.executor._running[attempt.key].process.pid
-
-    restarted = make(utc(2024, 1, 1))
-    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
-    restarted.tick()
-    assert is_alive(pid)  # adopted, not killed as a stray
-    assert restarted.store.ti(run_id, "next")[("state")] == "running"
+    restarted = restart_adopting_the_one_started(crashed, make(utc(2024, 1, 1)))
+    assert restarted.store.ti(run_id, "next")["state"] == "running"
     gate.touch()
     restarted.settle()
     tis = {ti["task_id"]: ti for ti in restarted.store.tis_of_runs([run_id])}
@@ -608,19 +602,24 @@ def test_a_crash_in_a_fire_tick_leaves_the_run_whose_task_it_started(make, write
         crashed.at(utc(2024, 1, 1))  # the run of 00:00 created, its task started: the crash
     [run] = crashed.runs("hourly")
     assert crashed.store.ti(run["run_id"], "t")["state"] == "scheduled"
-    [attempt] = crashed.scheduler.executor.running()
-    pid = crashed.scheduler.executor._running[attempt.key].process.pid
-
-    restarted = make(utc(2024, 1, 1))
-    assert recover(restarted.scheduler, utc(2024, 1, 1)) == 1
-    restarted.tick()
-    assert is_alive(pid)  # adopted, not killed as a stray
+    restarted = restart_adopting_the_one_started(crashed, make(utc(2024, 1, 1)))
     gate.touch()
     restarted.settle()
     [run] = restarted.runs("hourly")  # the same one run: none created again
     ti = restarted.store.ti(run["run_id"], "t")
     assert (ti["state"], ti["try_number"]) == ("success", 1)
     assert Path(ti["log_path"]).read_text().count("ran") == 1
+
+
+def restart_adopting_the_one_started(crashed: Harness, restarted: Harness) -> Harness:
+    """The restarted daemon's recovery, and its first tick, after `crashed` died having started
+    one process: that process is adopted, not killed as a stray."""
+    [attempt] = crashed.scheduler.executor.running()
+    pid = crashed.scheduler.executor._running[attempt.key].process.pid
+    assert recover(restarted.scheduler, restarted.clock.now()) == 1
+    restarted.tick()
+    assert is_alive(pid)
+    return restarted
 
 
 def _ended(harness: Harness) -> bool:
