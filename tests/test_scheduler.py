@@ -616,6 +616,9 @@ def restart_adopting_the_one_started(crashed: Harness, restarted: Harness) -> Ha
     one process: that process is adopted, not killed as a stray."""
     [attempt] = crashed.scheduler.executor.running()
     pid = crashed.scheduler.executor._running[attempt.key].process.pid
+    # As a process started a while before a crash: past its exec (whose first microseconds
+    # show no environment, so no marker) and its supervisor's trap.
+    wait_for(lambda: _catches(pid, signal.SIGTERM), what="the supervisor to set its trap")
     assert recover(restarted.scheduler, restarted.clock.now()) == 1
     restarted.tick()
     assert is_alive(pid)
