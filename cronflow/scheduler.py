@@ -184,7 +184,7 @@ class Scheduler:
         the next daemon finds and adopts (cronflow.recovery); committed together with the
         starts, they were lost (a run not even created, a TI not yet scheduled), and the tasks
         killed as strays and run again."""
-        if self.store.commit_so_far():
+        if self.store.commit_so_far() and self._deferred:
             self._committed += self._deferred
             self._deferred = []
 
