@@ -7,7 +7,8 @@ and its instants are random).
     .venv/bin/python bench/crash_soak.py [--kills 200] [--runs 25] [--seed 1]
 
 Each task appends "RUN TASK TRY" to a file when it starts: a line seen twice is a try that ran
-twice (a crash made the next daemon kill it as a stray and start it again). Exits 1 when any
+twice (a crash made the next daemon kill it as a stray and start it again). Every third task
+is a Python task (started warm), and every fourth fails its first try and is retried at once. Exits 1 when any
 try started twice or was lost, or when a task instance did not finish.
 """
 
@@ -27,14 +28,26 @@ import time
 from pathlib import Path
 
 CHAIN = """
-from cronflow import Flow, Shell
+import os, time
+from cronflow import Flow, Python, Shell
+
+def step(path):
+    with open(path, "a") as out:
+        out.write(" ".join(os.environ[v] for v in ("CRONFLOW_RUN_ID", "CRONFLOW_TASK_ID", "CRONFLOW_TRY_NUMBER")) + "\\n")
+    time.sleep(0.03)
+
 with Flow("chain", defaults={{"retries": 3, "retry_delay": 0}}):
     previous = None
     for i in range(12):
-        task = Shell(
-            f"t{{i}}",
-            'echo "$CRONFLOW_RUN_ID $CRONFLOW_TASK_ID $CRONFLOW_TRY_NUMBER" >> {starts}; sleep 0.03',
-        )
+        if i % 3 == 2:  # a Python task, started warm by the fork server
+            task = Python(f"t{{i}}", step, args=[{starts!r}])
+        else:  # a shell task; every fourth fails its first try, retried at once
+            fail = 'test "$CRONFLOW_TRY_NUMBER" = 1 && exit 1; ' if i % 4 == 3 else ""
+            task = Shell(
+                f"t{{i}}",
+                'echo "$CRONFLOW_RUN_ID $CRONFLOW_TASK_ID $CRONFLOW_TRY_NUMBER" >> {starts}; '
+                + fail + "sleep 0.03",
+            )
         if previous is not None:
             previous >> task
         previous = task
@@ -66,13 +79,13 @@ def unfinished(db: sqlite3.Connection) -> int:
 
 def soak(home: Path, kills: int, runs: int) -> tuple[int, dict, list, int]:
     """Kill the daemon until the runs are done (or `kills` times), then let one finish them:
-    (kills made, task instance states, tries started twice, tries lost)."""
+    (kills made, task instances by state and by try number, tries started twice, tries lost)."""
     cronflow(home, "init")
     config = home / "cronflow.toml"
     config.write_text(config.read_text().replace("parallelism = ", "parallelism = 4  # was "))
     starts = home / "starts.txt"
     (home / "flows").mkdir(exist_ok=True)
-    (home / "flows" / "chain.py").write_text(CHAIN.format(starts=starts))
+    (home / "flows" / "chain.py").write_text(CHAIN.format(starts=str(starts)))
     cronflow(home, "list")
     for day in range(1, runs + 1):
         cronflow(home, "trigger", "chain", "--date", f"2024-01-{day:02d}")
@@ -96,7 +109,8 @@ def soak(home: Path, kills: int, runs: int) -> tuple[int, dict, list, int]:
         collections.Counter(row[0] for row in db.execute("SELECT state FROM task_instances"))
     )
     lost = db.execute("SELECT count(*) FROM task_instances WHERE reason LIKE 'lost%'").fetchone()[0]
-    return made, states, twice, lost
+    tries = db.execute("SELECT try_number, count(*) FROM task_instances GROUP BY 1").fetchall()
+    return made, states | {f"try {number}": count for number, count in tries}, twice, lost
 
 
 def main() -> None:
@@ -115,7 +129,11 @@ def main() -> None:
         f"{made} kills; task instances {states}; tries started twice: {len(twice)} "
         f"{twice[:5]}; lost: {lost}"
     )
-    finished = states == {"success": args.runs * 12}
+    finished = (
+        states.get("success")
+        == args.runs * 12
+        == sum(count for key, count in states.items() if key.startswith("try "))
+    )
     sys.exit(0 if finished and not twice and not lost else 1)
 
 
